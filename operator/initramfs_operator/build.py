@@ -1,0 +1,82 @@
+"""image -> flattened tree -> cpio records -> compressed bytes -> output: the whole engine."""
+
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
+
+from . import compress, cpio, init, mutate, output
+from .flatten import Node, flatten
+from .image import Image
+from .scratch import Scratch
+
+
+@dataclass
+class Options:
+    compression: str = "gzip"
+    level: int | None = None
+    threads: int | None = None
+    init: str | None = None  # host file to install as /init
+    inject: list[mutate.Injection] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    source_date_epoch: int | None = None
+    scratch_dir: str | None = None
+
+
+@dataclass
+class Result:
+    size: int
+    sha256: str
+    sha512: str
+    entries: int
+    image: str
+    image_digest: str
+    platform: str
+    compression: str
+    init: str  # "image", "file" or "generated"
+
+
+Report = Callable[[str], None]
+
+
+def build(image: Image, out: BinaryIO, options: Options, report: Report = lambda _: None) -> tuple[int, str]:
+    """Writes the compressed initramfs of `image` to `out`; returns (entries, init source)."""
+    level = compress.check(options.compression, options.level)
+    with Scratch(options.scratch_dir) as scratch:
+        total = len(image.layers)
+        for i, layer in enumerate(image.layers, 1):
+            report(f"layer {i}/{total} {layer.descriptor.digest[:19]}")
+        tree = flatten(image.layers, scratch)
+        mutate.exclude(tree, options.exclude)
+        for item in options.inject:
+            mutate.inject(tree, scratch, item)
+        init_source = _install_init(tree, scratch, image, options)
+        mutate.essentials(tree, options.source_date_epoch or 0)
+        report("writing archive")
+        sink = compress.writer(out, options.compression, level, options.threads)
+        records = cpio.clamp_mtime(cpio.records(tree, scratch), options.source_date_epoch)
+        entries = cpio.write(records, sink)
+        sink.close()
+        return entries, init_source
+
+
+def _install_init(tree, scratch: Scratch, image: Image, options: Options) -> str:
+    if options.init:
+        mutate.inject(tree, scratch, mutate.Injection(options.init, "init", 0o755))
+        return "file"
+    existing = tree.lookup("init")
+    if existing is not None and not existing.is_dir:
+        return "image"
+    script = init.generate(image.config, tree, scratch, f"{image.name}@{image.digest}")
+    tree.put("init", Node(stat.S_IFREG | 0o755, size=len(script), offset=scratch.add_bytes(script),
+                          mtime=options.source_date_epoch or 0))
+    return "generated"
+
+
+def build_file(image: Image, path: str, options: Options, report: Report = lambda _: None) -> Result:
+    """Builds into `path` atomically: on any failure no file (and no partial file) is left."""
+    with output.atomic(path) as out:
+        entries, init_source = build(image, out, options, report)
+    d = out.digests
+    return Result(d.size, d.sha256.hexdigest(), d.sha512.hexdigest(), entries, image.name, image.digest,
+                  str(image.config.platform), options.compression, init_source)

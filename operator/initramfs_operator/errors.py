@@ -1,0 +1,41 @@
+"""Expected failures, each with the exit code the CLI returns and the reason the operator reports.
+
+Anything else that escapes is a bug and is allowed to show a traceback.
+"""
+
+
+class BuildError(Exception):
+    exit_code = 1
+    reason = "BuildFailed"
+
+
+class UsageError(BuildError):
+    """The request itself is wrong: bad flags, bad reference syntax, bad spec."""
+
+    exit_code = 2
+    reason = "InvalidSpec"
+
+
+class RegistryError(BuildError):
+    """The registry could not be reached or refused to serve the image."""
+
+    exit_code = 3
+    reason = "ImagePullFailed"
+
+
+class AuthError(RegistryError):
+    reason = "Unauthorized"
+
+
+class InvalidImageError(BuildError):
+    """The image's bytes are wrong: corrupt layer, digest mismatch, unsafe path, unknown media type."""
+
+    exit_code = 4
+    reason = "InvalidImage"
+
+
+class OutputError(BuildError):
+    """The result could not be written or pushed."""
+
+    exit_code = 5
+    reason = "OutputFailed"

@@ -1,0 +1,198 @@
+"""The one shape every image source has: an `Image` is a manifest, a config and `Layer`s.
+
+Sources (an OCI layout, a `docker save` archive, a registry) only know how to fetch
+bytes by descriptor; manifest parsing, index traversal and platform selection live
+here so every transport behaves the same.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Protocol
+
+from . import digest as digests
+from .errors import InvalidImageError
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+ACCEPT = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    platform: dict | None = None
+    annotations: dict = field(default_factory=dict)
+    artifact_type: str | None = None
+
+    @classmethod
+    def parse(cls, raw: dict, where: str = "descriptor") -> "Descriptor":
+        try:
+            size = raw["size"]
+            if not isinstance(size, int) or size < 0:
+                raise InvalidImageError(f"{where}: invalid size {size!r}")
+            return cls(raw.get("mediaType", ""), digests.validate(raw["digest"]), size,
+                       raw.get("platform"), raw.get("annotations") or {}, raw.get("artifactType"))
+        except (KeyError, TypeError) as e:
+            raise InvalidImageError(f"{where}: missing or malformed field {e}") from None
+
+    def to_json(self) -> dict:
+        out = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.platform:
+            out["platform"] = self.platform
+        if self.annotations:
+            out["annotations"] = self.annotations
+        return out
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "Platform":
+        parts = text.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/arm64")
+        return cls(*parts).normalized()
+
+    @classmethod
+    def of(cls, raw: dict) -> "Platform":
+        return cls(raw.get("os", ""), raw.get("architecture", ""), raw.get("variant", "")).normalized()
+
+    def normalized(self) -> "Platform":
+        # containerd's platforms.Normalize: the spellings people use for the same machine.
+        arch, variant = self.architecture.lower(), self.variant.lower()
+        arch = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}.get(arch, arch)
+        if arch == "arm64" and variant in ("8", "v8"):
+            variant = ""
+        if arch == "arm" and variant in ("", "7"):
+            variant = "v7"
+        if arch == "arm" and variant in ("5", "6", "8"):
+            variant = "v" + variant
+        if arch == "amd64" and variant == "v1":
+            variant = ""
+        return Platform(self.os.lower(), arch, variant)
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+DEFAULT_PLATFORM = Platform("linux", "amd64")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The parts of the image config an initramfs cares about."""
+
+    entrypoint: list[str]
+    cmd: list[str]
+    env: list[str]
+    working_dir: str
+    user: str
+    platform: Platform
+    diff_ids: list[str]
+    raw: dict
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> "Config":
+        try:
+            raw = json.loads(data)
+            c = raw.get("config") or {}
+            return cls(c.get("Entrypoint") or [], c.get("Cmd") or [], c.get("Env") or [],
+                       c.get("WorkingDir") or "", c.get("User") or "", Platform.of(raw),
+                       list((raw.get("rootfs") or {}).get("diff_ids") or []), raw)
+        except (ValueError, AttributeError) as e:
+            raise InvalidImageError(f"{where}: config is not a valid image config: {e}") from None
+
+
+class Layer(Protocol):
+    descriptor: Descriptor
+
+    def open(self) -> BinaryIO:
+        """The layer blob as stored (compressed), as a stream that raises if its digest or size is wrong."""
+
+
+@dataclass
+class Image:
+    name: str                 # what the user asked for, for messages
+    digest: str               # digest of the selected manifest
+    manifest: dict
+    config: Config
+    layers: list[Layer]
+    platforms: list[Platform]  # what the source offers, for `inspect`
+    index_digest: str | None = None  # the index the manifest was chosen from, if any
+
+
+Fetch = Callable[[Descriptor], bytes]
+
+
+def parse_json(data: bytes, where: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise InvalidImageError(f"{where}: not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidImageError(f"{where}: not a JSON object")
+    return doc
+
+
+def kind(doc: dict, media_type: str) -> str:
+    """The manifest kind, also when `mediaType` is absent (allowed by the OCI spec; umoci omits it)."""
+    mt = doc.get("mediaType") or media_type
+    if mt in INDEX_TYPES or (not mt and "manifests" in doc):
+        return "index"
+    if mt in MANIFEST_TYPES or (not mt and "layers" in doc):
+        return "manifest"
+    if doc.get("schemaVersion") == 1:
+        raise InvalidImageError("Docker schema 1 manifests are deprecated and not supported; re-push the image")
+    raise InvalidImageError(f"unsupported manifest media type {mt!r}")
+
+
+def select(entries: list[Descriptor], want: Platform, where: str) -> Descriptor:
+    candidates = [d for d in entries if d.platform and Platform.of(d.platform) == want]
+    if not candidates:
+        offered = sorted({str(Platform.of(d.platform)) for d in entries if d.platform
+                          and d.platform.get("os") != "unknown"})
+        raise InvalidImageError(
+            f"{where}: no manifest for platform {want}; available: {', '.join(offered) or 'none'}")
+    return candidates[0]
+
+
+def resolve(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, platform: Platform,
+            layer: Callable[[Descriptor], Layer]) -> Image:
+    """Walk from a top-level descriptor through (nested) indexes to the platform's manifest."""
+    desc, data, index_digest, offered = top, top_bytes, None, []
+    for _ in range(8):  # nesting bound: an index pointing at itself must not loop forever
+        doc = parse_json(data, f"{name}@{desc.digest}")
+        if kind(doc, desc.media_type) == "manifest":
+            break
+        index_digest = index_digest or desc.digest
+        entries = [Descriptor.parse(m, f"{name}: index entry") for m in doc.get("manifests") or []]
+        offered = offered or [Platform.of(d.platform) for d in entries if d.platform]
+        desc = select(entries, platform, f"{name}@{desc.digest}")
+        data = fetch(desc)
+    else:
+        raise InvalidImageError(f"{name}: image index nested too deeply")
+    where = f"{name}@{desc.digest}"
+    try:
+        config_desc = Descriptor.parse(doc["config"], f"{where}: config")
+        layer_descs = [Descriptor.parse(l, f"{where}: layer") for l in doc["layers"]]
+    except (KeyError, TypeError):
+        raise InvalidImageError(f"{where}: manifest has no config or layers") from None
+    config = Config.parse(fetch(config_desc), f"{where}: config {config_desc.digest}")
+    if not offered:
+        offered = [config.platform]
+    return Image(name, desc.digest, doc, config, [layer(d) for d in layer_descs], offered, index_digest)

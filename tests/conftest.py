@@ -1,0 +1,1 @@
+pytest_plugins = ["fixtures.tools", "fixtures.images", "fixtures.registry", "fixtures.kube"]
