@@ -85,7 +85,8 @@ def load(spec: str) -> img.Image:
     digest = digests.of(config_bytes)
     doc = {"schemaVersion": 2, "config": {"digest": digest, "size": len(config_bytes)},
            "layers": [l.descriptor.to_json() for l in layers]}
-    return img.Image(name, digest, doc, config, layers, [config.platform])
+    return img.Image(name, digest, doc, config, layers, [config.platform],
+                     descriptor=img.Descriptor(img.DOCKER_MANIFEST, digest, len(json.dumps(doc))))
 
 
 def _pick(name: str, manifest: list[dict], tag: str | None) -> dict:

@@ -134,6 +134,7 @@ class Image:
     layers: list[Layer]
     platforms: list[Platform]  # what the source offers, for `inspect`
     index_digest: str | None = None  # the index the manifest was chosen from, if any
+    descriptor: Descriptor | None = None  # of the selected manifest: an artifact's `subject`
 
 
 Fetch = Callable[[Descriptor], bytes]
@@ -195,4 +196,6 @@ def resolve(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, platform
     config = Config.parse(fetch(config_desc), f"{where}: config {config_desc.digest}")
     if not offered:
         offered = [config.platform]
-    return Image(name, desc.digest, doc, config, [layer(d) for d in layer_descs], offered, index_digest)
+    media_type = doc.get("mediaType") or desc.media_type or OCI_MANIFEST
+    return Image(name, desc.digest, doc, config, [layer(d) for d in layer_descs], offered, index_digest,
+                 Descriptor(media_type, desc.digest, len(data)))

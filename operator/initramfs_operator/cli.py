@@ -1,0 +1,271 @@
+"""`initramfs-builder`: build, inspect and list-layers.
+
+Exit codes: 0 success, 1 unexpected failure, 2 usage, 3 registry or authentication,
+4 invalid image, 5 output.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+
+from . import __version__, build, compress, reference, registry, source
+from .errors import BuildError, UsageError
+from .image import DEFAULT_PLATFORM, Image, Platform
+from .mutate import Injection
+
+EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}
+BASE_NAME = "org.opencontainers.image.base.name"
+BASE_DIGEST = "org.opencontainers.image.base.digest"
+
+IMAGE_HELP = ("registry reference (alpine, ghcr.io/org/app:1.0, host:5000/app@sha256:...), "
+              "oci:DIR[:TAG|@DIGEST] (OCI image layout) or docker-archive:FILE[:REPO:TAG] (docker save)")
+
+
+class Progress:
+    """One status line on stderr, only on a terminal: bytes downloaded and the current phase."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.downloaded = 0
+        self.phase = "resolving"
+        self._shown = 0.0
+
+    def on_bytes(self, n: int) -> None:
+        self.downloaded += n
+        self._show()
+
+    def report(self, phase: str) -> None:
+        self.phase = phase
+        self._show(force=True)
+
+    def _show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.enabled and (force or now - self._shown > 0.1):
+            self._shown = now
+            sys.stderr.write(f"\r\033[K{self.downloaded / 1e6:8.1f} MB downloaded | {self.phase}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _registry_options(args, progress: Progress | None = None) -> registry.Options:
+    password = None
+    if getattr(args, "password_stdin", False):
+        if not args.username:
+            raise UsageError("--password-stdin needs --username")
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.username:
+        raise UsageError("--username needs --password-stdin (passwords are never taken on the command line)")
+    return registry.Options(insecure=tuple(args.insecure_registry), ca_file=args.ca_file,
+                            auth_file=args.registry_config, username=args.username, password=password,
+                            cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
+                            on_bytes=progress.on_bytes if progress else None)
+
+
+def _platform(args) -> Platform:
+    if args.platform:
+        if args.platform_os or args.platform_arch:
+            raise UsageError("use either --platform or --platform-os/--platform-arch")
+        try:
+            return Platform.parse(args.platform)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return Platform(args.platform_os or DEFAULT_PLATFORM.os, args.platform_arch or DEFAULT_PLATFORM.architecture
+                    ).normalized()
+
+
+def _source_date_epoch(args) -> int | None:
+    value = args.source_date_epoch if args.source_date_epoch is not None else os.environ.get("SOURCE_DATE_EPOCH")
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"source date epoch {value!r} is not an integer number of seconds") from None
+
+
+def cmd_build(args) -> dict:
+    if args.output and args.push:
+        raise UsageError("choose one of -o/--output and --push")
+    epoch = _source_date_epoch(args)
+    options = build.Options(
+        compression=args.compression, level=args.level, threads=args.threads, init=args.init,
+        inject=[Injection.parse(s) for s in args.inject], exclude=args.exclude, source_date_epoch=epoch,
+        scratch_dir=args.scratch_dir)
+    compress.check(options.compression, options.level)
+    progress = Progress(sys.stderr.isatty() and not args.quiet)
+    reg = _registry_options(args, progress)
+    if args.push:
+        reference.parse(args.push)  # a bad destination fails before any download
+    image = source.load(args.image, _platform(args), reg)
+    try:
+        if not args.push:
+            out = args.output or "initramfs" + EXTENSIONS[args.compression]
+            result = build.build_file(image, out, options, progress.report)
+            return {"output": os.path.abspath(out), **_result(result)}
+        with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
+            path = os.path.join(tmp, "initramfs" + EXTENSIONS[args.compression])
+            result = build.build_file(image, path, options, progress.report)
+            progress.report("pushing")
+            digest = registry.push_artifact(
+                path, args.push, media_type=registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression],
+                annotations=_base_annotations(image, args.image), subject=_subject(image, args), options=reg)
+        pushed = reference.parse(args.push)
+        return {"reference": f"{pushed.name}@{digest}", "tag": pushed.tag, "digest": digest, **_result(result)}
+    finally:
+        progress.done()
+
+
+def _result(r: build.Result) -> dict:
+    out = asdict(r)
+    out["imageDigest"] = out.pop("image_digest")
+    return out
+
+
+def _base_annotations(image: Image, spec: str) -> dict:
+    return {BASE_NAME: spec, BASE_DIGEST: image.index_digest or image.digest}
+
+
+def _subject(image: Image, args):
+    """The artifact refers to its source image when both live in the same repository."""
+    if not source.is_registry(args.image) or image.descriptor is None:
+        return None
+    src, dst = reference.parse(args.image.removeprefix("docker://")), reference.parse(args.push)
+    return image.descriptor if (src.registry, src.repository) == (dst.registry, dst.repository) else None
+
+
+def cmd_inspect(args) -> dict:
+    image = source.load(args.image, _platform(args), _registry_options(args))
+    c = image.config
+    return {"image": image.name, "digest": image.digest, "indexDigest": image.index_digest,
+            "platform": str(c.platform), "platforms": sorted({str(p) for p in image.platforms}),
+            "config": {"Entrypoint": c.entrypoint, "Cmd": c.cmd, "Env": c.env, "WorkingDir": c.working_dir,
+                       "User": c.user},
+            "layers": [{"mediaType": l.descriptor.media_type, "digest": l.descriptor.digest,
+                        "size": l.descriptor.size} for l in image.layers]}
+
+
+def cmd_list_layers(args) -> dict:
+    return {"layers": cmd_inspect(args)["layers"]}
+
+
+def _print_human(command: str, out: dict) -> None:
+    if command == "build":
+        where = out.get("output") or out["reference"]
+        print(f"wrote {where}: {out['size']} bytes, {out['entries']} entries, {out['compression']}, "
+              f"init: {out['init']}\nsha256:{out['sha256']}\nsource: {out['image']}@{out['imageDigest']} "
+              f"({out['platform']})")
+        return
+    layers = out["layers"]
+    if command == "inspect":
+        print(f"Image:      {out['image']}\nDigest:     {out['digest']}")
+        if out["indexDigest"]:
+            print(f"Index:      {out['indexDigest']}")
+        print(f"Platform:   {out['platform']}\nPlatforms:  {', '.join(out['platforms'])}")
+        for key, value in out["config"].items():
+            print(f"{key + ':':<11} {json.dumps(value) if isinstance(value, list) else value}")
+        print("Layers:")
+    for l in layers:
+        print(f"  {l['digest']}  {l['size']:>12}  {l['mediaType'] or '(unspecified)'}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="initramfs-builder", description="Turn a container image into a bootable "
+                                "initramfs (cpio newc, compressed) for microVMs.",
+                                epilog="Exit codes: 0 ok, 2 usage, 3 registry/auth, 4 invalid image, 5 output.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
+        g = sp.add_argument_group("image selection and registry access")
+        g.add_argument("--platform", help="os/arch[/variant] to select from a multi-platform image "
+                                          "(default linux/amd64)")
+        g.add_argument("--platform-os", help=argparse.SUPPRESS)
+        g.add_argument("--platform-arch", help=argparse.SUPPRESS)
+        g.add_argument("--username", "-u", help="registry user name (with --password-stdin)")
+        g.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
+        g.add_argument("--registry-config", "--authfile", metavar="FILE",
+                       help="docker config.json or Kubernetes .dockerconfigjson with registry credentials "
+                            "(default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
+        g.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                       help="talk plain HTTP to this registry (repeatable)")
+        g.add_argument("--ca-file", metavar="FILE", help="extra CA certificates (PEM) to trust for registries")
+        sp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    b = sub.add_parser("build", help="build an initramfs from an image",
+                       description="Pull IMAGE, flatten its layers as a container runtime would, add /init and "
+                                   "the boot essentials (/dev/console, /proc, /sys, ...), and write a reproducible "
+                                   "compressed cpio newc archive, or push it as an OCI artifact.")
+    common(b)
+    o = b.add_argument_group("output")
+    o.add_argument("-o", "--output", metavar="FILE", help="file to write, atomically (default initramfs.cpio.gz, "
+                                                           ".cpio.zst or .cpio by compression)")
+    o.add_argument("--push", metavar="REF", help="push the initramfs to REF as an OCI artifact instead")
+    o.add_argument("-c", "--compression", choices=list(compress.FORMATS), default="gzip",
+                   help="compression (default gzip)")
+    o.add_argument("--level", type=int, help="compression level (gzip 1-9, default 6; zstd 1-19, default 3)")
+    o.add_argument("--threads", type=int, help="compression threads (default: CPUs, at most 8); "
+                                               "the output does not depend on it")
+    o.add_argument("--source-date-epoch", metavar="SECONDS",
+                   help="clamp every mtime to this time (default: $SOURCE_DATE_EPOCH)")
+    o.add_argument("--result-file", metavar="FILE", help="also write the JSON result (or error) to FILE, "
+                                                          "e.g. a Kubernetes termination log")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    c = b.add_argument_group("content")
+    c.add_argument("--init", metavar="FILE", help="install FILE as /init (default: keep the image's /init, "
+                                                  "or generate one from Entrypoint, Cmd, Env, WorkingDir, User)")
+    c.add_argument("--inject", action="append", default=[], metavar="SRC:DEST[:MODE]",
+                   help="add a host file at DEST (octal MODE, default the file's); write SRC=DEST[:MODE] or "
+                        "escape ':' as '\\:' when SRC contains ':' (repeatable)")
+    c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="drop matching paths; leading / optional, * within a directory, ** across "
+                        "directories, a matched directory goes with its contents (repeatable)")
+    c.add_argument("--cache-dir", metavar="DIR", help="content-addressed cache of downloaded layers")
+    c.add_argument("--scratch-dir", metavar="DIR", help="where file contents wait while the archive is "
+                                                        "written (default $TMPDIR)")
+    b.set_defaults(func=cmd_build)
+
+    i = sub.add_parser("inspect", help="show an image's digest, platforms, config and layers")
+    common(i)
+    i.set_defaults(func=cmd_inspect)
+    l = sub.add_parser("list-layers", help="list an image's layers")
+    common(l)
+    l.set_defaults(func=cmd_list_layers)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result_file = getattr(args, "result_file", None)
+    try:
+        out = args.func(args)
+    except BuildError as e:
+        print(f"initramfs-builder: error: {e}", file=sys.stderr)
+        _write_result(result_file, {"error": str(e), "reason": e.reason})
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    _write_result(result_file, out)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        _print_human(args.command, out)
+    return 0
+
+
+def _write_result(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, separators=(",", ":"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The CLI end to end on local image sources (the registry cases live in test_cli_registry.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures.boot import boot
+from fixtures.images import E, Layout, busybox_entries
+
+CLI = [sys.executable, "-m", "initramfs_operator.cli"]
+
+
+def run(*args, input=None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, input=input, cwd=cwd)
+
+
+@pytest.fixture
+def image(tmp_path) -> str:
+    lay = Layout(tmp_path / "layout")
+    amd = lay.image([[E("etc", "dir"), E("etc/arch", data=b"amd64"), E("usr", "dir"), E("usr/share", "dir"),
+                      E("usr/share/doc", "dir"), E("usr/share/doc/README", data=b"r"), E("a.pyc", data=b"c"),
+                      E("lib", "dir"), E("lib/x.pyc", data=b"c"), E("bin", "dir"),
+                      E("bin/sh", data=b"#!", mode=0o755)]],
+                    config={"Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["PATH=/bin", "MODE=prod"],
+                            "WorkingDir": "/srv", "User": "0"})
+    arm = lay.image([[E("etc", "dir"), E("etc/arch", data=b"arm64")]], config={"Cmd": ["/bin/sh"]},
+                    platform=("linux", "arm64", "v8"))
+    lay.tag(lay.index([amd, arm]), "multi")
+    return f"oci:{lay.root}:multi"
+
+
+def test_build_json_result_and_files(image, tmp_path):
+    out = tmp_path / "initrd.img"
+    p = run("build", image, "-o", out, "--json", "-c", "zstd", "--level", "5", "--exclude", "/usr/share/doc",
+            "--exclude", "**/*.pyc", "--source-date-epoch", "0")
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    data = out.read_bytes()
+    import hashlib
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert result["sha512"] == hashlib.sha512(data).hexdigest()
+    assert result["size"] == len(data) and result["output"] == str(out)
+    assert result["platform"] == "linux/amd64" and result["compression"] == "zstd" and result["init"] == "generated"
+    assert result["imageDigest"].startswith("sha256:")
+    listing = subprocess.run(["bsdtar", "-tf", str(out)], capture_output=True, text=True).stdout.split()
+    assert "usr/share" in listing and "usr/share/doc" not in listing and "usr/share/doc/README" not in listing
+    assert not [n for n in listing if n.endswith(".pyc")]
+    assert result["entries"] == len(listing)
+
+
+def test_original_tool_flags_and_platforms(image, tmp_path):
+    for args, arch in ((["--platform-os", "linux", "--platform-arch", "arm64"], b"arm64"),
+                       (["--platform", "linux/arm64/v8"], b"arm64"), ([], b"amd64")):
+        out = tmp_path / "x.cpio"
+        p = run("build", image, "-o", out, "-c", "none", "--init", __file__, *args)
+        assert p.returncode == 0, p.stderr
+        extracted = subprocess.run(["bsdtar", "-xOf", str(out), "etc/arch"], capture_output=True).stdout
+        assert extracted == arch
+    p = run("build", image, "-o", tmp_path / "y", "--platform", "linux/s390x")
+    assert p.returncode == 4 and "linux/amd64, linux/arm64" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_inject_modes_and_escapes(image, tmp_path):
+    weird = tmp_path / "a:b.conf"
+    weird.write_text("weird\n")
+    plain = tmp_path / "plain"
+    plain.write_text("plain\n")
+    out = tmp_path / "i.cpio"
+    p = run("build", image, "-o", out, "-c", "none", "--inject", f"{plain}:/etc/app/plain.conf:0600",
+            "--inject", f"{weird}=/etc/weird", "--inject", str(weird).replace(":", "\\:") + ":/etc/weird2:0755",
+            "--init", __file__)
+    assert p.returncode == 0, p.stderr
+    listing = subprocess.run(["bsdtar", "-tvf", str(out)], capture_output=True, text=True).stdout
+    assert "-rw-------" in next(l for l in listing.splitlines() if l.endswith("etc/app/plain.conf"))
+    assert "-rwxr-xr-x" in next(l for l in listing.splitlines() if l.endswith("etc/weird2"))
+    assert "etc/weird" in listing
+
+
+def test_inspect_and_list_layers(image):
+    p = run("inspect", image, "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["platforms"] == ["linux/amd64", "linux/arm64"] and info["indexDigest"].startswith("sha256:")
+    assert info["config"] == {"Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["PATH=/bin", "MODE=prod"],
+                              "WorkingDir": "/srv", "User": "0"}
+    assert info["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    text = run("inspect", image, "--platform", "linux/arm64").stdout
+    assert "linux/arm64" in text and "Cmd:" in text and '["/bin/sh"]' in text
+    layers = run("list-layers", image)
+    assert layers.returncode == 0 and info["layers"][0]["digest"] in layers.stdout
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["build", "oci:/nonexistent", "-o", "x"], 2, "not an OCI image layout"),
+    (["build", "Not A Ref!", "-o", "x"], 2, "invalid image reference"),
+    (["build", "IMAGE", "-o", "/nonexistent/dir/x", "--init", __file__], 5, "/nonexistent/dir"),
+    (["build", "IMAGE", "-c", "gzip", "--level", "42"], 2, "out of range"),
+    (["build", "IMAGE", "--inject", "nope"], 2, "SRC:DEST"),
+    (["build", "IMAGE", "--username", "u"], 2, "--password-stdin"),
+])
+def test_errors_have_exit_codes_and_no_traceback(image, tmp_path, args, code, message):
+    work = tmp_path / "work"
+    work.mkdir()
+    p = run(*[image if a == "IMAGE" else a for a in args], cwd=work)
+    assert p.returncode == code, p.stderr
+    assert message in p.stderr and "Traceback" not in p.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_result_file_on_failure(tmp_path):
+    p = run("build", "oci:/nonexistent", "--result-file", tmp_path / "r.json")
+    assert p.returncode == 2
+    assert json.loads((tmp_path / "r.json").read_text())["reason"] == "InvalidSpec"
+
+
+def test_image_without_shell_or_init_says_what_to_do(tmp_path):
+    lay = Layout(tmp_path / "l")
+    lay.tag(lay.image([[E("app", data=b"\x7fELF", mode=0o755)]], config={"Entrypoint": ["/app"]}), "t")
+    p = run("build", f"oci:{lay.root}:t", "-o", tmp_path / "o")
+    assert p.returncode == 2 and "no /bin/sh" in p.stderr and "--init FILE" in p.stderr
+
+
+def test_generated_init_boots_with_env_workdir_and_user(kernel, busybox_static, tmp_path):
+    """Entrypoint/Cmd print the environment, working directory and uid; the console must show them."""
+    passwd = E("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:2345:App:/home/app:/bin/sh\n")
+    lay = Layout(tmp_path / "l")
+    script = "echo MARK-ENV=$GREETING; echo MARK-PWD=$(pwd); echo MARK-UID=$(id -u):$(id -g); " \
+             "echo MARK-HOME=$HOME; echo MARK-DONE"
+    lay.tag(lay.image([busybox_entries(busybox_static, None, [passwd, E("srv", "dir"), E("srv/app", "dir")])],
+                      config={"Entrypoint": ["/bin/sh", "-c"], "Cmd": [script],
+                              "Env": ["PATH=/bin:/usr/bin", "GREETING=hello from the image config"],
+                              "WorkingDir": "/srv/app", "User": "app"}), "t")
+    out = tmp_path / "initrd.gz"
+    p = run("build", f"oci:{lay.root}:t", "-o", out)
+    assert p.returncode == 0, p.stderr
+    console = boot(kernel, out, "MARK-DONE")
+    assert "MARK-ENV=hello from the image config" in console
+    assert "MARK-PWD=/srv/app" in console
+    assert "MARK-UID=1234:2345" in console
+    assert "MARK-HOME=/home/app" in console
