@@ -9,8 +9,8 @@ from initramfs_operator import build, layout
 MARKER = "initramfs-operator-booted"
 INIT = f"""#!/bin/sh
 mount -t proc proc /proc
-echo "{MARKER[:10]}""{MARKER[10:]} uid=$(id -u) console=$(ls /dev/console)"
 cat /etc/motd
+echo "{MARKER[:10]}""{MARKER[10:]} uid=$(id -u) console=$(ls /dev/console)"
 poweroff -f
 """
 

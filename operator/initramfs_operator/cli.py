@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 
 from . import __version__, build, compress, reference, registry, source
 from .errors import BuildError, UsageError
@@ -20,6 +21,7 @@ from .mutate import Injection
 EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
+CREATED = "org.opencontainers.image.created"
 
 IMAGE_HELP = ("registry reference (alpine, ghcr.io/org/app:1.0, host:5000/app@sha256:...), "
               "oci:DIR[:TAG|@DIGEST] (OCI image layout) or docker-archive:FILE[:REPO:TAG] (docker save)")
@@ -64,9 +66,15 @@ def _registry_options(args, progress: Progress | None = None) -> registry.Option
     elif args.username:
         raise UsageError("--username needs --password-stdin (passwords are never taken on the command line)")
     return registry.Options(insecure=tuple(args.insecure_registry), ca_file=args.ca_file,
-                            auth_file=args.registry_config, username=args.username, password=password,
+                            auth_file=args.registry_config or _default_docker_config(), username=args.username, password=password,
                             cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
                             on_bytes=progress.on_bytes if progress else None)
+
+
+def _default_docker_config() -> str | None:
+    """Where docker login leaves credentials, as the docker CLI looks for them."""
+    path = os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker"), "config.json")
+    return path if os.path.isfile(path) else None
 
 
 def _platform(args) -> Platform:
@@ -116,7 +124,7 @@ def cmd_build(args) -> dict:
             progress.report("pushing")
             digest = registry.push_artifact(
                 path, args.push, media_type=registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression],
-                annotations=_base_annotations(image, args.image), subject=_subject(image, args), options=reg)
+                annotations=_base_annotations(image, args.image, epoch), subject=_subject(image, args), options=reg)
         pushed = reference.parse(args.push)
         return {"reference": f"{pushed.name}@{digest}", "tag": pushed.tag, "digest": digest, **_result(result)}
     finally:
@@ -129,8 +137,11 @@ def _result(r: build.Result) -> dict:
     return out
 
 
-def _base_annotations(image: Image, spec: str) -> dict:
-    return {BASE_NAME: spec, BASE_DIGEST: image.index_digest or image.digest}
+def _base_annotations(image: Image, spec: str, epoch: int | None) -> dict:
+    annotations = {BASE_NAME: spec, BASE_DIGEST: image.index_digest or image.digest}
+    if epoch is not None:
+        annotations[CREATED] = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return annotations
 
 
 def _subject(image: Image, args):

@@ -1,0 +1,90 @@
+"""The CLI against real registries: pull, push, inspect, credentials, and the original tool's flags."""
+
+import base64
+import hashlib
+import json
+import subprocess
+
+from fixtures.images import E, Layout
+from fixtures.registry import unique_repo
+from test_cli import run
+
+GREETING = [E("etc", "dir"), E("etc/greeting", data=b"from the registry\n"), E("bin", "dir"),
+            E("bin/sh", data=b"#!", mode=0o755)]
+
+
+def pushed(registry, tmp_path, tag="v1") -> tuple[str, str]:
+    lay = Layout(tmp_path / "layout")
+    lay.tag(lay.image([GREETING], config={"Cmd": ["/bin/sh"]}), tag)
+    repo = unique_repo("cli")
+    return registry.push(lay.root, tag, repo), repo
+
+
+def test_build_from_registry_and_push_back_with_subject(registry, tmp_path):
+    ref, repo = pushed(registry, tmp_path)
+    out = tmp_path / "initrd.zst"
+    p = run("build", ref, "-o", out, "-c", "zstd", "--insecure-registry", registry.host, "--json",
+            "--cache-dir", tmp_path / "cache", "--source-date-epoch", "1700000000")
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    assert result["image"] == ref and result["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert subprocess.run(["bsdtar", "-xOf", str(out), "etc/greeting"], capture_output=True).stdout == \
+        b"from the registry\n"
+
+    target = f"{registry.host}/{repo}:initramfs"
+    p = run("build", ref, "--push", target, "-c", "zstd", "--insecure-registry", registry.host, "--json",
+            "--source-date-epoch", "1700000000")
+    assert p.returncode == 0, p.stderr
+    push = json.loads(p.stdout)
+    assert push["sha256"] == result["sha256"]  # same image, same options: same bytes, pushed or written
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{target}"],
+                         capture_output=True, text=True, check=True).stdout
+    manifest = json.loads(raw)
+    assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == push["digest"]
+    assert manifest["artifactType"] == "application/vnd.initramfs.v1"
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.initramfs.v1.cpio+zstd"
+    assert manifest["layers"][0]["digest"] == "sha256:" + result["sha256"]
+    assert manifest["subject"]["digest"] == result["imageDigest"]
+    assert manifest["annotations"]["org.opencontainers.image.base.digest"] == result["imageDigest"]
+    assert manifest["annotations"]["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
+    referrers = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                f"docker://{registry.host}/{repo}:sha256-{result['imageDigest'][7:]}"],
+                               capture_output=True, text=True, check=True).stdout
+    assert push["digest"] in referrers
+
+
+def test_inspect_and_list_layers_from_registry(registry, tmp_path):
+    ref, _ = pushed(registry, tmp_path)
+    p = run("inspect", ref, "--insecure-registry", registry.host, "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["config"]["Cmd"] == ["/bin/sh"] and len(info["layers"]) == 1
+    p = run("list-layers", ref, "--insecure-registry", registry.host)
+    assert info["layers"][0]["digest"] in p.stdout
+
+
+def test_original_credential_flags_and_auth_errors(auth_registry, tmp_path):
+    ref, _ = pushed(auth_registry, tmp_path)
+    common = ["--insecure-registry", auth_registry.host]
+    p = run("build", ref, "-o", tmp_path / "ok", "--username", auth_registry.username, "--password-stdin",
+            *common, input=auth_registry.password + "\n")
+    assert p.returncode == 0, p.stderr
+    p = run("build", ref, "-o", tmp_path / "bad", "--username", auth_registry.username, "--password-stdin",
+            *common, "--result-file", tmp_path / "r.json", input="wrong-password-XYZ\n")
+    assert p.returncode == 3 and "wrong-password-XYZ" not in p.stderr and auth_registry.host in p.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["reason"] == "Unauthorized"
+    assert not (tmp_path / "bad").exists()
+    config = tmp_path / "docker/config.json"
+    config.parent.mkdir()
+    token = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode()).decode()
+    config.write_text(json.dumps({"auths": {auth_registry.host: {"auth": token}}}))
+    p = run("build", ref, "-o", tmp_path / "cfg", "--registry-config", config, *common)
+    assert p.returncode == 0, p.stderr
+
+
+def test_missing_image_and_unreachable_registry(registry, tmp_path):
+    p = run("build", f"{registry.host}/nothing/here:v1", "--insecure-registry", registry.host, "-o", tmp_path / "x")
+    assert p.returncode == 3 and "nothing/here" in p.stderr and "Traceback" not in p.stderr
+    p = run("build", "127.0.0.1:1/app:v1", "--insecure-registry", "127.0.0.1:1", "-o", tmp_path / "y")
+    assert p.returncode == 3 and "127.0.0.1:1" in p.stderr
+    assert not list(tmp_path.iterdir())
