@@ -1,0 +1,17 @@
+# One image for the operator (`initramfs-operator`, the default command) and for the build
+# pods it starts (`initramfs-builder`). Build: docker build -t initramfs-operator .
+FROM python:3.11-slim-bookworm AS wheels
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim-bookworm
+COPY --from=wheels /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels initramfs-operator \
+    && rm -rf /wheels \
+    && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin builder
+# Build pods run with a read-only root filesystem: scratch space is an emptyDir at /scratch.
+ENV TMPDIR=/scratch PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 65532:65532
+ENTRYPOINT ["initramfs-operator"]
