@@ -1,12 +1,11 @@
 """image -> flattened tree -> cpio records -> compressed bytes -> output: the whole engine."""
 
-import os
 import stat
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from . import compress, cpio, init, mutate, output
-from .flatten import Node, flatten
+from .flatten import Node, Tree, apply
 from .image import Image
 from .scratch import Scratch
 
@@ -43,21 +42,27 @@ def build(image: Image, out: BinaryIO, options: Options, report: Report = lambda
     """Writes the compressed initramfs of `image` to `out`; returns (entries, init source)."""
     level = compress.check(options.compression, options.level)
     with Scratch(options.scratch_dir) as scratch:
-        total = len(image.layers)
+        tree = Tree()
         for i, layer in enumerate(image.layers, 1):
-            report(f"layer {i}/{total} {layer.descriptor.digest[:19]}")
-        tree = flatten(image.layers, scratch)
+            report(f"layer {i}/{len(image.layers)} {layer.descriptor.digest[:19]}")
+            apply(tree, layer, scratch)
         mutate.exclude(tree, options.exclude)
         for item in options.inject:
             mutate.inject(tree, scratch, item)
         init_source = _install_init(tree, scratch, image, options)
         mutate.essentials(tree, options.source_date_epoch or 0)
-        report("writing archive")
         sink = compress.writer(out, options.compression, level, options.threads)
         records = cpio.clamp_mtime(cpio.records(tree, scratch), options.source_date_epoch)
-        entries = cpio.write(records, sink)
+        entries = cpio.write(_counted(records, f"writing {options.compression} archive", report), sink)
         sink.close()
         return entries, init_source
+
+
+def _counted(records: Iterator[cpio.Record], phase: str, report: Report) -> Iterator[cpio.Record]:
+    for n, record in enumerate(records):
+        if n % 1000 == 0:
+            report(f"{phase}: {n} entries")
+        yield record
 
 
 def _install_init(tree, scratch: Scratch, image: Image, options: Options) -> str:

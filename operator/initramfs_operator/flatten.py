@@ -8,7 +8,7 @@ the tar headers and no privilege is needed.
 import stat
 import tarfile
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from . import layer as layers
 from .errors import InvalidImageError
@@ -151,13 +151,6 @@ class Tree:
 
 def _name_key(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
-
-
-def flatten(image_layers: Iterable[Layer], scratch: Scratch) -> Tree:
-    tree = Tree()
-    for layer in image_layers:
-        apply(tree, layer, scratch)
-    return tree
 
 
 def apply(tree: Tree, layer: Layer, scratch: Scratch) -> None:
