@@ -6,11 +6,12 @@ parents first; the tree walk guarantees that.
 """
 
 import stat
+from collections import Counter
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
 from .errors import InvalidImageError
-from .flatten import Node, Tree
+from .flatten import Tree
 from .scratch import Scratch
 
 MAGIC = b"070701"
@@ -64,29 +65,23 @@ class Writer:
 def records(tree: Tree, scratch: Scratch) -> Iterator[Record]:
     """The tree as records. Hardlinked names share an inode number and the data is stored
     once, on the last name (where GNU cpio puts it; the kernel links earlier names to it)."""
-    for _, node in tree.walk():
-        node.nlink = 0
-    for _, node in tree.walk():
-        node.nlink += 1
-    next_ino, seen = 1, {}
+    names = Counter(id(node) for _, node in tree.walk(ordered=False) if not node.is_dir)
+    inodes: dict[int, int] = {}
+    seen: Counter = Counter()
     for path, node in tree.walk():
-        if not node.ino:
-            node.ino, next_ino = next_ino, next_ino + 1
-        yield _record(path, node, scratch, seen)
-
-
-def _record(path: str, node: Node, scratch: Scratch, seen: dict[int, int]) -> Record:
-    r = Record(path, node.mode, node.uid, node.gid, node.mtime, node.nlink, node.ino, node.rdev)
-    kind = stat.S_IFMT(node.mode)
-    if kind == stat.S_IFDIR:
-        r.nlink = 2 + sum(1 for c in node.children.values() if c.is_dir)
-    elif kind == stat.S_IFLNK:
-        r.size, r.data = node.size, (node.target.encode("utf-8", "surrogateescape"),)
-    elif kind == stat.S_IFREG:
-        count = seen[node.ino] = seen.get(node.ino, 0) + 1
-        if count == node.nlink:
-            r.size, r.data = node.size, scratch.chunks(node.offset, node.size)
-    return r
+        key = id(node)
+        ino = inodes.setdefault(key, len(inodes) + 1)
+        r = Record(path, node.mode, node.uid, node.gid, node.mtime, names[key] or 1, ino, node.rdev)
+        kind = stat.S_IFMT(node.mode)
+        if kind == stat.S_IFDIR:
+            r.nlink = 2 + sum(1 for c in node.children.values() if c.is_dir)
+        elif kind == stat.S_IFLNK:
+            r.size, r.data = node.size, (node.target.encode("utf-8", "surrogateescape"),)
+        elif kind == stat.S_IFREG:
+            seen[key] += 1
+            if seen[key] == names[key]:
+                r.size, r.data = node.size, scratch.chunks(node.offset, node.size)
+        yield r
 
 
 def clamp_mtime(recs: Iterable[Record], epoch: int | None) -> Iterator[Record]:

@@ -40,8 +40,6 @@ class Node:
     target: str = ""  # symlink target, stored as-is and never followed
     rdev: tuple[int, int] = (0, 0)
     children: dict[str, "Node"] | None = None
-    nlink: int = 0  # names in the final tree, counted when records are made
-    ino: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -139,14 +137,14 @@ class Tree:
         if parent is not None:
             parent.children.pop(base, None)
 
-    def walk(self, node: Node | None = None, prefix: str = "") -> Iterator[tuple[str, Node]]:
-        """Every entry, parents before children, siblings sorted by name bytes: the archive order."""
+    def walk(self, ordered: bool = True, node: Node | None = None, prefix: str = "") -> Iterator[tuple[str, Node]]:
+        """Every entry, parents before children; `ordered`, siblings sorted by name bytes (the archive order)."""
         node = node or self.root
-        for name in sorted(node.children, key=_name_key):
+        for name in sorted(node.children, key=_name_key) if ordered else node.children:
             child = node.children[name]
             yield prefix + name, child
             if child.is_dir:
-                yield from self.walk(child, prefix + name + "/")
+                yield from self.walk(ordered, child, prefix + name + "/")
 
 
 def _name_key(name: str) -> bytes:
