@@ -111,6 +111,14 @@ def test_errors_have_exit_codes_and_no_traceback(image, tmp_path, args, code, me
     assert list(work.iterdir()) == []
 
 
+def test_create_dirs(image, tmp_path):
+    out = tmp_path / "a/b/initrd.img"
+    assert run("build", image, "-o", out, "--init", __file__).returncode == 5 and not (tmp_path / "a").exists()
+    p = run("build", image, "-o", out, "--init", __file__, "--create-dirs")
+    assert p.returncode == 0, p.stderr
+    assert out.is_file()
+
+
 def test_result_file_on_failure(tmp_path):
     p = run("build", "oci:/nonexistent", "--result-file", tmp_path / "r.json")
     assert p.returncode == 2

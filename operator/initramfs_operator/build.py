@@ -72,15 +72,16 @@ def _install_init(tree, scratch: Scratch, image: Image, options: Options) -> str
     existing = tree.lookup("init")
     if existing is not None and not existing.is_dir:
         return "image"
-    script = init.generate(image.config, tree, scratch, f"{image.name}@{image.digest}")
+    script = init.generate(image.config, tree, scratch, image.pinned)
     tree.put("init", Node(stat.S_IFREG | 0o755, size=len(script), offset=scratch.add_bytes(script),
                           mtime=options.source_date_epoch or 0))
     return "generated"
 
 
-def build_file(image: Image, path: str, options: Options, report: Report = lambda _: None) -> Result:
+def build_file(image: Image, path: str, options: Options, report: Report = lambda _: None,
+               create_dirs: bool = False) -> Result:
     """Builds into `path` atomically: on any failure no file (and no partial file) is left."""
-    with output.atomic(path) as out:
+    with output.atomic(path, create_dirs) as out:
         entries, init_source = build(image, out, options, report)
     d = out.digests
     return Result(d.size, d.sha256.hexdigest(), d.sha512.hexdigest(), entries, image.name, image.digest,

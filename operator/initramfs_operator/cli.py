@@ -116,7 +116,7 @@ def cmd_build(args) -> dict:
     try:
         if not args.push:
             out = args.output or "initramfs" + EXTENSIONS[args.compression]
-            result = build.build_file(image, out, options, progress.report)
+            result = build.build_file(image, out, options, progress.report, args.create_dirs)
             return {"output": os.path.abspath(out), **_result(result)}
         with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
             path = os.path.join(tmp, "initramfs" + EXTENSIONS[args.compression])
@@ -219,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     o = b.add_argument_group("output")
     o.add_argument("-o", "--output", metavar="FILE", help="file to write, atomically (default initramfs.cpio.gz, "
                                                            ".cpio.zst or .cpio by compression)")
+    o.add_argument("--create-dirs", action="store_true", help="create the output file's missing parent directories")
     o.add_argument("--push", metavar="REF", help="push the initramfs to REF as an OCI artifact instead")
     o.add_argument("-c", "--compression", choices=list(compress.FORMATS), default="gzip",
                    help="compression (default gzip)")

@@ -136,6 +136,11 @@ class Image:
     index_digest: str | None = None  # the index the manifest was chosen from, if any
     descriptor: Descriptor | None = None  # of the selected manifest: an artifact's `subject`
 
+    @property
+    def pinned(self) -> str:
+        """The name with the manifest digest, for messages that must say exactly which image."""
+        return self.name if self.name.endswith("@" + self.digest) else f"{self.name}@{self.digest}"
+
 
 Fetch = Callable[[Descriptor], bytes]
 

@@ -35,10 +35,12 @@ class HashingWriter:
 
 
 @contextmanager
-def atomic(path: str) -> Iterator[HashingWriter]:
+def atomic(path: str, create_dirs: bool = False) -> Iterator[HashingWriter]:
     """A temp file beside `path`, fsynced and renamed over it on success, removed on any failure."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
+        if create_dirs:
+            os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     except OSError as e:
         raise OutputError(f"cannot write in {directory}: {e.strerror}") from None
