@@ -20,4 +20,4 @@ if [[ -z "$kernel" ]]; then
 fi
 echo "booting out/hello.cpio.gz with $kernel (qemu, TCG) ..."
 timeout 120 qemu-system-x86_64 -M microvm -accel tcg -m 256 -nographic -no-reboot -kernel "$kernel" \
-  -initrd out/hello.cpio.gz -append "console=ttyS0 rdinit=/init panic=-1 quiet" </dev/null | grep -m1 "hello from"
+  -initrd out/hello.cpio.gz -append "console=ttyS0 rdinit=/init panic=-1 quiet tsc_early_khz=2000000" </dev/null | grep -m1 "hello from"
