@@ -64,6 +64,15 @@ def test_original_tool_flags_and_platforms(image, tmp_path):
     assert p.returncode == 4 and "linux/amd64, linux/arm64" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_single_platform_image_must_match(tmp_path):
+    lay = Layout(tmp_path / "l")
+    lay.tag(lay.image([[E("etc", "dir")]], platform=("linux", "arm64", "")), "arm")
+    p = run("build", f"oci:{lay.root}:arm", "-o", tmp_path / "x", "--init", __file__)
+    assert p.returncode == 4 and "for linux/arm64, not linux/amd64" in p.stderr
+    p = run("build", f"oci:{lay.root}:arm", "-o", tmp_path / "x", "--init", __file__, "--platform", "linux/arm64")
+    assert p.returncode == 0, p.stderr
+
+
 def test_inject_modes_and_escapes(image, tmp_path):
     weird = tmp_path / "a:b.conf"
     weird.write_text("weird\n")

@@ -86,6 +86,11 @@ class Platform:
             variant = ""
         return Platform(self.os.lower(), arch, variant)
 
+    def matches(self, want: "Platform") -> bool:
+        """A single-platform image's config often omits os or variant: only what it says must agree."""
+        return all(not have or have == wanted for have, wanted in
+                   ((self.os, want.os), (self.architecture, want.architecture), (self.variant, want.variant)))
+
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
@@ -201,6 +206,9 @@ def resolve(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, platform
     config = Config.parse(fetch(config_desc), f"{where}: config {config_desc.digest}")
     if not offered:
         offered = [config.platform]
+        if not config.platform.matches(platform):
+            raise InvalidImageError(f"{where}: the image is for {config.platform}, not {platform}; "
+                                    f"pass --platform {config.platform} to build it")
     media_type = doc.get("mediaType") or desc.media_type or OCI_MANIFEST
     return Image(name, desc.digest, doc, config, [layer(d) for d in layer_descs], offered, index_digest,
                  Descriptor(media_type, desc.digest, len(data)))
