@@ -1,1 +1,2 @@
-pytest_plugins = ["fixtures.tools", "fixtures.images", "fixtures.registry", "fixtures.kube"]
+pytest_plugins = ["fixtures.tools", "fixtures.images", "fixtures.boot", "fixtures.registry", "fixtures.kube",
+                  "fixtures.operator"]
