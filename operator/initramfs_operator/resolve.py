@@ -1,0 +1,48 @@
+"""What an image reference points at right now, asked by the operator itself.
+
+The digest names the build Job and is what refreshInterval compares; the build pod is
+then given the image pinned to it. The engine's registry client does the talking, with
+the same options the build pod gets (credentials, CA, plain HTTP).
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from . import job, reference, registry
+
+
+@contextmanager
+def registry_options(spec: dict, docker_config: dict | None, ca_pem: bytes | None) -> Iterator[registry.Options]:
+    """Client options for the build's registries; credentials live in a private temp file meanwhile."""
+    with tempfile.TemporaryDirectory(prefix="initramfs-operator-") as tmp:
+        auth_file = ca_file = None
+        if docker_config:
+            auth_file = os.path.join(tmp, "config.json")
+            with open(os.open(auth_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                json.dump(docker_config, f)
+        if ca_pem:
+            ca_file = os.path.join(tmp, "ca.crt")
+            with open(ca_file, "wb") as f:
+                f.write(ca_pem)
+        insecure = tuple(job.registry_hosts(spec)) if (spec.get("registry") or {}).get("insecure") else ()
+        yield registry.Options(insecure=insecure, ca_file=ca_file, auth_file=auth_file)
+
+
+def resolve_digest(spec: dict, options: registry.Options) -> str:
+    """The digest to build: the image's pinned digest, else what its tag points at now.
+
+    Raises an errors.BuildError subclass whose `.reason` goes into the status.
+    """
+    ref = reference.parse(spec["image"])
+    if ref.digest:
+        return ref.digest  # immutable: nothing to ask the registry
+    return registry.resolve_digest(spec["image"], options)
+
+
+def pushed_digest(spec: dict, options: registry.Options) -> str:
+    """The digest the OCI output's tag points at now."""
+    oci = spec["output"]["oci"]
+    return registry.resolve_digest(f"{oci['repository']}:{oci['tag']}", options)

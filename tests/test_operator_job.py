@@ -1,0 +1,190 @@
+"""The pure parts of the operator: Job manifests, results, conditions and timing decisions."""
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from initramfs_operator import cli, job, status
+from initramfs_operator.reconcile import Settings, due
+
+DIGEST = "sha256:" + "ab" * 32
+OTHER = "sha256:" + "cd" * 32
+
+
+def build(spec: dict | None = None, name: str = "app", generation: int = 1) -> dict:
+    return {"metadata": {"name": name, "namespace": "ns", "uid": "0e6f5a0c-1111-2222-3333-444455556666",
+                         "generation": generation},
+            "spec": spec or {"image": "registry.example.com/team/app:1.0",
+                             "output": {"pvc": {"claimName": "images", "path": "boot/app.cpio.gz"}}}}
+
+
+def container(manifest: dict) -> dict:
+    return manifest["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_job_name_is_deterministic_per_generation_and_digest():
+    b = build()
+    assert job.job_name(b, DIGEST) == job.job_name(build(), DIGEST)
+    names = {job.job_name(b, DIGEST), job.job_name(b, OTHER), job.job_name(build(generation=2), DIGEST)}
+    assert len(names) == 3
+    long = job.job_name(build(name="x" * 250), DIGEST)
+    assert len(long) <= 63 and long[-1].isalnum()
+
+
+def test_pvc_job_runs_the_builder_locked_down():
+    manifest = job.build_job(build(), DIGEST, "builder:1", None)
+    pod = manifest["spec"]["template"]["spec"]
+    c = container(manifest)
+    assert c["image"] == "builder:1" and c["command"] == ["initramfs-builder"]
+    assert c["args"][:2] == ["build", f"registry.example.com/team/app:1.0@{DIGEST}"]
+    args = " ".join(c["args"])
+    assert "-o /output/boot/app.cpio.gz" in args and "-c gzip" in args
+    assert "--result-file /dev/termination-log" in args and "--scratch-dir /scratch" in args
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert {"name": "TMPDIR", "value": "/scratch"} in c["env"]
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["runAsUser"] == 65532 and sc["readOnlyRootFilesystem"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    pod_security = pod["securityContext"]
+    assert pod_security["runAsNonRoot"] and pod_security["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/scratch"]] == {"name": "scratch", "emptyDir": {}}
+    assert volumes[mounts["/output"]]["persistentVolumeClaim"] == {"claimName": "images"}
+    owner = manifest["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("InitramfsBuild", "app", True)
+    assert manifest["metadata"]["annotations"][job.IMAGE_DIGEST] == DIGEST
+    assert manifest["spec"]["template"]["metadata"]["labels"][job.MANAGED_BY] == job.OPERATOR
+    assert manifest["spec"]["backoffLimit"] == 2 and "activeDeadlineSeconds" not in manifest["spec"]
+    fail_job = manifest["spec"]["podFailurePolicy"]["rules"][1]
+    assert fail_job["action"] == "FailJob" and fail_job["onExitCodes"]["values"] == [2, 3, 4, 5]
+
+
+def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
+    spec = {
+        "image": "src.example.com:5000/app:2", "platform": "linux/arm64",
+        "imagePullSecrets": [{"name": "pull"}], "registry": {"insecure": True, "caConfigMap": {"name": "cas"}},
+        "compression": {"format": "zstd", "level": 12},
+        "init": {"configMapKeyRef": {"name": "boot", "key": "init.sh"}},
+        "inject": [{"path": "/etc/app.conf", "mode": 0o600, "secretKeyRef": {"name": "conf", "key": "app"}},
+                   {"path": "/etc/motd", "configMapKeyRef": {"name": "texts", "key": "motd"}}],
+        "exclude": ["/usr/share/doc", "**/*.pyc"],
+        "output": {"oci": {"repository": "dst.example.com/boot/app", "tag": "v2", "pushSecret": {"name": "push"}}},
+        "resources": {"limits": {"memory": "1Gi"}}, "nodeSelector": {"disk": "ssd"},
+        "tolerations": [{"key": "build", "operator": "Exists"}], "activeDeadlineSeconds": 600, "backoffLimit": 0,
+    }
+    manifest = job.build_job(build(spec), DIGEST, "builder:1", "app-1-x-registry")
+    c = container(manifest)
+    args = c["args"]
+    parsed = cli.parser().parse_args(args)
+    assert parsed.image == f"src.example.com:5000/app:2@{DIGEST}"
+    assert parsed.push == "dst.example.com/boot/app:v2" and parsed.output is None
+    assert (parsed.compression, parsed.level, parsed.platform) == ("zstd", 12, "linux/arm64")
+    assert parsed.insecure_registry == ["src.example.com:5000", "dst.example.com"]
+    assert parsed.registry_config == "/var/run/initramfs/registry/config.json"
+    assert parsed.ca_file == "/var/run/initramfs/ca/ca.crt" and parsed.init == "/var/run/initramfs/init/init"
+    assert parsed.inject == ["/var/run/initramfs/inject/0/file=/etc/app.conf:0600",
+                             "/var/run/initramfs/inject/1/file=/etc/motd"]
+    assert parsed.exclude == ["/usr/share/doc", "**/*.pyc"]
+    assert parsed.result_file == "/dev/termination-log" and parsed.scratch_dir == "/scratch"
+
+    pod = manifest["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    registry = mounts["/var/run/initramfs/registry"]
+    assert registry["readOnly"] and volumes[registry["name"]]["secret"] == {
+        "secretName": "app-1-x-registry", "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}
+    assert volumes[mounts["/var/run/initramfs/inject/0"]["name"]]["secret"]["items"] == [{"key": "app", "path": "file"}]
+    assert volumes[mounts["/var/run/initramfs/inject/1"]["name"]]["configMap"]["name"] == "texts"
+    ca = volumes[mounts["/var/run/initramfs/ca"]["name"]]["configMap"]
+    assert ca["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert all(m["readOnly"] for p, m in mounts.items() if p.startswith("/var/run/initramfs"))
+    assert "/output" not in mounts
+    assert c["resources"] == {"limits": {"memory": "1Gi"}}
+    assert pod["nodeSelector"] == {"disk": "ssd"} and pod["tolerations"] == [{"key": "build", "operator": "Exists"}]
+    assert manifest["spec"]["activeDeadlineSeconds"] == 600 and manifest["spec"]["backoffLimit"] == 0
+
+
+def test_push_secret_comes_first_so_it_wins_for_the_push_registry():
+    spec = {"image": "a.example.com/x", "imagePullSecrets": [{"name": "pull"}, {"name": "push"}],
+            "output": {"oci": {"repository": "a.example.com/y", "tag": "t", "pushSecret": {"name": "push"}}}}
+    assert job.registry_secret_names(spec) == ["push", "pull"]
+    merged = job.merge_docker_configs([{"auths": {"a.example.com": {"auth": "cHVzaA=="}}},
+                                       {"auths": {"a.example.com": {"auth": "cHVsbA=="}, "b": {"auth": "Yg=="}}}])
+    assert merged == {"auths": {"a.example.com": {"auth": "cHVzaA=="}, "b": {"auth": "Yg=="}}}
+
+
+def test_docker_config_errors_do_not_quote_the_secret():
+    with pytest.raises(Exception) as info:
+        job.docker_config_of("kubernetes.io/dockerconfigjson", {".dockerconfigjson": b'{"auths": hunter2'}, "pull")
+    assert info.value.reason == "InvalidSpec" and "hunter2" not in str(info.value)
+    assert job.docker_config_of("kubernetes.io/dockercfg", {".dockercfg": b'{"h": {"auth": "eDp5"}}'}, "old") == \
+        {"auths": {"h": {"auth": "eDp5"}}}
+
+
+PVC_SPEC = build()["spec"]
+
+
+def test_success_result_becomes_status_output():
+    result = {"output": "/output/boot/app.cpio.gz", "size": 1234, "sha256": "aa" * 32, "sha512": "bb" * 64,
+              "entries": 42, "image": "x", "imageDigest": OTHER, "platform": "linux/amd64", "compression": "gzip",
+              "init": "generated"}
+    o = job.outcome({"exitCode": 0, "reason": "Completed", "message": json.dumps(result)}, PVC_SPEC)
+    assert o.reason == "Succeeded" and "1234 bytes" in o.message
+    assert o.output == {"claimName": "images", "path": "boot/app.cpio.gz", "size": 1234, "sha256": "aa" * 32,
+                        "sha512": "bb" * 64, "entries": 42, "imageDigest": OTHER, "platform": "linux/amd64",
+                        "compression": "gzip"}
+
+
+@pytest.mark.parametrize("terminated, reason, words", [
+    ({"exitCode": 3, "message": '{"error": "registry: access denied (HTTP 401)", "reason": "Unauthorized"}'},
+     "Unauthorized", "access denied"),
+    ({"exitCode": 4, "message": '{"error": "layer digest mismatch", "reason": "InvalidImage"}'},
+     "InvalidImage", "digest mismatch"),
+    ({"exitCode": 1, "message": '{"error": "odd", "reason": "NotAReason"}'}, "BuildFailed", "odd"),
+    ({"exitCode": 5, "message": "Traceback (most recent call last):\nOSError: No space left"}, "OutputFailed",
+     "No space left"),
+    ({"exitCode": 1, "message": ""}, "BuildFailed", "exited with code 1"),
+    ({"exitCode": 137, "reason": "OOMKilled", "message": ""}, "BuildFailed", "memory"),
+    (None, "BuildFailed", "without a container status"),
+])
+def test_failures_map_to_reasons(terminated, reason, words):
+    o = job.outcome(terminated, PVC_SPEC)
+    assert (o.reason, o.output) == (reason, None) and words in o.message
+
+
+def test_conditions_keep_transition_time_until_status_flips():
+    first = status.conditions(None, status.queued("wait"), 1, "2024-01-01T00:00:00Z")
+    assert [(c["type"], c["status"], c["reason"]) for c in first] == [("Ready", "False", "Queued"),
+                                                                     ("Progressing", "True", "Queued")]
+    second = status.conditions(first, status.building("go"), 1, "2024-01-01T00:01:00Z")
+    assert all(c["lastTransitionTime"] == "2024-01-01T00:00:00Z" for c in second)
+    third = status.conditions(second, status.succeeded("done"), 2, "2024-01-01T00:02:00Z")
+    assert all(c["lastTransitionTime"] == "2024-01-01T00:02:00Z" and c["observedGeneration"] == 2 for c in third)
+
+
+def test_duration_parsing_matches_the_crd_grammar():
+    assert status.parse_duration("1h30m5s") == 5405 and status.parse_duration("10s") == 10
+
+
+def test_what_is_due_without_an_event():
+    settings = Settings("b", 4, resolve_retry_seconds=60)
+    now = status.now()
+    at = lambda seconds_ago: status.timestamp(now - timedelta(seconds=seconds_ago))
+    ready = {"observedGeneration": 1, "imageDigest": DIGEST, "resolvedTime": at(30),
+             "conditions": status.conditions(None, status.succeeded("ok"), 1, at(30))}
+    b = build()
+    assert not due({**b, "status": ready}, now, settings)
+    assert due({**b, "metadata": {**b["metadata"], "generation": 2}, "status": ready}, now, settings)
+    assert due({**b, "spec": {**b["spec"], "refreshInterval": "20s"}, "status": ready}, now, settings)
+    assert not due({**b, "spec": {**b["spec"], "refreshInterval": "1m"}, "status": ready}, now, settings)
+    queued = {**ready, "conditions": status.conditions(None, status.queued("wait"), 1, at(1))}
+    assert due({**b, "status": queued}, now, settings)
+    unresolved = {"observedGeneration": 1, "resolvedTime": at(30),
+                  "conditions": status.conditions(None, status.failed("ImagePullFailed", "x"), 1, at(30))}
+    assert not due({**b, "status": unresolved}, now, settings)
+    assert due({**b, "status": {**unresolved, "resolvedTime": at(90)}}, now, settings)
