@@ -27,6 +27,12 @@ class AuthError(RegistryError):
     reason = "Unauthorized"
 
 
+class AccessDenied(BuildError):
+    """The operator's own RBAC does not let it read what a build refers to."""
+
+    reason = "Forbidden"
+
+
 class InvalidImageError(BuildError):
     """The image's bytes are wrong: corrupt layer, digest mismatch, unsafe path, unknown media type."""
 

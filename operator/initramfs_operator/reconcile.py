@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 from . import job as jobs
 from . import metrics, resolve
 from . import status as st
-from .errors import BuildError, UsageError
+from .errors import AccessDenied, BuildError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,9 @@ class Pass:
         except ApiException as e:
             if e.status == 404:
                 raise UsageError(f"secret {name} not found") from None
+            if e.status == 403:
+                raise AccessDenied(f"the operator may not read secret {name} "
+                                   f"(installed with the Helm value rbac.registrySecrets=false?)") from None
             raise
         return secret.type, {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
@@ -209,6 +212,8 @@ class Pass:
             except ApiException as e:
                 if e.status == 404:
                     raise UsageError(f"configmap {ca['name']} not found") from None
+                if e.status == 403:
+                    raise AccessDenied(f"the operator may not read configmap {ca['name']}") from None
                 raise
             key = ca.get("key", "ca.crt")
             if key not in (cm.data or {}):
