@@ -247,13 +247,13 @@ def test_builds_to_a_pvc(builds, node_agent, image, start_operator, builder_cli,
     node_agent.add_claim(builds.namespace, "images", tmp_path / "pv")
     builds.create("app", {"image": ref, "registry": {"insecure": True},
                           "compression": {"format": "zstd", "level": 5},
-                          "output": {"pvc": {"claimName": "images", "path": "app.cpio.zst"}}})
+                          "output": {"pvc": {"claimName": "images", "path": "boot/app.cpio.zst"}}})
     status = builds.wait_reason("app", "Succeeded")["status"]
-    out = tmp_path / "pv/app.cpio.zst"
+    out = tmp_path / "pv/boot/app.cpio.zst"  # the directory is created on a fresh volume
     assert status["imageDigest"] == digest and status["shortDigest"] == digest[7:19]
     assert status["output"]["sha256"] == sha256(out) and status["output"]["size"] == out.stat().st_size
     assert status["output"]["sha512"] == hashlib.sha512(out.read_bytes()).hexdigest()
-    assert status["output"]["path"] == "app.cpio.zst" and status["output"]["compression"] == "zstd"
+    assert status["output"]["path"] == "boot/app.cpio.zst" and status["output"]["compression"] == "zstd"
     assert status["output"]["claimUID"] == builds.core.read_namespaced_persistent_volume_claim(
         "images", builds.namespace).metadata.uid
     assert status["attempts"] == 1 and status["observedGeneration"] == 1

@@ -168,7 +168,7 @@ def builder_arguments(spec: dict, digest: str, registry_secret: str | None) -> t
         args += ["--platform", spec["platform"]]
     output = spec["output"]
     if "pvc" in output:
-        args += ["-o", f"{OUTPUT}/{output['pvc']['path']}"]
+        args += ["-o", f"{OUTPUT}/{output['pvc']['path']}", "--create-dirs"]
         mounts.append({"name": "output", "mountPath": OUTPUT})
         volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": output["pvc"]["claimName"]}})
     else:
