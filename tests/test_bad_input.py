@@ -119,3 +119,22 @@ def test_docker_save_archive_builds_the_same_tree(tmp_path):
     assert outs[0] == outs[1]
     with pytest.raises(UsageError, match="example/app:v1"):
         dockerarchive.load(f"{archive}:other:tag")
+
+
+def test_nul_byte_in_a_name_is_refused(tmp_path):
+    import io
+    import tarfile
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("etc/passwd")
+        info.size, info.pax_headers = 1, {"path": "etc/pa\0sswd"}
+        t.addfile(info, io.BytesIO(b"x"))
+    lay = Layout(tmp_path / "l")
+    layer = lay.blob(raw.getvalue(), "application/vnd.oci.image.layer.v1.tar")
+    config = lay.blob(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
+                                  "diff_ids": [layer["digest"]]}}).encode(), "application/vnd.oci.image.config.v1+json")
+    manifest = lay.blob(json.dumps({"schemaVersion": 2, "config": config, "layers": [layer]}).encode(),
+                        "application/vnd.oci.image.manifest.v1+json")
+    lay.tag(manifest, "t")
+    with pytest.raises(InvalidImageError, match="NUL byte"):
+        build_into(lay.root, tmp_path / "out", init=__file__)
