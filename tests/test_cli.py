@@ -89,6 +89,23 @@ def test_inject_modes_and_escapes(image, tmp_path):
     assert "etc/weird" in listing
 
 
+def test_inject_never_follows_image_symlinks_or_leaves_the_root(tmp_path):
+    lay = Layout(tmp_path / "l")
+    lay.tag(lay.image([[E("usr", "dir"), E("usr/lib", "dir"), E("lib", "symlink", link="/usr/lib"),
+                        E("etc", "symlink", link="../../../host-etc")]]), "t")
+    src = tmp_path / "f"
+    src.write_text("x")
+    for dest, message in (("/lib/modules.conf", "/lib is not a directory"), ("/etc/passwd", "/etc is not a directory"),
+                          ("../../outside", "escape the root")):
+        p = run("build", f"oci:{lay.root}:t", "-o", tmp_path / "o", "--init", __file__, "--inject", f"{src}:{dest}")
+        assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert not (tmp_path / "o").exists()
+    p = run("build", f"oci:{lay.root}:t", "-o", tmp_path / "o", "--init", __file__, "-c", "none",
+            "--inject", f"{src}:/usr/lib/modules.conf")
+    assert p.returncode == 0 and "usr/lib/modules.conf" in subprocess.run(
+        ["bsdtar", "-tf", str(tmp_path / "o")], capture_output=True, text=True).stdout
+
+
 def test_inspect_and_list_layers(image):
     p = run("inspect", image, "--json")
     assert p.returncode == 0, p.stderr
