@@ -48,7 +48,8 @@ class Progress:
         now = time.monotonic()
         if self.enabled and (force or now - self._shown > 0.1):
             self._shown = now
-            sys.stderr.write(f"\r\033[K{self.downloaded / 1e6:8.1f} MB downloaded | {self.phase}")
+            downloaded = f"{self.downloaded / 1e6:.1f} MB downloaded | " if self.downloaded else ""
+            sys.stderr.write(f"\r\033[K{downloaded}{self.phase}")
             sys.stderr.flush()
 
     def done(self) -> None:
