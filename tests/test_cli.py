@@ -1,10 +1,8 @@
 """The CLI end to end on local image sources (the registry cases live in test_cli_registry.py)."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

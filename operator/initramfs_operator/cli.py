@@ -147,7 +147,7 @@ def _base_annotations(image: Image, spec: str, epoch: int | None) -> dict:
 
 def _subject(image: Image, args):
     """The artifact refers to its source image when both live in the same repository."""
-    if not source.is_registry(args.image) or image.descriptor is None:
+    if not source.is_registry(args.image):
         return None
     src, dst = reference.parse(args.image.removeprefix("docker://")), reference.parse(args.push)
     return image.descriptor if (src.registry, src.repository) == (dst.registry, dst.repository) else None

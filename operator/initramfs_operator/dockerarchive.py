@@ -63,7 +63,10 @@ def load(spec: str) -> img.Image:
                 raise InvalidImageError(f"{name}: {member_name} is missing from the archive")
             return tar.extractfile(member).read()
 
-        manifest = img.parse_json(b'{"m":' + read("manifest.json") + b"}", f"{name}: manifest.json")["m"]
+        try:
+            manifest = json.loads(read("manifest.json"))
+        except ValueError as e:
+            raise InvalidImageError(f"{name}: manifest.json is not valid JSON: {e}") from None
         if not isinstance(manifest, list) or not manifest:
             raise InvalidImageError(f"{name}: manifest.json lists no images")
         entry = _pick(name, manifest, tag)
@@ -82,11 +85,11 @@ def load(spec: str) -> img.Image:
             blob = layer_name.removeprefix("blobs/sha256/")
             d = f"sha256:{blob}" if blob != layer_name else diff_id
             layers.append(ArchiveLayer(path, member, img.Descriptor("", digests.validate(d), member.size)))
-    digest = digests.of(config_bytes)
+    digest = digests.of(config_bytes)  # the image ID, as docker names it: a save holds no manifest
     doc = {"schemaVersion": 2, "config": {"digest": digest, "size": len(config_bytes)},
            "layers": [l.descriptor.to_json() for l in layers]}
     return img.Image(name, digest, doc, config, layers, [config.platform],
-                     descriptor=img.Descriptor(img.DOCKER_MANIFEST, digest, len(json.dumps(doc))))
+                     img.Descriptor(img.DOCKER_CONFIG, digest, len(config_bytes)))
 
 
 def _pick(name: str, manifest: list[dict], tag: str | None) -> dict:

@@ -138,8 +138,8 @@ class Image:
     config: Config
     layers: list[Layer]
     platforms: list[Platform]  # what the source offers, for `inspect`
+    descriptor: Descriptor     # of the selected manifest: an artifact's `subject`
     index_digest: str | None = None  # the index the manifest was chosen from, if any
-    descriptor: Descriptor | None = None  # of the selected manifest: an artifact's `subject`
 
     @property
     def pinned(self) -> str:
@@ -210,5 +210,5 @@ def resolve(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, platform
             raise InvalidImageError(f"{where}: the image is for {config.platform}, not {platform}; "
                                     f"pass --platform {config.platform} to build it")
     media_type = doc.get("mediaType") or desc.media_type or OCI_MANIFEST
-    return Image(name, desc.digest, doc, config, [layer(d) for d in layer_descs], offered, index_digest,
-                 Descriptor(media_type, desc.digest, len(data)))
+    return Image(name, desc.digest, doc, config, [layer(d) for d in layer_descs], offered,
+                 Descriptor(media_type, desc.digest, len(data)), index_digest)

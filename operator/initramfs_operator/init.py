@@ -1,6 +1,7 @@
 """`/init` for images that have none: a POSIX sh script that does what a container runtime
 would do before starting the image's process (mounts, Env, WorkingDir, User) and then execs it."""
 
+import re
 import shlex
 import stat
 
@@ -10,6 +11,7 @@ from .image import Config
 from .scratch import Scratch
 
 SHELL = "bin/sh"
+_SH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MOUNTS = (("proc", "proc", "/proc"), ("sysfs", "sysfs", "/sys"), ("devtmpfs", "devtmpfs", "/dev"),
           ("tmpfs", "tmpfs", "/tmp"), ("tmpfs", "tmpfs", "/run"))
@@ -64,7 +66,7 @@ def _env(entries: list[str]) -> dict[str, str]:
     for item in entries:
         key, sep, value = item.partition("=")
         # A name sh cannot export would abort the script; Docker accepts them, so skip rather than fail.
-        if sep and key.replace("_", "a").isalnum() and not key[0].isdigit():
+        if sep and _SH_NAME.fullmatch(key):
             env[key] = value
     return env
 
