@@ -67,7 +67,8 @@ def _registry_options(args, progress: Progress | None = None) -> registry.Option
     elif args.username:
         raise UsageError("--username needs --password-stdin (passwords are never taken on the command line)")
     return registry.Options(insecure=tuple(args.insecure_registry), ca_file=args.ca_file,
-                            auth_file=args.registry_config or _default_docker_config(), username=args.username, password=password,
+                            auth_file=args.registry_config or _default_docker_config(),
+                            username=args.username, password=password,
                             cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
                             on_bytes=progress.on_bytes if progress else None)
 

@@ -193,14 +193,10 @@ def builder_arguments(spec: dict, digest: str, registry_secret: str | None) -> t
         args += ["--init", f"{CONFIG_DIR}/init/init"]
     for i, item in enumerate(spec.get("inject") or []):
         directory = f"{CONFIG_DIR}/inject/{i}"
-        if "secretKeyRef" in item:
-            ref = item["secretKeyRef"]
-            mount(f"inject-{i}", directory, {"secret": {
-                "secretName": ref["name"], "items": [{"key": ref["key"], "path": "file"}]}})
-        else:
-            ref = item["configMapKeyRef"]
-            mount(f"inject-{i}", directory, {"configMap": {
-                "name": ref["name"], "items": [{"key": ref["key"], "path": "file"}]}})
+        ref = item.get("secretKeyRef") or item["configMapKeyRef"]
+        items = [{"key": ref["key"], "path": "file"}]
+        mount(f"inject-{i}", directory, {"secret": {"secretName": ref["name"], "items": items}}
+              if "secretKeyRef" in item else {"configMap": {"name": ref["name"], "items": items}})
         # SRC=DEST form: DEST may contain '=' but not ':' (the CRD forbids ':').
         mode = f":{item['mode']:04o}" if "mode" in item else ""
         args += ["--inject", f"{directory}/file={item['path']}{mode}"]

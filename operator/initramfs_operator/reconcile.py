@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 from contextlib import contextmanager
+from functools import cached_property
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -184,19 +185,25 @@ class Pass:
         return raw(self.r.batch.list_namespaced_job, self.meta["namespace"],
                    label_selector=f"{jobs.BUILD_UID}={self.meta['uid']}")["items"]
 
-    def secret_data(self, name: str) -> tuple[str, dict[str, bytes]]:
+    def referenced(self, kind: str, name: str, read, hint: str = ""):
+        """An object the spec names: missing is a spec error, unreadable is the operator's RBAC."""
         try:
-            secret = self.r.core.read_namespaced_secret(name, self.meta["namespace"])
+            return read(name, self.meta["namespace"])
         except ApiException as e:
             if e.status == 404:
-                raise UsageError(f"secret {name} not found") from None
+                raise UsageError(f"{kind} {name} not found") from None
             if e.status == 403:
-                raise AccessDenied(f"the operator may not read secret {name} "
-                                   f"(installed with the Helm value rbac.registrySecrets=false?)") from None
+                raise AccessDenied(f"the operator may not read {kind} {name}{hint}") from None
             raise
+
+    def secret_data(self, name: str) -> tuple[str, dict[str, bytes]]:
+        secret = self.referenced("secret", name, self.r.core.read_namespaced_secret,
+                                 " (installed with the Helm value rbac.registrySecrets=false?)")
         return secret.type, {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
+    @cached_property
     def docker_config(self) -> dict | None:
+        """The build's registry credentials, merged; read once a pass however often they are needed."""
         names = jobs.registry_secret_names(self.spec)
         if not names:
             return None
@@ -207,19 +214,12 @@ class Pass:
         ca_pem = None
         ca = (self.spec.get("registry") or {}).get("caConfigMap")
         if ca:
-            try:
-                cm = self.r.core.read_namespaced_config_map(ca["name"], self.meta["namespace"])
-            except ApiException as e:
-                if e.status == 404:
-                    raise UsageError(f"configmap {ca['name']} not found") from None
-                if e.status == 403:
-                    raise AccessDenied(f"the operator may not read configmap {ca['name']}") from None
-                raise
+            cm = self.referenced("configmap", ca["name"], self.r.core.read_namespaced_config_map)
             key = ca.get("key", "ca.crt")
             if key not in (cm.data or {}):
                 raise UsageError(f"configmap {ca['name']} has no key {key}")
             ca_pem = cm.data[key].encode()
-        with resolve.registry_options(self.spec, self.docker_config(), ca_pem) as options:
+        with resolve.registry_options(self.spec, self.docker_config, ca_pem) as options:
             yield options
 
     def already_built(self, digest: str) -> bool:
@@ -230,14 +230,8 @@ class Pass:
             return False
         if "pvc" in self.spec["output"]:
             # The operator cannot look inside the volume; a claim recreated since the build is empty.
-            try:
-                claim = self.r.core.read_namespaced_persistent_volume_claim(
-                    self.spec["output"]["pvc"]["claimName"], self.meta["namespace"])
-            except ApiException as e:
-                if e.status == 404:
-                    return False
-                raise
-            return claim.metadata.uid == s["output"].get("claimUID")
+            uid = self.claim_uid().get("claimUID")
+            return uid is not None and uid == s["output"].get("claimUID")
         try:
             with self.registry_options() as options:
                 return resolve.pushed_digest(self.spec, options) == s["output"].get("digest")
@@ -284,7 +278,7 @@ class Pass:
         except ApiException as e:
             if e.status != 404:
                 raise
-        config = json.dumps(self.docker_config()).encode()
+        config = json.dumps(self.docker_config).encode()
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
                  "uid": job["metadata"]["uid"], "controller": True}
         body = {"metadata": {"name": name, "labels": {jobs.MANAGED_BY: jobs.OPERATOR},
