@@ -8,7 +8,8 @@ import pytest
 
 from fixtures.images import E, Layout, tar
 from fixtures.tools import need
-from initramfs_operator import build, dockerarchive, layout
+from initramfs_operator import build
+from initramfs_operator.oci import dockerarchive, layout
 from initramfs_operator.errors import InvalidImageError, OutputError, UsageError
 
 GOOD = [E("etc", "dir"), E("etc/hostname", data=b"box\n" * 5000)]
@@ -18,7 +19,7 @@ def build_into(lay_root: Path, out_dir: Path, tag="t", **options):
     out_dir.mkdir(exist_ok=True)
     try:
         return build.build_file(layout.load(f"{lay_root}:{tag}"), str(out_dir / "initrd.img"),
-                                build.Options(**options))
+                                build.BuildOptions(**options))
     finally:
         assert [p.name for p in out_dir.iterdir()] in ([], ["initrd.img"])
 
@@ -91,7 +92,7 @@ def test_unwritable_output_is_an_output_error(tmp_path):
     lay = Layout(tmp_path / "l")
     lay.tag(lay.image([GOOD]), "t")
     with pytest.raises(OutputError, match="no-such-dir"):
-        build.build_file(layout.load(f"{lay.root}:t"), str(tmp_path / "no-such-dir/initrd"), build.Options())
+        build.build_file(layout.load(f"{lay.root}:t"), str(tmp_path / "no-such-dir/initrd"), build.BuildOptions())
 
 
 def test_unknown_tag_lists_the_tags(tmp_path):
@@ -114,7 +115,7 @@ def test_docker_save_archive_builds_the_same_tree(tmp_path):
     outs = []
     for img in (layout.load(f"{lay.root}:t"), dockerarchive.load(f"{archive}:example/app:v1")):
         out = tmp_path / f"{len(outs)}.cpio"
-        build.build_file(img, str(out), build.Options(compression="none", init=str(init)))
+        build.build_file(img, str(out), build.BuildOptions(compression="none", init=str(init)))
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
     with pytest.raises(UsageError, match="example/app:v1"):

@@ -4,7 +4,8 @@ import pytest
 
 from fixtures.boot import boot
 from fixtures.images import E, Layout, busybox_entries
-from initramfs_operator import build, layout
+from initramfs_operator import build
+from initramfs_operator.oci import layout
 
 MARKER = "initramfs-operator-booted"
 INIT = f"""#!/bin/sh
@@ -22,7 +23,7 @@ def test_boots_in_qemu(compression, kernel, busybox_static, tmp_path):
     lay.tag(lay.image([busybox_entries(busybox_static, INIT, [E("etc/motd", data=b"old\n")]),
                        [E("etc/motd", data=b"motd from the top layer\n")]]), "boot")
     initrd = tmp_path / f"initrd.{compression}"
-    build.build_file(layout.load(f"{lay.root}:boot"), str(initrd), build.Options(compression=compression))
+    build.build_file(layout.load(f"{lay.root}:boot"), str(initrd), build.BuildOptions(compression=compression))
     console = boot(kernel, initrd, MARKER)
     assert f"{MARKER} uid=0 console=/dev/console" in console
     assert "motd from the top layer" in console

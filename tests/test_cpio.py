@@ -7,7 +7,9 @@ import pytest
 
 from fixtures.images import E, Layout
 from fixtures.tools import need
-from initramfs_operator import build, cpio, layout
+from initramfs_operator import build
+from initramfs_operator.archive import cpio
+from initramfs_operator.oci import layout
 from initramfs_operator.errors import InvalidImageError
 
 IMAGE = [E("etc", "dir"), E("etc/hosts", data=b"127.0.0.1 localhost\n"), E("usr", "dir"), E("usr/bin", "dir"),
@@ -38,7 +40,7 @@ def archive(tmp_path):
     init = tmp_path / "init"
     init.write_bytes(b"#!/bin/sh\necho hi\n")
     out = tmp_path / "initrd.cpio"
-    build.build_file(layout.load(f"{lay.root}:latest"), str(out), build.Options(compression="none", init=str(init)))
+    build.build_file(layout.load(f"{lay.root}:latest"), str(out), build.BuildOptions(compression="none", init=str(init)))
     return out
 
 
@@ -98,7 +100,7 @@ def test_essentials_do_not_override_the_image(tmp_path):
     lay.tag(lay.image([[E("tmp", "dir", mode=0o755, uid=5), E("dev", "symlink", link="/somewhere"),
                         E("init", data=b"#!x", mode=0o700)]]), "t")
     out = tmp_path / "o.cpio"
-    r = build.build_file(layout.load(f"{lay.root}:t"), str(out), build.Options(compression="none"))
+    r = build.build_file(layout.load(f"{lay.root}:t"), str(out), build.BuildOptions(compression="none"))
     assert r.init == "image"
     listing = subprocess.run(["bsdtar", "-tvf", str(out), "--numeric-owner"], capture_output=True,
                              text=True).stdout

@@ -10,7 +10,8 @@ import pytest
 
 from fixtures.images import E, Layout
 from fixtures.tools import need
-from initramfs_operator import build, layout
+from initramfs_operator import build
+from initramfs_operator.oci import layout
 
 ESSENTIALS = [E("dev", "dir"), E("dev/console", "char", major=5, minor=1, mode=0o600), E("proc", "dir"),
               E("sys", "dir"), E("tmp", "dir", mode=0o1777), E("run", "dir"), E("root", "dir", mode=0o700),
@@ -91,7 +92,7 @@ def test_flatten_matches_umoci(stacked, tmp_path):
     subprocess.run(["umoci", "unpack", "--image", f"{stacked}:v1", str(tmp_path / "bundle")], check=True,
                    capture_output=True)
     archive = tmp_path / "initrd.cpio"
-    build.build_file(layout.load(f"{stacked}:v1"), str(archive), build.Options(compression="none"))
+    build.build_file(layout.load(f"{stacked}:v1"), str(archive), build.BuildOptions(compression="none"))
     ours = tmp_path / "ours"
     ours.mkdir()
     with open(archive, "rb") as f:
@@ -114,7 +115,7 @@ def test_source_date_epoch_and_reproducible(stacked, tmp_path):
         for compression in ("gzip", "zstd"):
             out = tmp_path / f"{i}.{compression}"
             r = build.build_file(layout.load(f"{stacked}:v1"), str(out),
-                                 build.Options(compression=compression, threads=threads,
+                                 build.BuildOptions(compression=compression, threads=threads,
                                                source_date_epoch=1_500_000_000))
             assert r.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
             digests.add((compression, r.sha256))

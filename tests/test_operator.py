@@ -17,7 +17,7 @@ from fixtures.kube import wait_until
 from fixtures.operator import Builds
 from fixtures.registry import PASSWORD, USER, unique_repo
 from fixtures.tools import need
-from initramfs_operator import job as jobs
+from initramfs_operator.kube import buildjob
 
 UNSCHEDULABLE = {"nodeSelector": {"initramfs.dev/test": "no-such-node"}}
 PINNED = "registry.invalid/never/pulled@sha256:" + "0" * 64  # a digest needs no resolving
@@ -74,7 +74,7 @@ def test_job_manifest_is_accepted_by_the_api_server(builds):
             "init": {"configMapKeyRef": {"name": "cm", "key": "init"}}, "activeDeadlineSeconds": 60,
             "resources": {"limits": {"memory": "512Mi"}}, "tolerations": [{"operator": "Exists"}]}
     build = builds.create("dry", spec)
-    manifest = jobs.build_job(build, "sha256:" + "1" * 64, "builder:1", "dry-registry")
+    manifest = buildjob.build_job(build, "sha256:" + "1" * 64, "builder:1", "dry-registry")
     created = builds.batch.create_namespaced_job(builds.namespace, manifest, dry_run="All")
     assert created.spec.template.spec.containers[0].security_context.read_only_root_filesystem
     assert created.spec.pod_failure_policy.rules[1].on_exit_codes.values == [2, 3, 4, 5]
@@ -168,7 +168,7 @@ def test_a_job_created_before_status_was_written_is_adopted(builds, start_operat
     # As if an operator created the Job and died before recording it: same name, no second Job.
     build = builds.create("orphan", {"image": PINNED, "output": {"pvc": {"claimName": "c", "path": "x.img"}},
                                      **UNSCHEDULABLE})
-    manifest = jobs.build_job(build, PINNED.split("@")[1], "builder:1", None)
+    manifest = buildjob.build_job(build, PINNED.split("@")[1], "builder:1", None)
     builds.batch.create_namespaced_job(builds.namespace, manifest)
     start_operator()
     status = builds.wait_reason("orphan", "Building")["status"]
@@ -304,7 +304,7 @@ def test_private_registry_with_pull_and_push_secrets(builds, node_agent, auth_re
                               "output": {"oci": {"repository": f"{auth_registry.host}/{target}", "tag": "v1",
                                                  "pushSecret": {"name": "push"}}}})
     status = builds.wait_reason("private", "Succeeded")["status"]
-    merged = builds.core.read_namespaced_secret(jobs.registry_secret_name(status["jobName"]), builds.namespace)
+    merged = builds.core.read_namespaced_secret(buildjob.registry_secret_name(status["jobName"]), builds.namespace)
     assert merged.metadata.owner_references[0].name == status["jobName"]
     with auth_registry.client() as c:
         assert c.head(f"/v2/{target}/manifests/v1", headers={

@@ -5,8 +5,9 @@ from datetime import timedelta
 
 import pytest
 
-from initramfs_operator import cli, job, status
-from initramfs_operator.reconcile import Settings, due
+from initramfs_operator import cli
+from initramfs_operator.kube import buildjob, conditions
+from initramfs_operator.kube.reconcile import Settings, due
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -25,15 +26,15 @@ def container(manifest: dict) -> dict:
 
 def test_job_name_is_deterministic_per_generation_and_digest():
     b = build()
-    assert job.job_name(b, DIGEST) == job.job_name(build(), DIGEST)
-    names = {job.job_name(b, DIGEST), job.job_name(b, OTHER), job.job_name(build(generation=2), DIGEST)}
+    assert buildjob.job_name(b, DIGEST) == buildjob.job_name(build(), DIGEST)
+    names = {buildjob.job_name(b, DIGEST), buildjob.job_name(b, OTHER), buildjob.job_name(build(generation=2), DIGEST)}
     assert len(names) == 3
-    long = job.job_name(build(name="x" * 250), DIGEST)
+    long = buildjob.job_name(build(name="x" * 250), DIGEST)
     assert len(long) <= 63 and long[-1].isalnum()
 
 
 def test_pvc_job_runs_the_builder_locked_down():
-    manifest = job.build_job(build(), DIGEST, "builder:1", None)
+    manifest = buildjob.build_job(build(), DIGEST, "builder:1", None)
     pod = manifest["spec"]["template"]["spec"]
     c = container(manifest)
     assert c["image"] == "builder:1" and c["command"] == ["initramfs-builder"]
@@ -57,8 +58,8 @@ def test_pvc_job_runs_the_builder_locked_down():
     assert volumes[mounts["/output"]]["persistentVolumeClaim"] == {"claimName": "images"}
     owner = manifest["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("InitramfsBuild", "app", True)
-    assert manifest["metadata"]["annotations"][job.IMAGE_DIGEST] == DIGEST
-    assert manifest["spec"]["template"]["metadata"]["labels"][job.MANAGED_BY] == job.OPERATOR
+    assert manifest["metadata"]["annotations"][buildjob.IMAGE_DIGEST] == DIGEST
+    assert manifest["spec"]["template"]["metadata"]["labels"][buildjob.MANAGED_BY] == buildjob.OPERATOR
     assert manifest["spec"]["backoffLimit"] == 2 and "activeDeadlineSeconds" not in manifest["spec"]
     fail_job = manifest["spec"]["podFailurePolicy"]["rules"][1]
     assert fail_job["action"] == "FailJob" and fail_job["onExitCodes"]["values"] == [2, 3, 4, 5]
@@ -77,7 +78,7 @@ def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
         "resources": {"limits": {"memory": "1Gi"}}, "nodeSelector": {"disk": "ssd"},
         "tolerations": [{"key": "build", "operator": "Exists"}], "activeDeadlineSeconds": 600, "backoffLimit": 0,
     }
-    manifest = job.build_job(build(spec), DIGEST, "builder:1", "app-1-x-registry")
+    manifest = buildjob.build_job(build(spec), DIGEST, "builder:1", "app-1-x-registry")
     c = container(manifest)
     args = c["args"]
     parsed = cli.parser().parse_args(args)
@@ -112,17 +113,17 @@ def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
 def test_push_secret_comes_first_so_it_wins_for_the_push_registry():
     spec = {"image": "a.example.com/x", "imagePullSecrets": [{"name": "pull"}, {"name": "push"}],
             "output": {"oci": {"repository": "a.example.com/y", "tag": "t", "pushSecret": {"name": "push"}}}}
-    assert job.registry_secret_names(spec) == ["push", "pull"]
-    merged = job.merge_docker_configs([{"auths": {"a.example.com": {"auth": "cHVzaA=="}}},
+    assert buildjob.registry_secret_names(spec) == ["push", "pull"]
+    merged = buildjob.merge_docker_configs([{"auths": {"a.example.com": {"auth": "cHVzaA=="}}},
                                        {"auths": {"a.example.com": {"auth": "cHVsbA=="}, "b": {"auth": "Yg=="}}}])
     assert merged == {"auths": {"a.example.com": {"auth": "cHVzaA=="}, "b": {"auth": "Yg=="}}}
 
 
 def test_docker_config_errors_do_not_quote_the_secret():
     with pytest.raises(Exception) as info:
-        job.docker_config_of("kubernetes.io/dockerconfigjson", {".dockerconfigjson": b'{"auths": hunter2'}, "pull")
+        buildjob.docker_config_of("kubernetes.io/dockerconfigjson", {".dockerconfigjson": b'{"auths": hunter2'}, "pull")
     assert info.value.reason == "InvalidSpec" and "hunter2" not in str(info.value)
-    assert job.docker_config_of("kubernetes.io/dockercfg", {".dockercfg": b'{"h": {"auth": "eDp5"}}'}, "old") == \
+    assert buildjob.docker_config_of("kubernetes.io/dockercfg", {".dockercfg": b'{"h": {"auth": "eDp5"}}'}, "old") == \
         {"auths": {"h": {"auth": "eDp5"}}}
 
 
@@ -133,7 +134,7 @@ def test_success_result_becomes_status_output():
     result = {"output": "/output/boot/app.cpio.gz", "size": 1234, "sha256": "aa" * 32, "sha512": "bb" * 64,
               "entries": 42, "image": "x", "imageDigest": OTHER, "platform": "linux/amd64", "compression": "gzip",
               "init": "generated"}
-    o = job.outcome({"exitCode": 0, "reason": "Completed", "message": json.dumps(result)}, PVC_SPEC)
+    o = buildjob.outcome({"exitCode": 0, "reason": "Completed", "message": json.dumps(result)}, PVC_SPEC)
     assert o.reason == "Succeeded" and "1234 bytes" in o.message
     assert o.output == {"claimName": "images", "path": "boot/app.cpio.gz", "size": 1234, "sha256": "aa" * 32,
                         "sha512": "bb" * 64, "entries": 42, "imageDigest": OTHER, "platform": "linux/amd64",
@@ -153,38 +154,38 @@ def test_success_result_becomes_status_output():
     (None, "BuildFailed", "without a container status"),
 ])
 def test_failures_map_to_reasons(terminated, reason, words):
-    o = job.outcome(terminated, PVC_SPEC)
+    o = buildjob.outcome(terminated, PVC_SPEC)
     assert (o.reason, o.output) == (reason, None) and words in o.message
 
 
 def test_conditions_keep_transition_time_until_status_flips():
-    first = status.conditions(None, status.queued("wait"), 1, "2024-01-01T00:00:00Z")
+    first = conditions.conditions(None, conditions.queued("wait"), 1, "2024-01-01T00:00:00Z")
     assert [(c["type"], c["status"], c["reason"]) for c in first] == [("Ready", "False", "Queued"),
                                                                      ("Progressing", "True", "Queued")]
-    second = status.conditions(first, status.building("go"), 1, "2024-01-01T00:01:00Z")
+    second = conditions.conditions(first, conditions.building("go"), 1, "2024-01-01T00:01:00Z")
     assert all(c["lastTransitionTime"] == "2024-01-01T00:00:00Z" for c in second)
-    third = status.conditions(second, status.succeeded("done"), 2, "2024-01-01T00:02:00Z")
+    third = conditions.conditions(second, conditions.succeeded("done"), 2, "2024-01-01T00:02:00Z")
     assert all(c["lastTransitionTime"] == "2024-01-01T00:02:00Z" and c["observedGeneration"] == 2 for c in third)
 
 
 def test_duration_parsing_matches_the_crd_grammar():
-    assert status.parse_duration("1h30m5s") == 5405 and status.parse_duration("10s") == 10
+    assert conditions.parse_duration("1h30m5s") == 5405 and conditions.parse_duration("10s") == 10
 
 
 def test_what_is_due_without_an_event():
     settings = Settings("b", 4, resolve_retry_seconds=60)
-    now = status.now()
-    at = lambda seconds_ago: status.timestamp(now - timedelta(seconds=seconds_ago))
+    now = conditions.now()
+    at = lambda seconds_ago: conditions.timestamp(now - timedelta(seconds=seconds_ago))
     ready = {"observedGeneration": 1, "imageDigest": DIGEST, "resolvedTime": at(30),
-             "conditions": status.conditions(None, status.succeeded("ok"), 1, at(30))}
+             "conditions": conditions.conditions(None, conditions.succeeded("ok"), 1, at(30))}
     b = build()
     assert not due({**b, "status": ready}, now, settings)
     assert due({**b, "metadata": {**b["metadata"], "generation": 2}, "status": ready}, now, settings)
     assert due({**b, "spec": {**b["spec"], "refreshInterval": "20s"}, "status": ready}, now, settings)
     assert not due({**b, "spec": {**b["spec"], "refreshInterval": "1m"}, "status": ready}, now, settings)
-    queued = {**ready, "conditions": status.conditions(None, status.queued("wait"), 1, at(1))}
+    queued = {**ready, "conditions": conditions.conditions(None, conditions.queued("wait"), 1, at(1))}
     assert due({**b, "status": queued}, now, settings)
     unresolved = {"observedGeneration": 1, "resolvedTime": at(30),
-                  "conditions": status.conditions(None, status.failed("ImagePullFailed", "x"), 1, at(30))}
+                  "conditions": conditions.conditions(None, conditions.failed("ImagePullFailed", "x"), 1, at(30))}
     assert not due({**b, "status": unresolved}, now, settings)
     assert due({**b, "status": {**unresolved, "resolvedTime": at(90)}}, now, settings)

@@ -1,7 +1,7 @@
 import pytest
 
 from initramfs_operator.errors import UsageError
-from initramfs_operator.reference import parse
+from initramfs_operator.oci.reference import parse
 
 D = "sha256:" + "a" * 64
 

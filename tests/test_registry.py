@@ -10,7 +10,8 @@ import pytest
 
 from fixtures.images import E, Layout, compress, tar
 from fixtures.registry import unique_repo
-from initramfs_operator import image, registry as reg
+from initramfs_operator.oci import image
+from initramfs_operator.oci.registry import client as reg
 from initramfs_operator.errors import InvalidImageError, RegistryError
 
 AMD64 = image.Platform("linux", "amd64")
@@ -66,27 +67,27 @@ def test_unknown_platform_lists_the_available_ones(registry, multiarch):
         reg.load(multiarch[1], image.Platform("linux", "s390x"), registry.options())
 
 
-def test_digest_pinned_reference_and_resolve_digest(registry, multiarch, tmp_path):
+def test_digest_pinned_reference_and_current_digest(registry, multiarch, tmp_path):
     layout, ref, repo, index, images = multiarch
-    assert reg.resolve_digest(ref, registry.options()) == index["digest"]
+    assert reg.current_digest(ref, registry.options()) == index["digest"]
     pinned = reg.load(registry.ref(repo, images[ARM64]["digest"]), ARM64, registry.options())
     assert pinned.digest == images[ARM64]["digest"] and pinned.index_digest is None
     tagged_and_pinned = f"{ref}@{index['digest']}"
     assert reg.load(tagged_and_pinned, AMD64, registry.options()).digest == images[AMD64]["digest"]
-    assert reg.resolve_digest(tagged_and_pinned, registry.options()) == index["digest"]
+    assert reg.current_digest(tagged_and_pinned, registry.options()) == index["digest"]
 
     # Moving the tag moves the digest (what the operator watches for).
     other = Layout(tmp_path / "other")
     moved = other.tag(other.image([[E("new", data=b"new")]]), "v1")
     registry.push(other.root, "v1", repo)
-    assert reg.resolve_digest(ref, registry.options()) == moved["digest"]
+    assert reg.current_digest(ref, registry.options()) == moved["digest"]
 
 
 def test_missing_tag_and_repository_are_registry_errors(registry, multiarch):
     with pytest.raises(RegistryError, match=r"/test/.*:nope: not found \(HTTP 404, MANIFEST_UNKNOWN"):
         reg.load(registry.ref(multiarch[2], "nope"), AMD64, registry.options())
     with pytest.raises(RegistryError, match="not found"):
-        reg.resolve_digest(registry.ref("no/such-repo", "v1"), registry.options())
+        reg.current_digest(registry.ref("no/such-repo", "v1"), registry.options())
 
 
 def test_oci_manifest_without_media_type(registry, tmp_path):

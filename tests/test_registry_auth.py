@@ -8,7 +8,7 @@ import pytest
 
 from fixtures.images import E, Layout
 from fixtures.registry import PASSWORD, USER, unique_repo
-from initramfs_operator import auth, registry as reg
+from initramfs_operator.oci.registry import auth, client as reg
 from initramfs_operator.errors import AuthError, UsageError
 from test_registry import AMD64, blob, layer_bytes, manifest_of
 

@@ -9,7 +9,8 @@ import pytest
 from fixtures.images import E, Layout
 from fixtures.registry import unique_repo
 from fixtures.tools import need
-from initramfs_operator import image, registry as reg
+from initramfs_operator.oci import image
+from initramfs_operator.oci.registry import client as reg
 from initramfs_operator.errors import UsageError
 from test_registry import AMD64
 
@@ -61,7 +62,7 @@ def test_push_artifact_with_subject_and_referrers_tag(registry, source, tmp_path
     assert manifest["annotations"] == {**annotations, "org.opencontainers.image.title": "initramfs.cpio.gz",
                                        "org.opencontainers.image.created": "2023-11-14T22:13:20Z"}
     assert manifest["subject"] == {"mediaType": image.OCI_MANIFEST, "digest": subject.digest, "size": subject.size}
-    assert reg.resolve_digest(registry.ref(repo, "src-initramfs"), registry.options()) == digest
+    assert reg.current_digest(registry.ref(repo, "src-initramfs"), registry.options()) == digest
 
     referrers_tag = registry.ref(repo, subject.digest.replace(":", "-"))
     referrers = skopeo_raw(registry, referrers_tag)

@@ -9,7 +9,7 @@ import pytest
 
 from fixtures.images import E, Layout
 from fixtures.registry import free_port, unique_repo
-from initramfs_operator import registry as reg
+from initramfs_operator.oci.registry import client as reg
 from initramfs_operator.errors import InvalidImageError, RegistryError
 from test_registry import AMD64, blob, layer_bytes, manifest_of
 
@@ -38,7 +38,7 @@ def test_429_retry_after_is_honoured(registry, fault_proxy, pushed):
     _, repo, desc, _ = pushed(registry)
     fault_proxy.inject("HEAD", "/manifests/", "status", status=429, headers={"Retry-After": "2"})
     started = time.monotonic()
-    assert reg.resolve_digest(fault_proxy.ref(repo, "t"), fault_proxy.options()) == desc["digest"]
+    assert reg.current_digest(fault_proxy.ref(repo, "t"), fault_proxy.options()) == desc["digest"]
     assert time.monotonic() - started >= 2
 
 
@@ -46,7 +46,7 @@ def test_unreachable_registry_is_retried_then_named(monkeypatch):
     monkeypatch.setattr(reg, "BACKOFF", 0.01)
     host = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(RegistryError, match=f"{host}/a/b:c: ConnectError talking to {host}.*gave up after 5 attempts"):
-        reg.load(f"{host}/a/b:c", AMD64, reg.Options(insecure=(host,)))
+        reg.load(f"{host}/a/b:c", AMD64, reg.RegistryOptions(insecure=(host,)))
 
 
 def test_layers_download_in_parallel(registry, fault_proxy, tmp_path):
@@ -71,8 +71,9 @@ def test_a_failing_program_exits_without_waiting_for_downloads(registry, fault_p
     fault_proxy.inject("GET", "/blobs/(" + "|".join(l["digest"] for l in layers) + ")", "delay", seconds=30,
                        times=None)
     script = textwrap.dedent(f"""
-        from initramfs_operator import image, registry as reg
-        options = reg.Options(insecure=({fault_proxy.host!r},))
+        from initramfs_operator.oci import image
+        from initramfs_operator.oci.registry import client as reg
+        options = reg.RegistryOptions(insecure=({fault_proxy.host!r},))
         reg.load({fault_proxy.ref(repo, "t")!r}, image.DEFAULT_PLATFORM, options)
         raise SystemExit("build failed")
     """)
@@ -138,7 +139,7 @@ def test_proxy_from_the_environment(registry, fault_proxy, pushed, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", fault_proxy.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    img = reg.load(f"registry.invalid:5000/{repo}:t", AMD64, reg.Options(insecure=("registry.invalid",)))
+    img = reg.load(f"registry.invalid:5000/{repo}:t", AMD64, reg.RegistryOptions(insecure=("registry.invalid",)))
     assert layer_bytes(img) == [blob(layout, l) for l in layers]
 
 
@@ -153,11 +154,11 @@ def test_tls_without_the_ca_fails_at_once_with_a_hint(tls_registry, pushed):
     _, repo, _, _ = pushed(tls_registry)
     started = time.monotonic()
     with pytest.raises(RegistryError, match=f"{tls_registry.host}: TLS certificate verification failed .*CA bundle"):
-        reg.resolve_digest(tls_registry.ref(repo, "t"), reg.Options())
+        reg.current_digest(tls_registry.ref(repo, "t"), reg.RegistryOptions())
     assert time.monotonic() - started < 2  # not retried
 
 
 def test_https_to_a_plain_http_registry_suggests_insecure(registry, pushed):
     _, repo, _, _ = pushed(registry)
     with pytest.raises(RegistryError, match="list it as insecure"):
-        reg.resolve_digest(registry.ref(repo, "t"), reg.Options())
+        reg.current_digest(registry.ref(repo, "t"), reg.RegistryOptions())

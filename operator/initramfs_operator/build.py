@@ -4,19 +4,22 @@ import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from . import compress, cpio, init, mutate, output
-from .flatten import Node, Tree, apply
-from .image import Image
-from .scratch import Scratch
+from .archive import compress, cpio, output
+from .oci.image import Image
+from .rootfs import edit, initscript
+from .rootfs.flatten import apply
+from .rootfs.tree import Node, Tree
+from .rootfs.records import tree_records
+from .rootfs.scratch import Scratch
 
 
 @dataclass
-class Options:
+class BuildOptions:
     compression: str = "gzip"
     level: int | None = None
     threads: int | None = None
     init: str | None = None  # host file to install as /init
-    inject: list[mutate.Injection] = field(default_factory=list)
+    inject: list[edit.Injection] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     source_date_epoch: int | None = None
     scratch_dir: str | None = None
@@ -38,7 +41,7 @@ class Result:
 Report = Callable[[str], None]
 
 
-def build(image: Image, out: BinaryIO, options: Options, report: Report = lambda _: None) -> tuple[int, str]:
+def build(image: Image, out: BinaryIO, options: BuildOptions, report: Report = lambda _: None) -> tuple[int, str]:
     """Writes the compressed initramfs of `image` to `out`; returns (entries, init source)."""
     level = compress.check(options.compression, options.level)
     with Scratch(options.scratch_dir) as scratch:
@@ -46,13 +49,13 @@ def build(image: Image, out: BinaryIO, options: Options, report: Report = lambda
         for i, layer in enumerate(image.layers, 1):
             report(f"layer {i}/{len(image.layers)} {layer.descriptor.digest[:19]}")
             apply(tree, layer, scratch)
-        mutate.exclude(tree, options.exclude)
+        edit.exclude(tree, options.exclude)
         for item in options.inject:
-            mutate.inject(tree, scratch, item)
+            edit.inject(tree, scratch, item)
         init_source = _install_init(tree, scratch, image, options)
-        mutate.essentials(tree, options.source_date_epoch or 0)
+        edit.essentials(tree, options.source_date_epoch or 0)
         sink = compress.writer(out, options.compression, level, options.threads)
-        records = cpio.clamp_mtime(cpio.records(tree, scratch), options.source_date_epoch)
+        records = cpio.clamp_mtime(tree_records(tree, scratch), options.source_date_epoch)
         entries = cpio.write(_counted(records, f"writing {options.compression} archive", report), sink)
         sink.close()
         return entries, init_source
@@ -65,20 +68,20 @@ def _counted(records: Iterator[cpio.Record], phase: str, report: Report) -> Iter
         yield record
 
 
-def _install_init(tree, scratch: Scratch, image: Image, options: Options) -> str:
+def _install_init(tree, scratch: Scratch, image: Image, options: BuildOptions) -> str:
     if options.init:
-        mutate.inject(tree, scratch, mutate.Injection(options.init, "init", 0o755))
+        edit.inject(tree, scratch, edit.Injection(options.init, "init", 0o755))
         return "file"
     existing = tree.lookup("init")
     if existing is not None and not existing.is_dir:
         return "image"
-    script = init.generate(image.config, tree, scratch, image.pinned)
+    script = initscript.generate(image.config, tree, scratch, image.pinned)
     tree.put("init", Node(stat.S_IFREG | 0o755, size=len(script), offset=scratch.add_bytes(script),
                           mtime=options.source_date_epoch or 0))
     return "generated"
 
 
-def build_file(image: Image, path: str, options: Options, report: Report = lambda _: None,
+def build_file(image: Image, path: str, options: BuildOptions, report: Report = lambda _: None,
                create_dirs: bool = False) -> Result:
     """Builds into `path` atomically: on any failure no file (and no partial file) is left."""
     with output.atomic(path, create_dirs) as out:

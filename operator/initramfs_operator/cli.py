@@ -13,10 +13,13 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-from . import __version__, build, compress, reference, registry, source
+from . import __version__, build
+from .archive import compress
 from .errors import BuildError, UsageError
-from .image import DEFAULT_PLATFORM, Image, Platform
-from .mutate import Injection
+from .oci import reference, source
+from .oci.image import DEFAULT_PLATFORM, Image, Platform
+from .oci.registry import client as registry
+from .rootfs.edit import Injection
 
 EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}
 BASE_NAME = "org.opencontainers.image.base.name"
@@ -58,7 +61,7 @@ class Progress:
             sys.stderr.flush()
 
 
-def _registry_options(args, progress: Progress | None = None) -> registry.Options:
+def _registry_options(args, progress: Progress | None = None) -> registry.RegistryOptions:
     password = None
     if getattr(args, "password_stdin", False):
         if not args.username:
@@ -66,7 +69,7 @@ def _registry_options(args, progress: Progress | None = None) -> registry.Option
         password = sys.stdin.readline().rstrip("\r\n")
     elif args.username:
         raise UsageError("--username needs --password-stdin (passwords are never taken on the command line)")
-    return registry.Options(insecure=tuple(args.insecure_registry), ca_file=args.ca_file,
+    return registry.RegistryOptions(insecure=tuple(args.insecure_registry), ca_file=args.ca_file,
                             auth_file=args.registry_config or _default_docker_config(),
                             username=args.username, password=password,
                             cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
@@ -105,7 +108,7 @@ def cmd_build(args) -> dict:
     if args.output and args.push:
         raise UsageError("choose one of -o/--output and --push")
     epoch = _source_date_epoch(args)
-    options = build.Options(
+    options = build.BuildOptions(
         compression=args.compression, level=args.level, threads=args.threads, init=args.init,
         inject=[Injection.parse(s) for s in args.inject], exclude=args.exclude, source_date_epoch=epoch,
         scratch_dir=args.scratch_dir)

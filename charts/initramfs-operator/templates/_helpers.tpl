@@ -26,13 +26,53 @@ app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{- define "initramfs-operator.labels" -}}
+{{/* Labels of every object but the selector labels, which only the operator's objects carry. */}}
+{{- define "initramfs-operator.commonLabels" -}}
 helm.sh/chart: {{ include "initramfs-operator.chart" . }}
-{{ include "initramfs-operator.selectorLabels" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
-app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: initramfs-operator
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "initramfs-operator.labels" -}}
+{{ include "initramfs-operator.commonLabels" . }}
+app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "initramfs-operator.crdLabels" -}}
+{{ include "initramfs-operator.commonLabels" . }}
+app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}
+app.kubernetes.io/component: crds
+{{- end }}
+
+{{/* Not the operator's selector labels: the Deployment would adopt the test pod, the Service route to it. */}}
+{{- define "initramfs-operator.testLabels" -}}
+{{ include "initramfs-operator.commonLabels" . }}
+app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}-test
+app.kubernetes.io/component: test
+{{- end }}
+
+{{/* The pod security context of the operator, its helm test and (through the operator) the build pods:
+non-root always; the IDs only where set, so a platform that assigns them per namespace can. */}}
+{{- define "initramfs-operator.podSecurityContext" -}}
+runAsNonRoot: true
+{{- with .Values.runAsUser }}
+runAsUser: {{ . }}
+{{- end }}
+{{- with .Values.runAsGroup }}
+runAsGroup: {{ . }}
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "initramfs-operator.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
 {{- end }}
 
 {{- define "initramfs-operator.serviceAccountName" -}}
@@ -48,7 +88,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-What the operator does with the API, and nothing more (read operator/initramfs_operator/reconcile.py
+What the operator does with the API, and nothing more (read operator/initramfs_operator/kube/reconcile.py
 and controller.py before changing it). The same rules go into the ClusterRole (all namespaces) or
 into a Role in each watched namespace.
 Not needed, so not granted: namespaces (kopf lists them only when not cluster-wide, and falls back to

@@ -14,8 +14,8 @@ from typing import Callable
 
 import httpx
 
-from .errors import AuthError, UsageError
-from .reference import DOCKER_HUB
+from ...errors import AuthError, UsageError
+from ..reference import DOCKER_HUB
 
 CLIENT_ID = "initramfs-operator"
 

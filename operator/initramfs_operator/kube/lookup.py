@@ -11,11 +11,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import job, reference, registry
+from ..oci import reference
+from ..oci.registry import client as registry
+from . import buildjob
 
 
 @contextmanager
-def registry_options(spec: dict, docker_config: dict | None, ca_pem: bytes | None) -> Iterator[registry.Options]:
+def registry_options(spec: dict, docker_config: dict | None, ca_pem: bytes | None) -> Iterator[registry.RegistryOptions]:
     """Client options for the build's registries; credentials live in a private temp file meanwhile."""
     with tempfile.TemporaryDirectory(prefix="initramfs-operator-") as tmp:
         auth_file = ca_file = None
@@ -27,11 +29,11 @@ def registry_options(spec: dict, docker_config: dict | None, ca_pem: bytes | Non
             ca_file = os.path.join(tmp, "ca.crt")
             with open(ca_file, "wb") as f:
                 f.write(ca_pem)
-        insecure = tuple(job.registry_hosts(spec)) if (spec.get("registry") or {}).get("insecure") else ()
-        yield registry.Options(insecure=insecure, ca_file=ca_file, auth_file=auth_file)
+        insecure = tuple(buildjob.registry_hosts(spec)) if (spec.get("registry") or {}).get("insecure") else ()
+        yield registry.RegistryOptions(insecure=insecure, ca_file=ca_file, auth_file=auth_file)
 
 
-def resolve_digest(spec: dict, options: registry.Options) -> str:
+def image_digest(spec: dict, options: registry.RegistryOptions) -> str:
     """The digest to build: the image's pinned digest, else what its tag points at now.
 
     Raises an errors.BuildError subclass whose `.reason` goes into the status.
@@ -39,10 +41,10 @@ def resolve_digest(spec: dict, options: registry.Options) -> str:
     ref = reference.parse(spec["image"])
     if ref.digest:
         return ref.digest  # immutable: nothing to ask the registry
-    return registry.resolve_digest(spec["image"], options)
+    return registry.current_digest(spec["image"], options)
 
 
-def pushed_digest(spec: dict, options: registry.Options) -> str:
+def pushed_digest(spec: dict, options: registry.RegistryOptions) -> str:
     """The digest the OCI output's tag points at now."""
     oci = spec["output"]["oci"]
-    return registry.resolve_digest(f"{oci['repository']}:{oci['tag']}", options)
+    return registry.current_digest(f"{oci['repository']}:{oci['tag']}", options)

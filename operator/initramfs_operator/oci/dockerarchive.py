@@ -4,10 +4,10 @@ import json
 import tarfile
 from dataclasses import dataclass
 
-from . import digest as digests
+from . import digests
 from . import image as img
-from .digest import VerifyingReader
-from .errors import InvalidImageError, UsageError
+from .digests import VerifyingReader
+from ..errors import InvalidImageError, UsageError
 
 
 class _Slice:

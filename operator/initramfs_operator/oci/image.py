@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Protocol
 
-from . import digest as digests
-from .errors import InvalidImageError
+from . import digests
+from ..errors import InvalidImageError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -172,7 +172,7 @@ def kind(doc: dict, media_type: str) -> str:
     raise InvalidImageError(f"unsupported manifest media type {mt!r}")
 
 
-def select(entries: list[Descriptor], want: Platform, where: str) -> Descriptor:
+def pick_platform(entries: list[Descriptor], want: Platform, where: str) -> Descriptor:
     candidates = [d for d in entries if d.platform and Platform.of(d.platform) == want]
     if not candidates:
         offered = sorted({str(Platform.of(d.platform)) for d in entries if d.platform
@@ -182,7 +182,7 @@ def select(entries: list[Descriptor], want: Platform, where: str) -> Descriptor:
     return candidates[0]
 
 
-def resolve(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, platform: Platform,
+def for_platform(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, platform: Platform,
             layer: Callable[[Descriptor], Layer]) -> Image:
     """Walk from a top-level descriptor through (nested) indexes to the platform's manifest."""
     desc, data, index_digest, offered = top, top_bytes, None, []
@@ -193,7 +193,7 @@ def resolve(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, platform
         index_digest = index_digest or desc.digest
         entries = [Descriptor.parse(m, f"{name}: index entry") for m in doc.get("manifests") or []]
         offered = offered or [Platform.of(d.platform) for d in entries if d.platform]
-        desc = select(entries, platform, f"{name}@{desc.digest}")
+        desc = pick_platform(entries, platform, f"{name}@{desc.digest}")
         data = fetch(desc)
     else:
         raise InvalidImageError(f"{name}: image index nested too deeply")

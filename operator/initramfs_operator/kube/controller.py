@@ -18,10 +18,8 @@ import kopf
 import kubernetes
 import prometheus_client
 
-from . import job as jobs
-from . import metrics
-from . import status as st
-from .reconcile import PLURAL, Reconciler, Settings, due
+from . import buildjob, conditions, crd, metrics
+from .reconcile import Reconciler, Settings, due
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +44,8 @@ class Ticker:
 
     def tick(self) -> None:
         builds = sorted(self.reconciler.list_builds(), key=lambda b: b["metadata"]["creationTimestamp"])
-        metrics.QUEUE_DEPTH.set(sum(st.reason(b.get("status") or {}) == st.QUEUED for b in builds))
-        now = st.now()
+        metrics.QUEUE_DEPTH.set(sum(conditions.reason(b.get("status") or {}) == conditions.QUEUED for b in builds))
+        now = conditions.now()
         for build in builds:
             if self.stopping.is_set():
                 return
@@ -73,16 +71,16 @@ def cleanup(memo: kopf.Memo, **_) -> None:
     memo.ticker.stopping.set()
 
 
-@kopf.on.event(jobs.GROUP, jobs.VERSION, PLURAL)
+@kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
 def build_event(type: str, name: str, namespace: str, memo: kopf.Memo, **_) -> None:
     if type != "DELETED":  # deletion needs nothing: the garbage collector removes the Jobs
         memo.reconciler.reconcile(namespace, name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={jobs.MANAGED_BY: jobs.OPERATOR})
+@kopf.on.event("batch", "v1", "jobs", labels={buildjob.MANAGED_BY: buildjob.OPERATOR})
 def job_event(namespace: str, annotations: dict, memo: kopf.Memo, **_) -> None:
-    if jobs.BUILD_NAME in annotations:
-        memo.reconciler.reconcile(namespace, annotations[jobs.BUILD_NAME])
+    if buildjob.BUILD_NAME in annotations:
+        memo.reconciler.reconcile(namespace, annotations[buildjob.BUILD_NAME])
 
 
 def main(argv: list[str] | None = None) -> None:

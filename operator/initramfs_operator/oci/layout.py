@@ -5,8 +5,8 @@ import os
 from dataclasses import dataclass
 
 from . import image as img
-from .digest import VerifyingReader
-from .errors import InvalidImageError, UsageError
+from .digests import VerifyingReader
+from ..errors import InvalidImageError, UsageError
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -67,7 +67,7 @@ def load(spec: str, platform: img.Platform = img.DEFAULT_PLATFORM) -> img.Image:
         raise InvalidImageError(f"oci:{spec}: missing or unsupported oci-layout file (want imageLayoutVersion 1.0.0)")
     entries = [img.Descriptor.parse(m, f"{root}/index.json") for m in index.get("manifests") or []]
     top = _pick(spec, entries, ref)
-    return img.resolve(f"oci:{spec}", top, read_blob(root, top), lambda d: read_blob(root, d),
+    return img.for_platform(f"oci:{spec}", top, read_blob(root, top), lambda d: read_blob(root, d),
                        platform, lambda d: LayoutLayer(root, d))
 
 

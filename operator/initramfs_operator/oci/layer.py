@@ -10,7 +10,7 @@ from typing import Iterator
 import zstandard
 from zlib_ng import gzip_ng_threaded
 
-from .errors import InvalidImageError
+from ..errors import InvalidImageError
 from .image import Layer
 
 GZIP_MAGIC = b"\x1f\x8b"

@@ -2,8 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .job import REASONS
-from .status import SUCCEEDED
+from .buildjob import REASONS
+from .conditions import SUCCEEDED
 
 BUILDS = Counter("initramfs_builds", "Builds that reached a final state, by result (Succeeded or a failure reason)",
                  ["result"])

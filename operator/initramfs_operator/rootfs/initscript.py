@@ -5,9 +5,9 @@ import re
 import shlex
 import stat
 
-from .errors import UsageError
-from .flatten import Tree
-from .image import Config
+from ..errors import UsageError
+from ..oci.image import Config
+from .tree import Tree
 from .scratch import Scratch
 
 SHELL = "bin/sh"
@@ -26,7 +26,7 @@ def generate(config: Config, tree: Tree, scratch: Scratch, image: str) -> bytes:
     argv = config.entrypoint + config.cmd
     if not argv:
         raise UsageError(f"{image}: the image config has no Entrypoint or Cmd to start; pass --init FILE")
-    if tree.resolve(SHELL) is None:
+    if tree.follow(SHELL) is None:
         raise UsageError(f"{image}: the image has no /init and no /bin/sh to run a generated one; "
                          f"pass --init FILE with a static init program or script for this image")
     env = _env(config.env)
@@ -49,8 +49,8 @@ def generate(config: Config, tree: Tree, scratch: Scratch, image: str) -> bytes:
 
 def _switch_user(tree: Tree, uid: int, gid: int, name: str | None, user: str, image: str) -> str:
     """The command prefix that drops root for the image's User."""
-    busybox = {id(n) for n in map(tree.resolve, BUSYBOX) if n is not None}
-    found = {p: tree.resolve(p) for p in SETPRIV + SU}
+    busybox = {id(n) for n in map(tree.follow, BUSYBOX) if n is not None}
+    found = {p: tree.follow(p) for p in SETPRIV + SU}
     setpriv = next((p for p in SETPRIV if found[p] is not None and id(found[p]) not in busybox), None)
     if setpriv:
         return f"/{setpriv} --reuid={uid} --regid={gid} --clear-groups -- "
@@ -98,7 +98,7 @@ def _user(user: str, tree: Tree, scratch: Scratch, image: str) -> tuple[int, int
 
 
 def _table(tree: Tree, scratch: Scratch, path: str) -> list[list[str]]:
-    node = tree.resolve(path)
+    node = tree.follow(path)
     if node is None or not stat.S_ISREG(node.mode):
         return []
     text = b"".join(scratch.chunks(node.offset, node.size)).decode("utf-8", "replace")

@@ -6,8 +6,8 @@ import stat
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import InvalidImageError, UsageError
-from .flatten import Node, PathConflict, Tree, clean_path, new_dir
+from ..errors import InvalidImageError, UsageError
+from .tree import Node, PathConflict, Tree, clean_path, new_dir
 from .scratch import Scratch
 
 # What the kernel and a minimal init need before anything is mounted. Entries the image

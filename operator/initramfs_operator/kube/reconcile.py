@@ -20,14 +20,11 @@ from datetime import datetime
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from . import job as jobs
-from . import metrics, resolve
-from . import status as st
-from .errors import AccessDenied, BuildError, UsageError
+from ..errors import AccessDenied, BuildError, UsageError
+from . import buildjob, conditions, crd, lookup, metrics
 
 log = logging.getLogger(__name__)
 
-PLURAL = "initramfsbuilds"
 COMPONENT = "initramfs-operator"
 
 
@@ -42,18 +39,18 @@ class Settings:
 def due(build: dict, now: datetime, settings: Settings) -> bool:
     """Whether a build needs a pass without any event: queued, building, or time to resolve again."""
     status = build.get("status") or {}
-    if status.get("observedGeneration") != build["metadata"]["generation"] or st.reason(status) in st.IN_PROGRESS:
+    if status.get("observedGeneration") != build["metadata"]["generation"] or conditions.reason(status) in conditions.IN_PROGRESS:
         return True
     return resolution_due(build["spec"], status, now, settings)
 
 
 def resolution_due(spec: dict, status: dict, now: datetime, settings: Settings) -> bool:
     """For the current generation: retry a failed resolution, or follow the tag every refreshInterval."""
-    last = st.parse_time(status.get("resolvedTime"))
+    last = conditions.parse_time(status.get("resolvedTime"))
     elapsed = (now - last).total_seconds() if last else float("inf")
     if not status.get("imageDigest"):
         return elapsed >= settings.resolve_retry_seconds
-    return bool(spec.get("refreshInterval")) and elapsed >= st.parse_duration(spec["refreshInterval"])
+    return bool(spec.get("refreshInterval")) and elapsed >= conditions.parse_duration(spec["refreshInterval"])
 
 
 def raw(call, *args, **kwargs) -> dict:
@@ -86,7 +83,7 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str) -> None:
         with self._lock(f"{namespace}/{name}"):
             try:
-                build = self.custom.get_namespaced_custom_object(jobs.GROUP, jobs.VERSION, namespace, PLURAL, name)
+                build = self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name)
             except ApiException as e:
                 if e.status == 404:
                     return
@@ -95,9 +92,9 @@ class Reconciler:
                 Pass(self, build).run()
 
     def list_builds(self) -> list[dict]:
-        return self._list(lambda **kw: self.custom.list_cluster_custom_object(jobs.GROUP, jobs.VERSION, PLURAL, **kw),
-                          lambda ns, **kw: self.custom.list_namespaced_custom_object(jobs.GROUP, jobs.VERSION, ns,
-                                                                                     PLURAL, **kw))
+        return self._list(lambda **kw: self.custom.list_cluster_custom_object(crd.GROUP, crd.VERSION, crd.PLURAL, **kw),
+                          lambda ns, **kw: self.custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, ns,
+                                                                                     crd.PLURAL, **kw))
 
     def _list(self, cluster_wide, namespaced, **kwargs) -> list[dict]:
         """Items in the served namespaces: one cluster-wide list, or one list per namespace (all that a
@@ -114,10 +111,10 @@ class Reconciler:
         """Builds holding a slot: unfinished Jobs, and Jobs whose pods still run (a superseded Job's pod
         keeps running until the garbage collector deletes it)."""
         listed = self._list(self.batch.list_job_for_all_namespaces, self.batch.list_namespaced_job,
-                            label_selector=jobs.SELECTOR)
+                            label_selector=buildjob.SELECTOR)
         holding = {(j["metadata"]["namespace"], j["metadata"]["name"]) for j in listed if not finished(j)}
         for pod in self._list(self.core.list_pod_for_all_namespaces, self.core.list_namespaced_pod,
-                              label_selector=jobs.SELECTOR):
+                              label_selector=buildjob.SELECTOR):
             if pod["status"].get("phase") not in ("Succeeded", "Failed"):
                 holding.add((pod["metadata"]["namespace"], pod["metadata"]["labels"].get("job-name")))
         return len(holding)
@@ -132,22 +129,22 @@ class Pass:
         self.meta, self.spec = build["metadata"], build["spec"]
         self.status = build.get("status") or {}
         self.generation = self.meta["generation"]
-        self.now = st.now()
+        self.now = conditions.now()
 
     def run(self) -> None:
         owned = {j["metadata"]["name"]: j for j in self.jobs()}
         same_generation = self.status.get("observedGeneration") == self.generation
         digest = self.status.get("imageDigest") if same_generation else None
-        current = owned.get(jobs.job_name(self.build, digest)) if digest else None
+        current = owned.get(buildjob.job_name(self.build, digest)) if digest else None
         fields = {"observedGeneration": self.generation}
 
         building = current is not None and not finished(current)
         if not same_generation or (not building and resolution_due(self.spec, self.status, self.now,
                                                                     self.r.settings)):
-            fields["resolvedTime"] = st.timestamp(self.now)
+            fields["resolvedTime"] = conditions.timestamp(self.now)
             try:
                 with self.registry_options() as options:
-                    resolved = resolve.resolve_digest(self.spec, options)
+                    resolved = lookup.image_digest(self.spec, options)
             except BuildError as e:
                 if digest:  # a refresh failed: what was built stays valid, try again next interval
                     self.event("Warning", "RefreshFailed", f"cannot resolve {self.spec['image']}: {e}")
@@ -156,11 +153,11 @@ class Pass:
                 self.supersede(owned, keep=None)
                 self.write({**fields, "imageDigest": None, "shortDigest": None, "jobName": None,
                             "startTime": None, "completionTime": None, "attempts": None},
-                           st.failed(e.reason, str(e)))
+                           conditions.failed(e.reason, str(e)))
                 return
             digest = resolved
 
-        name = jobs.job_name(self.build, digest)
+        name = buildjob.job_name(self.build, digest)
         self.supersede(owned, keep=name)
         fields.update(imageDigest=digest, shortDigest=digest.split(":")[-1][:12])
         job = owned.get(name)
@@ -172,7 +169,7 @@ class Pass:
             if job is None:
                 # A message without the running count: it would change, and be written, on every pass.
                 self.write({**fields, "jobName": None, "startTime": None, "completionTime": None, "attempts": None},
-                           st.queued(f"waiting for a build slot: all {self.r.settings.max_concurrent_builds} "
+                           conditions.queued(f"waiting for a build slot: all {self.r.settings.max_concurrent_builds} "
                                      "are taken"))
                 return
         if not finished(job):
@@ -183,7 +180,7 @@ class Pass:
 
     def jobs(self) -> list[dict]:
         return raw(self.r.batch.list_namespaced_job, self.meta["namespace"],
-                   label_selector=f"{jobs.BUILD_UID}={self.meta['uid']}")["items"]
+                   label_selector=f"{buildjob.BUILD_UID}={self.meta['uid']}")["items"]
 
     def referenced(self, kind: str, name: str, read, hint: str = ""):
         """An object the spec names: missing is a spec error, unreadable is the operator's RBAC."""
@@ -204,10 +201,10 @@ class Pass:
     @cached_property
     def docker_config(self) -> dict | None:
         """The build's registry credentials, merged; read once a pass however often they are needed."""
-        names = jobs.registry_secret_names(self.spec)
+        names = buildjob.registry_secret_names(self.spec)
         if not names:
             return None
-        return jobs.merge_docker_configs([jobs.docker_config_of(*self.secret_data(n), n) for n in names])
+        return buildjob.merge_docker_configs([buildjob.docker_config_of(*self.secret_data(n), n) for n in names])
 
     @contextmanager
     def registry_options(self):
@@ -219,14 +216,14 @@ class Pass:
             if key not in (cm.data or {}):
                 raise UsageError(f"configmap {ca['name']} has no key {key}")
             ca_pem = cm.data[key].encode()
-        with resolve.registry_options(self.spec, self.docker_config, ca_pem) as options:
+        with lookup.registry_options(self.spec, self.docker_config, ca_pem) as options:
             yield options
 
     def already_built(self, digest: str) -> bool:
         """The same inputs were built and the output is still there (its Job may be long gone)."""
         s = self.status
         if not (s.get("observedGeneration") == self.generation and s.get("imageDigest") == digest
-                and st.reason(s) == st.SUCCEEDED and s.get("output")):
+                and conditions.reason(s) == conditions.SUCCEEDED and s.get("output")):
             return False
         if "pvc" in self.spec["output"]:
             # The operator cannot look inside the volume; a claim recreated since the build is empty.
@@ -234,7 +231,7 @@ class Pass:
             return uid is not None and uid == s["output"].get("claimUID")
         try:
             with self.registry_options() as options:
-                return resolve.pushed_digest(self.spec, options) == s["output"].get("digest")
+                return lookup.pushed_digest(self.spec, options) == s["output"].get("digest")
         except BuildError:
             return False  # cannot confirm: rebuild, which reports the real problem if there is one
 
@@ -253,9 +250,9 @@ class Pass:
 
     def admit(self, digest: str) -> dict | None:
         """Create the build Job if a slot is free; None if not."""
-        secret = jobs.registry_secret_name(jobs.job_name(self.build, digest)) \
-            if jobs.registry_secret_names(self.spec) else None
-        manifest = jobs.build_job(self.build, digest, self.r.settings.builder_image, secret)
+        secret = buildjob.registry_secret_name(buildjob.job_name(self.build, digest)) \
+            if buildjob.registry_secret_names(self.spec) else None
+        manifest = buildjob.build_job(self.build, digest, self.r.settings.builder_image, secret)
         with self.r._admission:
             if self.r.running_builds() >= self.r.settings.max_concurrent_builds:
                 return None
@@ -269,9 +266,9 @@ class Pass:
 
     def ensure_registry_secret(self, job: dict) -> None:
         """The merged registry credentials the pod mounts, owned by its Job so they go with it."""
-        if not jobs.registry_secret_names(self.spec):
+        if not buildjob.registry_secret_names(self.spec):
             return
-        name = jobs.registry_secret_name(job["metadata"]["name"])
+        name = buildjob.registry_secret_name(job["metadata"]["name"])
         try:
             self.r.core.read_namespaced_secret(name, self.meta["namespace"])
             return
@@ -281,10 +278,10 @@ class Pass:
         config = json.dumps(self.docker_config).encode()
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
                  "uid": job["metadata"]["uid"], "controller": True}
-        body = {"metadata": {"name": name, "labels": {jobs.MANAGED_BY: jobs.OPERATOR},
+        body = {"metadata": {"name": name, "labels": {buildjob.MANAGED_BY: buildjob.OPERATOR},
                              "ownerReferences": [owner]},
                 "type": "kubernetes.io/dockerconfigjson",
-                "data": {jobs.REGISTRY_CONFIG_KEY: base64.b64encode(config).decode()}}
+                "data": {buildjob.REGISTRY_CONFIG_KEY: base64.b64encode(config).decode()}}
         try:
             self.r.core.create_namespaced_secret(self.meta["namespace"], body)
         except ApiException as e:
@@ -300,23 +297,23 @@ class Pass:
                       completionTime=js.get("completionTime"))
         result = finished(job)
         if result is None:
-            self.write(fields, st.building(f"build job {name} is running (attempt {max(attempts, 1)})"))
+            self.write(fields, conditions.building(f"build job {name} is running (attempt {max(attempts, 1)})"))
             return
-        if self.status.get("jobName") == name and st.reason(self.status) not in st.IN_PROGRESS:
+        if self.status.get("jobName") == name and conditions.reason(self.status) not in conditions.IN_PROGRESS:
             self.write(fields, None)  # already recorded; no need to read pods again
             return
         failed = next(c for c in js["conditions"] if c["type"] == "Failed") if result == "Failed" else None
         if failed and failed.get("reason") == "DeadlineExceeded":
-            state = st.failed("DeadlineExceeded", f"build job {name}: {failed.get('message') or 'deadline exceeded'}")
+            state = conditions.failed("DeadlineExceeded", f"build job {name}: {failed.get('message') or 'deadline exceeded'}")
         else:
-            outcome = jobs.outcome(self.terminated(job, "Succeeded" if result == "Complete" else "Failed"), self.spec)
-            state = st.succeeded(outcome.message) if outcome.output else st.failed(outcome.reason, outcome.message)
+            outcome = buildjob.outcome(self.terminated(job, "Succeeded" if result == "Complete" else "Failed"), self.spec)
+            state = conditions.succeeded(outcome.message) if outcome.output else conditions.failed(outcome.reason, outcome.message)
             if outcome.output:
                 fields["output"] = outcome.output | self.claim_uid()
         ended = js.get("completionTime") or (failed or {}).get("lastTransitionTime")
         if failed:
             fields["completionTime"] = ended
-        start, end = st.parse_time(js.get("startTime")), st.parse_time(ended)
+        start, end = conditions.parse_time(js.get("startTime")), conditions.parse_time(ended)
         self.write(fields, state, (end - start).total_seconds() if start and end else None)
 
     def terminated(self, job: dict, phase: str) -> dict | None:
@@ -342,15 +339,15 @@ class Pass:
             raise
         return {"claimUID": claim.metadata.uid}
 
-    def write(self, fields: dict, state: st.State | None, duration: float | None = None) -> None:
+    def write(self, fields: dict, state: conditions.State | None, duration: float | None = None) -> None:
         """Patch status with `fields` (None removes one) and, if given, the conditions of `state`.
 
         A change of state is an event, and a final state is counted in the metrics."""
         patch = dict(fields)
-        before = st.find(self.status, st.READY), st.find(self.status, st.PROGRESSING)
+        before = conditions.find(self.status, conditions.READY), conditions.find(self.status, conditions.PROGRESSING)
         if state:
-            patch["conditions"] = st.conditions(self.status.get("conditions"), state, self.generation,
-                                                st.timestamp(self.now))
+            patch["conditions"] = conditions.conditions(self.status.get("conditions"), state, self.generation,
+                                                conditions.timestamp(self.now))
         merged = {k: v for k, v in {**self.status, **patch}.items() if v is not None}
         if merged == self.status:
             return
@@ -358,7 +355,7 @@ class Pass:
             # A merge patch merges objects: drop what the last output had and this one has not (pvc -> oci).
             patch["output"] = {**{k: None for k in self.status.get("output") or {}}, **patch["output"]}
         self.r.custom.patch_namespaced_custom_object_status(
-            jobs.GROUP, jobs.VERSION, self.meta["namespace"], PLURAL, self.meta["name"], {"status": patch})
+            crd.GROUP, crd.VERSION, self.meta["namespace"], crd.PLURAL, self.meta["name"], {"status": patch})
         self.status = merged
         if state is None:
             return
@@ -371,10 +368,10 @@ class Pass:
 
     def event(self, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the InitramfsBuild; losing one must not fail the pass."""
-        t = st.timestamp(self.now)
+        t = conditions.timestamp(self.now)
         body = {
             "metadata": {"generateName": f"{self.meta['name']}."},
-            "involvedObject": {"apiVersion": f"{jobs.GROUP}/{jobs.VERSION}", "kind": jobs.KIND,
+            "involvedObject": {"apiVersion": crd.API_VERSION, "kind": crd.KIND,
                                "name": self.meta["name"], "namespace": self.meta["namespace"],
                                "uid": self.meta["uid"]},
             "type": type_, "reason": reason, "message": message[:1024],

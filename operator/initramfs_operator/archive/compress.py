@@ -10,7 +10,7 @@ from typing import BinaryIO
 import zstandard
 from zlib_ng import gzip_ng_threaded
 
-from .errors import UsageError
+from ..errors import UsageError
 
 FORMATS = {"gzip": (1, 9, 6), "zstd": (1, 19, 3), "none": (0, 0, 0)}  # (min level, max level, default)
 MEDIA_SUFFIX = {"gzip": "+gzip", "zstd": "+zstd", "none": ""}

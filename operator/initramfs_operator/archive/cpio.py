@@ -2,17 +2,14 @@
 
 As in u-root's pkg/cpio: a `Record`, a `Writer`, and small transforms over record
 streams. The kernel creates no intermediate directories, so records must come
-parents first; the tree walk guarantees that.
+parents first; producing them in that order is the caller's job.
 """
 
 import stat
-from collections import Counter
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
-from .errors import InvalidImageError
-from .flatten import Tree
-from .scratch import Scratch
+from ..errors import InvalidImageError
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
@@ -60,28 +57,6 @@ class Writer:
 
     def close(self) -> None:
         self.write(Record(TRAILER, 0))
-
-
-def records(tree: Tree, scratch: Scratch) -> Iterator[Record]:
-    """The tree as records. Hardlinked names share an inode number and the data is stored
-    once, on the last name (where GNU cpio puts it; the kernel links earlier names to it)."""
-    names = Counter(id(node) for _, node in tree.walk(ordered=False) if not node.is_dir)
-    inodes: dict[int, int] = {}
-    seen: Counter = Counter()
-    for path, node in tree.walk():
-        key = id(node)
-        ino = inodes.setdefault(key, len(inodes) + 1)
-        r = Record(path, node.mode, node.uid, node.gid, node.mtime, names[key] or 1, ino, node.rdev)
-        kind = stat.S_IFMT(node.mode)
-        if kind == stat.S_IFDIR:
-            r.nlink = 2 + sum(1 for c in node.children.values() if c.is_dir)
-        elif kind == stat.S_IFLNK:
-            r.size, r.data = node.size, (node.target.encode("utf-8", "surrogateescape"),)
-        elif kind == stat.S_IFREG:
-            seen[key] += 1
-            if seen[key] == names[key]:
-                r.size, r.data = node.size, scratch.chunks(node.offset, node.size)
-        yield r
 
 
 def clamp_mtime(recs: Iterable[Record], epoch: int | None) -> Iterator[Record]:

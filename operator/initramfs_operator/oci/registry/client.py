@@ -2,7 +2,7 @@
 
 Pulling goes through `image.resolve` like every other source; this module only moves bytes:
 manifests and configs in memory (bounded), layers streamed to disk in the background,
-`Options.jobs` at a time, each verified against its digest and size while it arrives.
+`RegistryOptions.jobs` at a time, each verified against its digest and size while it arrives.
 
 The initramfs is pushed as an OCI 1.1 artifact:
 
@@ -41,12 +41,11 @@ from typing import Callable, Iterable, Iterator, NoReturn, TypeVar
 
 import httpx
 
+from ...errors import AuthError, InvalidImageError, OutputError, RegistryError, UsageError
+from .. import digests, image
+from ..digests import VerifyingReader
+from ..reference import Reference, parse as parse_reference
 from . import auth
-from . import digest as digests
-from . import image
-from .digest import VerifyingReader
-from .errors import AuthError, InvalidImageError, OutputError, RegistryError, UsageError
-from .reference import Reference, parse as parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ T = TypeVar("T")
 
 
 @dataclass
-class Options:
+class RegistryOptions:
     """How to reach registries.
 
     `on_bytes(n)` reports progress: layer bytes downloaded (or verified in the cache) and blob
@@ -88,22 +87,22 @@ class Options:
     on_bytes: Callable[[int], None] | None = None
 
 
-def load(reference: str, platform: image.Platform, options: Options) -> image.Image:
+def load(reference: str, platform: image.Platform, options: RegistryOptions) -> image.Image:
     """The image for `platform`; its layers start downloading in the background right away."""
     ref = parse_reference(reference)
     client = _Client(ref, options)
     downloads = _Downloads(client, options)  # owns the client from here on, and closes it with the image
     data, media_type = client.manifest(ref.identifier, ref.digest)
     top = image.Descriptor(media_type, _digest(data, ref.digest), len(data))
-    return image.resolve(str(ref), top, data, client.fetch, platform, downloads.layer)
+    return image.for_platform(str(ref), top, data, client.fetch, platform, downloads.layer)
 
 
-def resolve_digest(reference: str, options: Options) -> str:
+def current_digest(reference: str, options: RegistryOptions) -> str:
     """The digest the reference points at now (an index's, for multi-platform images)."""
     return head(reference, options).digest
 
 
-def head(reference: str, options: Options) -> image.Descriptor:
+def head(reference: str, options: RegistryOptions) -> image.Descriptor:
     """The descriptor of the manifest or index the reference points at (e.g. for `subject`)."""
     ref = parse_reference(reference)
     with _Client(ref, options) as client:
@@ -116,7 +115,7 @@ def head(reference: str, options: Options) -> image.Descriptor:
 
 
 def push_artifact(path: str, reference: str, *, media_type: str, annotations: dict,
-                  subject: image.Descriptor | None, options: Options) -> str:
+                  subject: image.Descriptor | None, options: RegistryOptions) -> str:
     """Push the file at `path` as an initramfs artifact (see the module docstring); returns its manifest digest."""
     ref = parse_reference(reference)
     if ref.digest:
@@ -157,7 +156,7 @@ class _Transient(Exception):
 class _Client:
     """One repository of one registry, with the access it needs (pull, or pull and push)."""
 
-    def __init__(self, ref: Reference, options: Options, push: bool = False):
+    def __init__(self, ref: Reference, options: RegistryOptions, push: bool = False):
         self.ref = ref
         credentials = auth.lookup(ref.registry, options.auth_file, options.username, options.password)
         scheme = "http" if _plain_http(ref, options.insecure) else "https"
@@ -401,7 +400,7 @@ class _Downloads:
     half blob behind), otherwise in a scratch directory removed once the image is dropped.
     """
 
-    def __init__(self, client: _Client, options: Options):
+    def __init__(self, client: _Client, options: RegistryOptions):
         self._client = client
         self._cache = os.path.join(options.cache_dir, "blobs") if options.cache_dir else None
         try:

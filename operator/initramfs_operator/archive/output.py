@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .errors import OutputError
+from ..errors import OutputError
 
 
 @dataclass

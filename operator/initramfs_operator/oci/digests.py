@@ -4,7 +4,7 @@ import hashlib
 import re
 from typing import BinaryIO
 
-from .errors import InvalidImageError
+from ..errors import InvalidImageError
 
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$")
 

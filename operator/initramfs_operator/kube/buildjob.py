@@ -8,10 +8,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from . import reference
-from .errors import AuthError, BuildError, InvalidImageError, OutputError, RegistryError, UsageError
+from ..errors import AuthError, BuildError, InvalidImageError, OutputError, RegistryError, UsageError
+from ..oci import reference
+from . import crd
 
-GROUP, VERSION, KIND = "initramfs.dev", "v1alpha1", "InitramfsBuild"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR = "initramfs-operator"
 BUILD_UID = "initramfs.dev/build-uid"        # label: Jobs and pods of one InitramfsBuild
@@ -143,7 +143,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secret: str
         "metadata": {
             "name": name, "namespace": meta["namespace"], "labels": labels,
             "annotations": {BUILD_NAME: meta["name"], IMAGE_DIGEST: digest},
-            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+            "ownerReferences": [{"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
         },
         "spec": job_spec,

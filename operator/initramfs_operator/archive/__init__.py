@@ -1,0 +1,1 @@
+"""The archive: the cpio newc format, its compression, and atomic output."""

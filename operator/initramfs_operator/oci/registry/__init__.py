@@ -1,0 +1,1 @@
+"""OCI distribution registries: pulling images, pushing initramfs artifacts."""
