@@ -63,6 +63,33 @@ def test_inspect_and_list_layers_from_registry(registry, tmp_path):
     assert info["layers"][0]["digest"] in p.stdout
 
 
+def test_inspect_and_list_layers_download_no_layer(registry, fault_proxy, tmp_path):
+    ref, repo = pushed(registry, tmp_path)
+    p = run("inspect", fault_proxy.ref(repo, "v1"), "--insecure-registry", fault_proxy.host, "--json")
+    assert p.returncode == 0, p.stderr
+    layers = {layer["digest"] for layer in json.loads(p.stdout)["layers"]}
+    config = fault_proxy.blob_gets()
+    assert len(config) == 1 and not layers & set(config)  # the config blob, nothing else
+    p = run("list-layers", fault_proxy.ref(repo, "v1"), "--insecure-registry", fault_proxy.host)
+    assert p.returncode == 0 and layers <= set(p.stdout.split()), p.stderr
+    assert fault_proxy.blob_gets() == config * 2
+    p = run("build", fault_proxy.ref(repo, "v1"), "--insecure-registry", fault_proxy.host, "-o", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    assert sorted(fault_proxy.blob_gets()) == sorted(config * 3 + list(layers))
+
+
+def test_bad_ca_file_is_a_usage_error_only_where_a_registry_is_used(registry, tmp_path):
+    ref, _ = pushed(registry, tmp_path)
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    p = run("inspect", ref, "--ca-file", bad)
+    assert p.returncode == 2 and f"cannot load CA bundle {bad}" in p.stderr and "Traceback" not in p.stderr
+    lay = Layout(tmp_path / "local")
+    lay.tag(lay.image([GREETING], config={"Cmd": ["/bin/sh"]}), "v1")
+    p = run("inspect", f"oci:{lay.root}:v1", "--ca-file", bad, "--registry-config", tmp_path / "missing.json")
+    assert p.returncode == 0, p.stderr
+
+
 def test_original_credential_flags_and_auth_errors(auth_registry, tmp_path):
     ref, _ = pushed(auth_registry, tmp_path)
     common = ["--insecure-registry", auth_registry.host]

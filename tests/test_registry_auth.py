@@ -8,9 +8,9 @@ import pytest
 
 from fixtures.images import E, Layout
 from fixtures.registry import PASSWORD, USER, unique_repo
-from initramfs_operator.oci.registry import auth, client as reg
 from initramfs_operator.errors import AuthError, UsageError
-from test_registry import AMD64, blob, layer_bytes, manifest_of
+from initramfs_operator.oci import registry as reg
+from test_registry import AMD64, blob, manifest_of, pull
 
 SECRETS = (PASSWORD, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
 
@@ -29,7 +29,7 @@ def image_in(tmp_path):
         desc = layout.tag(layout.image([[E("a", data=b"a" * 100)], [E("b", data=b"b" * 200)],
                                         [E("c", data=b"c" * 300)]]), "v1")
         repo = unique_repo("private")
-        layers = [blob(layout, l) for l in manifest_of(layout, desc)["layers"]]
+        layers = [blob(layout, layer) for layer in manifest_of(layout, desc)["layers"]]
         return registry.push(layout.root, "v1", repo), repo, layers
     return push
 
@@ -44,19 +44,19 @@ def write_auth_file(path, key: str, entry: dict) -> str:
 def test_basic_auth_anonymous_is_refused_clearly(auth_registry, image_in):
     ref, _, _ = image_in(auth_registry)
     with pytest.raises(AuthError, match=f"{auth_registry.host}: authentication required .* no credentials"):
-        reg.load(ref, AMD64, auth_registry.options(username=None, password=None))
+        pull(ref, AMD64, auth_registry.options(keychain=reg.Keychain()))
 
 
 def test_basic_auth_with_explicit_credentials(auth_registry, image_in):
     ref, _, want = image_in(auth_registry)
-    assert layer_bytes(reg.load(ref, AMD64, auth_registry.options())) == want
+    assert pull(ref, AMD64, auth_registry.options())[1] == want
 
 
 def test_basic_auth_wrong_password_names_the_host_not_the_secret(auth_registry, image_in, caplog):
     caplog.set_level(logging.DEBUG)
     ref, _, _ = image_in(auth_registry)
     with pytest.raises(AuthError, match=f"{auth_registry.host}: access to .* refused: credentials rejected") as e:
-        reg.load(ref, AMD64, auth_registry.options(password="not-" + PASSWORD))
+        pull(ref, AMD64, auth_registry.options(keychain=auth_registry.keychain(password="not-" + PASSWORD)))
     assert_no_secret(str(e.value), repr(e.value), caplog.text)
     assert "not-" + PASSWORD not in str(e.value) + caplog.text
 
@@ -69,8 +69,8 @@ def test_basic_auth_wrong_password_names_the_host_not_the_secret(auth_registry, 
 def test_basic_auth_from_docker_config_and_kubernetes_secret_files(auth_registry, image_in, tmp_path, key, entry):
     ref, _, want = image_in(auth_registry)
     auth_file = write_auth_file(tmp_path / ".dockerconfigjson", key.format(host=auth_registry.host), entry)
-    options = auth_registry.options(username=None, password=None, auth_file=auth_file)
-    assert layer_bytes(reg.load(ref, AMD64, options)) == want
+    options = auth_registry.options(keychain=reg.Keychain.from_file(auth_file))
+    assert pull(ref, AMD64, options)[1] == want
 
 
 def test_injected_401_is_an_auth_error_without_secrets(registry, make_fault_proxy, image_in, caplog):
@@ -79,8 +79,9 @@ def test_injected_401_is_an_auth_error_without_secrets(registry, make_fault_prox
     _, repo, _ = image_in(registry)
     proxy.inject("GET", "/v2/", "status", status=401, times=None, body=b"denied",
                  headers={"WWW-Authenticate": 'Basic realm="proxy"'})
+    keychain = reg.Keychain({proxy.host: reg.Credentials(USER, PASSWORD)})
     with pytest.raises(AuthError, match=f"{proxy.host}: access to repository:{repo}:pull refused: credentials") as e:
-        reg.load(proxy.ref(repo, "v1"), AMD64, proxy.options(username=USER, password=PASSWORD))
+        pull(proxy.ref(repo, "v1"), AMD64, proxy.options(keychain=keychain))
     assert_no_secret(str(e.value), caplog.text)
 
 
@@ -94,8 +95,7 @@ def pull_tokens(registry, repo: str) -> list:
 def test_token_flow_fetches_one_token_per_scope(token_registry, image_in, caplog):
     caplog.set_level(logging.DEBUG)
     ref, repo, want = image_in(token_registry)
-    img = reg.load(ref, AMD64, token_registry.options(jobs=3))
-    assert layer_bytes(img) == want
+    assert pull(ref, AMD64, token_registry.options(jobs=3))[1] == want
     assert pull_tokens(token_registry, repo) == [(USER, [f"repository:{repo}:pull"])]
     assert_no_secret(caplog.text)
 
@@ -103,14 +103,14 @@ def test_token_flow_fetches_one_token_per_scope(token_registry, image_in, caplog
 def test_token_flow_anonymous_gets_no_access(token_registry, image_in):
     ref, repo, _ = image_in(token_registry)
     with pytest.raises(AuthError, match=f"access to repository:{repo}:pull refused to anonymous requests"):
-        reg.load(ref, AMD64, token_registry.options(username=None, password=None))
+        pull(ref, AMD64, token_registry.options(keychain=reg.Keychain()))
 
 
 def test_token_flow_wrong_password(token_registry, image_in, caplog):
     caplog.set_level(logging.DEBUG)
     ref, repo, _ = image_in(token_registry)
     with pytest.raises(AuthError, match="token service 127.0.0.1 refused the credentials") as e:
-        reg.load(ref, AMD64, token_registry.options(password="wrong"))
+        pull(ref, AMD64, token_registry.options(keychain=token_registry.keychain(password="wrong")))
     assert_no_secret(str(e.value), caplog.text)
 
 
@@ -118,8 +118,8 @@ def test_token_flow_with_an_identity_token(token_registry, image_in, tmp_path):
     ref, repo, want = image_in(token_registry)
     refresh_token = next(iter(token_registry.token_server.refresh_tokens))
     auth_file = write_auth_file(tmp_path / "config.json", token_registry.host, {"identitytoken": refresh_token})
-    options = token_registry.options(username=None, password=None, auth_file=auth_file)
-    assert layer_bytes(reg.load(ref, AMD64, options)) == want
+    options = token_registry.options(keychain=reg.Keychain.from_file(auth_file))
+    assert pull(ref, AMD64, options)[1] == want
 
 
 def test_token_is_renewed_when_the_registry_refuses_it(token_registry, make_fault_proxy, image_in):
@@ -129,32 +129,54 @@ def test_token_is_renewed_when_the_registry_refuses_it(token_registry, make_faul
     # What an expired token gets: a 401 with a fresh challenge, in the middle of the pull.
     challenge = f'Bearer realm="{server.realm}",service="{server.service}",scope="repository:{repo}:pull"'
     proxy.inject("GET", "/blobs/", "status", status=401, headers={"WWW-Authenticate": challenge})
-    img = reg.load(proxy.ref(repo, "v1"), AMD64, proxy.options(jobs=1))
-    assert layer_bytes(img) == want
+    assert pull(proxy.ref(repo, "v1"), AMD64, proxy.options(jobs=1))[1] == want
     assert len(pull_tokens(token_registry, repo)) == 2
 
 
-# -- credential files
+# -- keychains
 
 def test_docker_hub_keys_map_to_docker_io(tmp_path):
     for key in ("https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io", "docker.io"):
-        path = write_auth_file(tmp_path / "config.json", key, {"username": "u", "password": "p"})
-        assert auth.lookup("docker.io", path, None, None) == auth.Credentials("u", "p")
-        assert auth.lookup("quay.io", path, None, None) is None
+        keychain = reg.Keychain.from_file(write_auth_file(tmp_path / "config.json", key,
+                                                          {"username": "u", "password": "p"}))
+        assert keychain.resolve("docker.io") == reg.Credentials("u", "p")
+        assert keychain.resolve("quay.io") is None
 
 
-def test_explicit_credentials_win_and_secrets_stay_out_of_repr(tmp_path):
-    path = write_auth_file(tmp_path / "config.json", "quay.io", {"username": "file", "password": "p"})
-    found = auth.lookup("quay.io", path, "cli", "hunter2")
-    assert found == auth.Credentials("cli", "hunter2")
-    assert "hunter2" not in repr(found)
+def test_keychain_from_a_kubernetes_secret_in_memory_and_from_explicit_credentials(auth_registry, image_in):
+    ref, _, want = image_in(auth_registry)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    dockerconfigjson = {"auths": {f"https://{auth_registry.host}/v2/": {"auth": token},
+                                  "other.example": {"username": "x", "password": "y"}}}
+    keychain = reg.Keychain.from_docker_config(dockerconfigjson, "secret pull")
+    assert pull(ref, AMD64, auth_registry.options(keychain=keychain))[1] == want
+    everywhere = reg.Keychain(fallback=reg.Credentials(USER, PASSWORD))  # --username/--password-stdin
+    assert everywhere.resolve("quay.io") == everywhere.resolve(auth_registry.host) == reg.Credentials(USER, PASSWORD)
+    assert pull(ref, AMD64, auth_registry.options(keychain=everywhere))[1] == want
+    for shown in (repr(keychain), repr(everywhere), repr(keychain.resolve(auth_registry.host)),
+                  repr(auth_registry.options(keychain=keychain))):
+        assert_no_secret(shown)
+    assert repr(keychain) == f"Keychain(['{auth_registry.host}', 'other.example'])"
+
+
+def test_identity_tokens_stay_out_of_repr(tmp_path):
+    keychain = reg.Keychain.from_file(write_auth_file(tmp_path / "config.json", "quay.io",
+                                                      {"identitytoken": "refresh-hunter2"}))
+    assert keychain.resolve("quay.io") == reg.Credentials("", "", "refresh-hunter2")
+    assert "hunter2" not in repr(keychain.resolve("quay.io"))
 
 
 @pytest.mark.parametrize("content", ['{"auths": {"quay.io": {"auth": "not base64!"}}}', '{"auths": ["x"]}',
-                                     'not json hunter2'])
+                                     'not json hunter2', '["hunter2"]', '{"auths": {"quay.io": {"password": 7}}}',
+                                     '{"auths": {"quay.io": {"auth": "h\u00fcnter2"}}}'])
 def test_malformed_auth_files_are_usage_errors_without_content(tmp_path, content):
     path = tmp_path / "config.json"
     path.write_text(content)
     with pytest.raises(UsageError, match=str(path)) as e:
-        auth.lookup("quay.io", str(path), None, None)
+        reg.Keychain.from_file(str(path))
     assert "hunter2" not in str(e.value)
+
+
+def test_missing_auth_file_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match=f"cannot read auth file {tmp_path}/nope.json: No such file"):
+        reg.Keychain.from_file(str(tmp_path / "nope.json"))

@@ -9,10 +9,11 @@ import pytest
 from fixtures.images import E, Layout
 from fixtures.registry import unique_repo
 from fixtures.tools import need
-from initramfs_operator.oci import image
-from initramfs_operator.oci.registry import client as reg
 from initramfs_operator.errors import UsageError
-from test_registry import AMD64
+from initramfs_operator.oci import image
+from initramfs_operator.oci import registry as reg
+from initramfs_operator.oci.registry import push
+from test_registry import AMD64, pull
 
 CPIO_GZ = "application/vnd.initramfs.v1.cpio+gzip"
 
@@ -23,11 +24,7 @@ def skopeo_raw(registry, ref: str) -> dict:
 
 
 def pull_back(registry, repo: str, digest: str, **options) -> bytes:
-    img = reg.load(registry.ref(repo, digest), AMD64, registry.options(**options))
-    stream = img.layers[0].open()
-    data = stream.read()
-    stream.close()
-    return data
+    return pull(registry.ref(repo, digest), AMD64, registry.options(**options))[1][0]
 
 
 @pytest.fixture
@@ -38,7 +35,7 @@ def source(tmp_path, registry):
     repo = unique_repo("push")
     ref = registry.push(layout.root, "src", repo)
     subject = reg.head(ref, registry.options())
-    assert reg.load(ref, AMD64, registry.options()).descriptor == subject  # what the CLI passes
+    assert pull(ref, AMD64, registry.options())[0].descriptor == subject  # what the CLI passes
     return repo, subject
 
 
@@ -57,7 +54,7 @@ def test_push_artifact_with_subject_and_referrers_tag(registry, source, tmp_path
     assert manifest["artifactType"] == "application/vnd.initramfs.v1"
     assert manifest["config"] == {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
                                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}
-    assert [l["mediaType"] for l in manifest["layers"]] == [CPIO_GZ]
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [CPIO_GZ]
     assert manifest["layers"][0]["annotations"] == {"org.opencontainers.image.title": "initramfs.cpio.gz"}
     assert manifest["annotations"] == {**annotations, "org.opencontainers.image.title": "initramfs.cpio.gz",
                                        "org.opencontainers.image.created": "2023-11-14T22:13:20Z"}
@@ -88,7 +85,7 @@ def test_large_file_goes_in_chunks_survives_a_503_and_existing_blobs_are_skipped
         registry, fault_proxy, tmp_path):
     path = tmp_path / "big.cpio"
     with open(path, "wb") as f:
-        for _ in range(reg.CHUNK * 2 // (1 << 20) + 3):
+        for _ in range(push.CHUNK * 2 // (1 << 20) + 3):
             f.write(os.urandom(1 << 20))
     repo = unique_repo("push")
     patch_fault = fault_proxy.inject("PATCH", "/blobs/uploads/", "status", status=503)
@@ -96,7 +93,7 @@ def test_large_file_goes_in_chunks_survives_a_503_and_existing_blobs_are_skipped
     digest = reg.push_artifact(str(path), fault_proxy.ref(repo, "big"), media_type="application/vnd.initramfs.v1.cpio",
                                annotations={}, subject=None, options=fault_proxy.options(on_bytes=sent.append))
     assert patch_fault.times == 0  # the 503 did happen, and the upload recovered
-    assert sum(sent) == path.stat().st_size + reg.CHUNK  # progress counts the refused chunk twice
+    assert sum(sent) == path.stat().st_size + push.CHUNK  # progress counts the refused chunk twice
     assert [m for m, p in fault_proxy.seen if "/blobs/uploads/" in p].count("PATCH") == 4  # 3 chunks + 1 retry
     assert pull_back(registry, repo, digest) == path.read_bytes()
     assert "subject" not in skopeo_raw(registry, registry.ref(repo, digest))

@@ -1,16 +1,20 @@
 """image -> flattened tree -> cpio records -> compressed bytes -> output: the whole engine."""
 
+import hashlib
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
 
 from .archive import compress, cpio, output
+from .errors import InvalidImageError, UsageError
 from .oci.image import Image
+from .oci.layer import Budget, Limits
 from .rootfs import edit, initscript
 from .rootfs.flatten import apply
-from .rootfs.tree import Node, Tree
+from .rootfs.pathmatch import Globs
 from .rootfs.records import tree_records
 from .rootfs.scratch import Scratch
+from .rootfs.tree import Node, Tree
 
 
 @dataclass
@@ -23,6 +27,17 @@ class BuildOptions:
     exclude: list[str] = field(default_factory=list)
     source_date_epoch: int | None = None
     scratch_dir: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    def check(self) -> int:
+        """Refuses options that cannot work, before anything is downloaded; returns the compression level."""
+        epoch = self.source_date_epoch
+        if epoch is not None and not 0 <= epoch <= cpio.MAX_MTIME:
+            raise UsageError(f"source date epoch {epoch} is outside what cpio newc can hold (0..{cpio.MAX_MTIME})")
+        if self.limits.max_uncompressed_size <= 0 or self.limits.max_entries <= 0:
+            raise UsageError("limits must be positive")
+        Globs(self.exclude)
+        return compress.check(self.compression, self.level)
 
 
 @dataclass
@@ -41,24 +56,32 @@ class Result:
 Report = Callable[[str], None]
 
 
-def build(image: Image, out: BinaryIO, options: BuildOptions, report: Report = lambda _: None) -> tuple[int, str]:
-    """Writes the compressed initramfs of `image` to `out`; returns (entries, init source)."""
-    level = compress.check(options.compression, options.level)
+def build(image: Image, out: compress.Sink, options: BuildOptions, report: Report = lambda _: None,
+          warn: Report = lambda _: None) -> tuple[int, str]:
+    """Writes the compressed initramfs of `image` to `out`; returns (entries, init source), both read
+    from what the archive writer wrote."""
+    level = options.check()
+    budget = Budget(options.limits)
     with Scratch(options.scratch_dir) as scratch:
         tree = Tree()
+        for layer in image.layers:
+            layer.prefetch()  # remote layers download in parallel while the first ones are applied
         for i, layer in enumerate(image.layers, 1):
             report(f"layer {i}/{len(image.layers)} {layer.descriptor.digest[:19]}")
-            apply(tree, layer, scratch)
+            apply(tree, layer, scratch, budget)
         edit.exclude(tree, options.exclude)
         for item in options.inject:
             edit.inject(tree, scratch, item)
-        init_source = _install_init(tree, scratch, image, options)
+        installed = _install_init(tree, scratch, image, options)
         edit.essentials(tree, options.source_date_epoch or 0)
         sink = compress.writer(out, options.compression, level, options.threads)
-        records = cpio.clamp_mtime(tree_records(tree, scratch), options.source_date_epoch)
-        entries = cpio.write(_counted(records, f"writing {options.compression} archive", report), sink)
+        writer = cpio.Writer(sink, watch={"init"})
+        records = cpio.clamp_mtime(tree_records(tree, scratch), options.source_date_epoch, warn)
+        for record in _counted(records, f"writing {options.compression} archive", report):
+            writer.write(record)
+        writer.close()
         sink.close()
-        return entries, init_source
+        return writer.records, _init_source(writer.watched.get("init"), installed)
 
 
 def _counted(records: Iterator[cpio.Record], phase: str, report: Report) -> Iterator[cpio.Record]:
@@ -68,24 +91,40 @@ def _counted(records: Iterator[cpio.Record], phase: str, report: Report) -> Iter
         yield record
 
 
-def _install_init(tree, scratch: Scratch, image: Image, options: BuildOptions) -> str:
+def _install_init(tree: Tree, scratch: Scratch, image: Image, options: BuildOptions) -> tuple[str, str | None]:
+    """Which /init goes in ("file", "image" or "generated") and the sha256 of what was installed."""
     if options.init:
         edit.inject(tree, scratch, edit.Injection(options.init, "init", 0o755))
-        return "file"
+        node = tree.lookup("init")
+        assert node is not None
+        digest = hashlib.sha256()
+        for chunk in scratch.chunks(node.offset, node.size):
+            digest.update(chunk)
+        return "file", digest.hexdigest()
     existing = tree.lookup("init")
     if existing is not None and not existing.is_dir:
-        return "image"
+        return "image", None
     script = initscript.generate(image.config, tree, scratch, image.pinned)
     tree.put("init", Node(stat.S_IFREG | 0o755, size=len(script), offset=scratch.add_bytes(script),
                           mtime=options.source_date_epoch or 0))
-    return "generated"
+    return "generated", hashlib.sha256(script).hexdigest()
+
+
+def _init_source(written: cpio.Written | None, installed: tuple[str, str | None]) -> str:
+    """The kind of /init the archive holds, judged by the bytes written under that name."""
+    if written is None:
+        raise InvalidImageError("the archive has no /init")
+    kind, digest = installed
+    if kind != "image" and stat.S_ISREG(written.mode) and written.sha256 == digest:
+        return kind
+    return "image"
 
 
 def build_file(image: Image, path: str, options: BuildOptions, report: Report = lambda _: None,
-               create_dirs: bool = False) -> Result:
+               create_dirs: bool = False, warn: Report = lambda _: None) -> Result:
     """Builds into `path` atomically: on any failure no file (and no partial file) is left."""
     with output.atomic(path, create_dirs) as out:
-        entries, init_source = build(image, out, options, report)
+        entries, init_source = build(image, out, options, report, warn)
     d = out.digests
     return Result(d.size, d.sha256.hexdigest(), d.sha512.hexdigest(), entries, image.name, image.digest,
                   str(image.config.platform), options.compression, init_source)

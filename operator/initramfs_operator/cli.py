@@ -7,18 +7,22 @@ Exit codes: 0 success, 1 unexpected failure, 2 usage, 3 registry or authenticati
 import argparse
 import json
 import os
+import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 from . import __version__, build
-from .archive import compress
+from .archive import compress, output
 from .errors import BuildError, UsageError
-from .oci import reference, source
-from .oci.image import DEFAULT_PLATFORM, Image, Platform
-from .oci.registry import client as registry
+from .oci import reference, registry, source
+from .oci.image import DEFAULT_PLATFORM, Descriptor, Image, Platform
+from .oci.layer import Limits
 from .rootfs.edit import Injection
 
 EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}
@@ -61,7 +65,7 @@ class Progress:
             sys.stderr.flush()
 
 
-def _registry_options(args, progress: Progress | None = None) -> registry.RegistryOptions:
+def _registry_options(args: argparse.Namespace, progress: Progress | None = None) -> registry.RegistryOptions:
     password = None
     if getattr(args, "password_stdin", False):
         if not args.username:
@@ -69,11 +73,23 @@ def _registry_options(args, progress: Progress | None = None) -> registry.Regist
         password = sys.stdin.readline().rstrip("\r\n")
     elif args.username:
         raise UsageError("--username needs --password-stdin (passwords are never taken on the command line)")
-    return registry.RegistryOptions(insecure=tuple(args.insecure_registry), ca_file=args.ca_file,
-                            auth_file=args.registry_config or _default_docker_config(),
-                            username=args.username, password=password,
-                            cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
-                            on_bytes=progress.on_bytes if progress else None)
+    # Credential and CA files are read only when a registry is involved: a local build ignores them.
+    uses_registry = source.is_registry(args.image) or bool(getattr(args, "push", None))
+    return registry.RegistryOptions(
+        insecure=tuple(args.insecure_registry),
+        ca_certs=registry.read_ca_file(args.ca_file) if args.ca_file and uses_registry else None,
+        keychain=_keychain(args.username, password, args.registry_config) if uses_registry else registry.Keychain(),
+        cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
+        on_bytes=progress.on_bytes if progress else None)
+
+
+def _keychain(username: str | None, password: str | None, config_files: list[str]) -> registry.Keychain:
+    """--username/--password-stdin for every registry, else the docker config files' entries (for each
+    registry, the first file that has it wins)."""
+    if username:
+        return registry.Keychain(fallback=registry.Credentials(username, password or ""))
+    paths = config_files or [p for p in [_default_docker_config()] if p]
+    return registry.Keychain.first_match([registry.Keychain.from_file(p) for p in paths])
 
 
 def _default_docker_config() -> str | None:
@@ -82,7 +98,7 @@ def _default_docker_config() -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _platform(args) -> Platform:
+def _platform(args: argparse.Namespace) -> Platform:
     if args.platform:
         if args.platform_os or args.platform_arch:
             raise UsageError("use either --platform or --platform-os/--platform-arch")
@@ -94,7 +110,7 @@ def _platform(args) -> Platform:
                     ).normalized()
 
 
-def _source_date_epoch(args) -> int | None:
+def _source_date_epoch(args: argparse.Namespace) -> int | None:
     value = args.source_date_epoch if args.source_date_epoch is not None else os.environ.get("SOURCE_DATE_EPOCH")
     if value in (None, ""):
         return None
@@ -104,52 +120,79 @@ def _source_date_epoch(args) -> int | None:
         raise UsageError(f"source date epoch {value!r} is not an integer number of seconds") from None
 
 
-def cmd_build(args) -> dict:
-    if args.output and args.push:
+SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+              "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
+
+
+def _size(text: str, flag: str) -> int:
+    """Bytes, with an optional unit as Kubernetes quantities write them, B optional: 16GiB, 16Gi, 500M, 1048576."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
+    if not match:
+        raise UsageError(f"{flag} {text!r}: expected a size such as 16GiB, 500M or 1048576")
+    return int(match.group(1)) * SIZE_UNITS[(match.group(2) or "").lower()]
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Output and scratch paths that cannot work are usage errors, found before any download."""
+    if args.output is not None:
+        output.check_target(args.output)
+    if args.scratch_dir is not None and not os.path.isdir(args.scratch_dir):
+        raise UsageError(f"--scratch-dir {args.scratch_dir}: no such directory")
+
+
+def _warn(message: str) -> None:
+    print(f"initramfs-builder: warning: {message}", file=sys.stderr)
+
+
+def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
+    if args.output is not None and args.push:
         raise UsageError("choose one of -o/--output and --push")
     epoch = _source_date_epoch(args)
     options = build.BuildOptions(
         compression=args.compression, level=args.level, threads=args.threads, init=args.init,
         inject=[Injection.parse(s) for s in args.inject], exclude=args.exclude, source_date_epoch=epoch,
-        scratch_dir=args.scratch_dir)
-    compress.check(options.compression, options.level)
+        scratch_dir=args.scratch_dir,
+        limits=Limits(_size(args.max_uncompressed_size, "--max-uncompressed-size"), args.max_entries))
+    options.check()
+    _check_paths(args)
     progress = Progress(sys.stderr.isatty() and not args.quiet)
     reg = _registry_options(args, progress)
     if args.push:
         reference.parse(args.push)  # a bad destination fails before any download
-    image = source.load(args.image, _platform(args), reg)
-    try:
-        if not args.push:
-            out = args.output or "initramfs" + EXTENSIONS[args.compression]
-            result = build.build_file(image, out, options, progress.report, args.create_dirs)
-            return {"output": os.path.abspath(out), **_result(result)}
-        with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
-            path = os.path.join(tmp, "initramfs" + EXTENSIONS[args.compression])
-            result = build.build_file(image, path, options, progress.report)
-            progress.report("pushing")
-            digest = registry.push_artifact(
-                path, args.push, media_type=registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression],
-                annotations=_base_annotations(image, args.image, epoch), subject=_subject(image, args), options=reg)
-        pushed = reference.parse(args.push)
-        return {"reference": f"{pushed.name}@{digest}", "tag": pushed.tag, "digest": digest, **_result(result)}
-    finally:
-        progress.done()
+    with source.load(args.image, _platform(args), reg) as image:
+        try:
+            if not args.push:
+                out = args.output or "initramfs" + EXTENSIONS[args.compression]
+                result = build.build_file(image, out, options, progress.report, args.create_dirs, _warn)
+                return {"output": os.path.abspath(out), **_result(result)}
+            with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
+                path = os.path.join(tmp, "initramfs" + EXTENSIONS[args.compression])
+                result = build.build_file(image, path, options, progress.report, warn=_warn)
+                progress.report("pushing")
+                media_type = registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression]
+                digest = registry.push_artifact(
+                    path, args.push, media_type=media_type, annotations=_base_annotations(image, args.image, epoch),
+                    subject=_subject(image, args), options=reg)
+            pushed = reference.parse(args.push)
+            return {"reference": f"{pushed.name}@{digest}", "tag": pushed.tag, "digest": digest, **_result(result)}
+        finally:
+            progress.done()
 
 
-def _result(r: build.Result) -> dict:
+def _result(r: build.Result) -> dict[str, Any]:
     out = asdict(r)
     out["imageDigest"] = out.pop("image_digest")
     return out
 
 
-def _base_annotations(image: Image, spec: str, epoch: int | None) -> dict:
+def _base_annotations(image: Image, spec: str, epoch: int | None) -> dict[str, str]:
     annotations = {BASE_NAME: spec, BASE_DIGEST: image.index_digest or image.digest}
     if epoch is not None:
-        annotations[CREATED] = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        annotations[CREATED] = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return annotations
 
 
-def _subject(image: Image, args):
+def _subject(image: Image, args: argparse.Namespace) -> Descriptor | None:
     """The artifact refers to its source image when both live in the same repository."""
     if not source.is_registry(args.image):
         return None
@@ -157,22 +200,27 @@ def _subject(image: Image, args):
     return image.descriptor if (src.registry, src.repository) == (dst.registry, dst.repository) else None
 
 
-def cmd_inspect(args) -> dict:
-    image = source.load(args.image, _platform(args), _registry_options(args))
+def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
+    with source.load(args.image, _platform(args), _registry_options(args)) as image:
+        return _description(image)
+
+
+def _description(image: Image) -> dict[str, Any]:
+    """What `inspect` shows: the manifest, config and layer descriptors (no layer is downloaded)."""
     c = image.config
     return {"image": image.name, "digest": image.digest, "indexDigest": image.index_digest,
             "platform": str(c.platform), "platforms": sorted({str(p) for p in image.platforms}),
             "config": {"Entrypoint": c.entrypoint, "Cmd": c.cmd, "Env": c.env, "WorkingDir": c.working_dir,
                        "User": c.user},
-            "layers": [{"mediaType": l.descriptor.media_type, "digest": l.descriptor.digest,
-                        "size": l.descriptor.size} for l in image.layers]}
+            "layers": [{"mediaType": layer.descriptor.media_type, "digest": layer.descriptor.digest,
+                        "size": layer.descriptor.size} for layer in image.layers]}
 
 
-def cmd_list_layers(args) -> dict:
+def cmd_list_layers(args: argparse.Namespace) -> dict[str, Any]:
     return {"layers": cmd_inspect(args)["layers"]}
 
 
-def _print_human(command: str, out: dict) -> None:
+def _print_human(command: str, out: dict[str, Any]) -> None:
     if command == "build":
         where = out.get("output") or out["reference"]
         print(f"wrote {where}: {out['size']} bytes, {out['entries']} entries, {out['compression']}, "
@@ -188,8 +236,8 @@ def _print_human(command: str, out: dict) -> None:
         for key, value in out["config"].items():
             print(f"{key + ':':<11} {json.dumps(value) if isinstance(value, list) else value}")
         print("Layers:")
-    for l in layers:
-        print(f"  {l['digest']}  {l['size']:>12}  {l['mediaType'] or '(unspecified)'}")
+    for layer in layers:
+        print(f"  {layer['digest']}  {layer['size']:>12}  {layer['mediaType'] or '(unspecified)'}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -199,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp):
+    def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
         g = sp.add_argument_group("image selection and registry access")
         g.add_argument("--platform", help="os/arch[/variant] to select from a multi-platform image "
@@ -208,8 +256,9 @@ def parser() -> argparse.ArgumentParser:
         g.add_argument("--platform-arch", help=argparse.SUPPRESS)
         g.add_argument("--username", "-u", help="registry user name (with --password-stdin)")
         g.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
-        g.add_argument("--registry-config", "--authfile", metavar="FILE",
-                       help="docker config.json or Kubernetes .dockerconfigjson with registry credentials "
+        g.add_argument("--registry-config", "--authfile", action="append", default=[], metavar="FILE",
+                       help="docker config.json or Kubernetes .dockerconfigjson with registry credentials; "
+                            "repeatable, the first file with an entry for a registry wins "
                             "(default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
         g.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                        help="talk plain HTTP to this registry (repeatable)")
@@ -248,19 +297,58 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", metavar="DIR", help="content-addressed cache of downloaded layers")
     c.add_argument("--scratch-dir", metavar="DIR", help="where file contents wait while the archive is "
                                                         "written (default $TMPDIR)")
+    limits = b.add_argument_group("limits", "what one image may cost; a build over a limit fails (exit 4)")
+    limits.add_argument("--max-uncompressed-size", metavar="SIZE", default="16GiB",
+                        help="decompressed layers, and file contents kept for the archive, each at most SIZE "
+                             "(default 16GiB; units K, M, G, T decimal, Ki, Mi, Gi, Ti or KiB... binary)")
+    limits.add_argument("--max-entries", metavar="N", type=int, default=Limits.max_entries,
+                        help=f"tar entries in all layers together (default {Limits.max_entries})")
     b.set_defaults(func=cmd_build)
 
-    i = sub.add_parser("inspect", help="show an image's digest, platforms, config and layers")
-    common(i)
-    i.set_defaults(func=cmd_inspect)
-    l = sub.add_parser("list-layers", help="list an image's layers")
-    common(l)
-    l.set_defaults(func=cmd_list_layers)
+    inspect = sub.add_parser("inspect", help="show an image's digest, platforms, config and layers")
+    common(inspect)
+    inspect.set_defaults(func=cmd_inspect)
+    list_layers = sub.add_parser("list-layers", help="list an image's layers")
+    common(list_layers)
+    list_layers.set_defaults(func=cmd_list_layers)
     return p
+
+
+class Interrupted(BaseException):
+    """A termination signal, raised where the program was, so that every cleanup on the way out runs
+    (the temp output file, scratch, downloads)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+TERMINATING = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    for s in TERMINATING:  # a second signal must not cut the cleanup short
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        # a signal that was ignored when we started (nohup) stays ignored
+        previous = {s: signal.signal(s, _interrupt) for s in TERMINATING if signal.getsignal(s) != signal.SIG_IGN}
+    try:
+        return _run(args)
+    except Interrupted as e:
+        print(f"initramfs-builder: interrupted by {e}; temporary files removed", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     result_file = getattr(args, "result_file", None)
     try:
         out = args.func(args)
@@ -268,8 +356,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"initramfs-builder: error: {e}", file=sys.stderr)
         _write_result(result_file, {"error": str(e), "reason": e.reason})
         return e.exit_code
-    except KeyboardInterrupt:
-        return 130
     _write_result(result_file, out)
     if args.json:
         print(json.dumps(out, indent=2))
@@ -278,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_result(path: str | None, result: dict) -> None:
+def _write_result(path: str | None, result: dict[str, Any]) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(result, f, separators=(",", ":"))

@@ -2,7 +2,7 @@
 
 import hashlib
 import re
-from typing import BinaryIO
+from typing import Protocol
 
 from ..errors import InvalidImageError
 
@@ -19,8 +19,16 @@ def of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def hasher(digest: str):
+def hasher(digest: str) -> "hashlib._Hash":
     return hashlib.new(digest.split(":", 1)[0])
+
+
+class Readable(Protocol):
+    """What VerifyingReader reads from: a file, a slice of one, a streamed HTTP response."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class VerifyingReader:
@@ -30,7 +38,7 @@ class VerifyingReader:
     `verify()` drains what is left before checking.
     """
 
-    def __init__(self, raw: BinaryIO, digest: str, size: int | None, what: str = "blob"):
+    def __init__(self, raw: Readable, digest: str, size: int | None, what: str = "blob"):
         self._raw = raw
         self._digest = validate(digest)
         self._hash = hasher(digest)

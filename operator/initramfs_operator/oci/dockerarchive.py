@@ -3,18 +3,22 @@
 import json
 import tarfile
 from dataclasses import dataclass
+from typing import Any
 
+from ..errors import InvalidImageError, LimitExceeded, UsageError
 from . import digests
 from . import image as img
 from .digests import VerifyingReader
-from ..errors import InvalidImageError, UsageError
+from .layer import SafeTarInfo
+
+MAX_MEMBERS = 100_000
 
 
 class _Slice:
     """One member of the outer tar, read in place: layers are never copied out."""
 
     def __init__(self, path: str, offset: int, size: int):
-        self._file = open(path, "rb")
+        self._file = open(path, "rb")  # noqa: SIM115 (closed by close(), as the reader above it is)
         self._file.seek(offset)
         self._left = size
 
@@ -34,9 +38,12 @@ class ArchiveLayer:
     member: tarfile.TarInfo
     descriptor: img.Descriptor
 
-    def open(self):
+    def open(self) -> VerifyingReader:
         return VerifyingReader(_Slice(self.path, self.member.offset_data, self.member.size),
                                self.descriptor.digest, self.descriptor.size, "layer")
+
+    def prefetch(self) -> None:
+        """Nothing to fetch: the blob is in the local archive."""
 
 
 def split_ref(spec: str) -> tuple[str, str | None]:
@@ -48,35 +55,35 @@ def split_ref(spec: str) -> tuple[str, str | None]:
 def load(spec: str) -> img.Image:
     path, tag = split_ref(spec)
     name = f"docker-archive:{spec}"
-    try:
-        tar = tarfile.open(path, "r:")
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file") from None
-    except tarfile.TarError as e:
-        raise InvalidImageError(f"{name}: not a docker save archive ({e})") from None
-    with tar:
-        members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+    with _open(path, name) as tar:
+        members = {m.name.lstrip("./"): m for m in _members(tar, name) if m.isfile()}
 
         def read(member_name: str) -> bytes:
             member = members.get(member_name)
-            if member is None:
+            file = tar.extractfile(member) if member else None
+            if member is None or file is None:
                 raise InvalidImageError(f"{name}: {member_name} is missing from the archive")
-            return tar.extractfile(member).read()
+            if member.size > img.MAX_DOCUMENT:
+                raise LimitExceeded(f"{name}: {member_name} is {member.size} bytes, over the "
+                                    f"{img.MAX_DOCUMENT >> 20} MiB allowed for a manifest or config")
+            return file.read(img.MAX_DOCUMENT)
 
         try:
             manifest = json.loads(read("manifest.json"))
         except ValueError as e:
             raise InvalidImageError(f"{name}: manifest.json is not valid JSON: {e}") from None
-        if not isinstance(manifest, list) or not manifest:
+        except RecursionError:
+            raise InvalidImageError(f"{name}: manifest.json is nested too deeply") from None
+        if not isinstance(manifest, list) or not manifest or not all(isinstance(e, dict) for e in manifest):
             raise InvalidImageError(f"{name}: manifest.json lists no images")
-        entry = _pick(name, manifest, tag)
-        config_bytes = read(entry["Config"])
-        config = img.Config.parse(config_bytes, f"{name}: {entry['Config']}")
-        if len(config.diff_ids) != len(entry["Layers"]):
-            raise InvalidImageError(f"{name}: {len(entry['Layers'])} layers but the config lists "
+        config_name, layer_names = _entry(name, _pick(name, manifest, tag))
+        config_bytes = read(config_name)
+        config = img.Config.parse(config_bytes, f"{name}: {config_name}")
+        if len(config.diff_ids) != len(layer_names):
+            raise InvalidImageError(f"{name}: {len(layer_names)} layers but the config lists "
                                     f"{len(config.diff_ids)} diff_ids")
-        layers = []
-        for layer_name, diff_id in zip(entry["Layers"], config.diff_ids):
+        layers: list[img.Layer] = []
+        for layer_name, diff_id in zip(layer_names, config.diff_ids, strict=True):
             member = members.get(layer_name)
             if member is None:
                 raise InvalidImageError(f"{name}: layer {layer_name} is missing from the archive")
@@ -87,18 +94,65 @@ def load(spec: str) -> img.Image:
             layers.append(ArchiveLayer(path, member, img.Descriptor("", digests.validate(d), member.size)))
     digest = digests.of(config_bytes)  # the image ID, as docker names it: a save holds no manifest
     doc = {"schemaVersion": 2, "config": {"digest": digest, "size": len(config_bytes)},
-           "layers": [l.descriptor.to_json() for l in layers]}
+           "layers": [layer.descriptor.to_json() for layer in layers]}
     return img.Image(name, digest, doc, config, layers, [config.platform],
                      img.Descriptor(img.DOCKER_CONFIG, digest, len(config_bytes)))
 
 
-def _pick(name: str, manifest: list[dict], tag: str | None) -> dict:
-    tags = sorted(t for e in manifest for t in e.get("RepoTags") or [])
+class _SaveTarInfo(SafeTarInfo):
+    """`docker save` writes no sparse members: refuse them rather than read their maps into memory."""
+
+    def _proc_sparse(self, archive: tarfile.TarFile) -> "_SaveTarInfo":
+        raise ValueError(f"sparse member {self.name[:200]!r}")
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict[str, str], archive: tarfile.TarFile) -> None:
+        raise ValueError(f"sparse member {next.name[:200]!r}")
+
+
+def _open(path: str, name: str) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:", tarinfo=_SaveTarInfo)
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{name}: cannot read it: {e.strerror}") from None
+    except (tarfile.TarError, ValueError, UnicodeError) as e:
+        raise InvalidImageError(f"{name}: not a docker save archive ({e})") from None
+
+
+def _members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
+    """The archive's members, at most MAX_MEMBERS (a save has a few per layer), with malformed headers refused."""
+    members = []
+    try:
+        while (member := tar.next()) is not None:
+            members.append(member)
+            if len(members) > MAX_MEMBERS:
+                raise LimitExceeded(f"{name}: more than {MAX_MEMBERS} members: not a docker save archive")
+    except (tarfile.TarError, ValueError, OSError, IndexError, OverflowError) as e:
+        raise InvalidImageError(f"{name}: not a docker save archive ({e})") from None
+    return members
+
+
+def _repo_tags(entry: dict[str, Any]) -> list[str]:
+    tags = entry.get("RepoTags") or []
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+
+
+def _entry(name: str, entry: dict[str, Any]) -> tuple[str, list[str]]:
+    """The config's and the layers' member names of one manifest.json entry."""
+    config, layers = entry.get("Config"), entry.get("Layers")
+    if not isinstance(config, str) or not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+        raise InvalidImageError(f"{name}: manifest.json entry needs Config (a member name) and Layers (a list of them)")
+    return config, layers
+
+
+def _pick(name: str, manifest: list[dict[str, Any]], tag: str | None) -> dict[str, Any]:
+    tags = sorted(t for e in manifest for t in _repo_tags(e))
     if tag is None:
         if len(manifest) > 1:
             raise UsageError(f"{name}: the archive holds {len(manifest)} images; name one: {', '.join(tags)}")
         return manifest[0]
     for e in manifest:
-        if tag in (e.get("RepoTags") or []) or any(t.endswith("/" + tag) for t in e.get("RepoTags") or []):
+        if any(t == tag or t.endswith("/" + tag) for t in _repo_tags(e)):
             return e
     raise UsageError(f"{name}: no image tagged {tag!r}; tags: {', '.join(tags) or 'none'}")

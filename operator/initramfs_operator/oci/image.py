@@ -6,11 +6,12 @@ here so every transport behaves the same.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Protocol
+from typing import Any, Protocol
 
+from ..errors import InvalidImageError, LimitExceeded
 from . import digests
-from ..errors import InvalidImageError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -22,6 +23,11 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 ACCEPT = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
+# Manifests, indexes and configs are read whole into memory: none is allowed more (distribution's own
+# limit for manifests). Blob sizes beyond JSON's exact integers are nonsense whatever the blob.
+MAX_DOCUMENT = 4 << 20
+MAX_BLOB_SIZE = (1 << 53) - 1
+PLATFORM_FIELDS = ("os", "architecture", "variant")
 
 
 @dataclass(frozen=True)
@@ -29,23 +35,33 @@ class Descriptor:
     media_type: str
     digest: str
     size: int
-    platform: dict | None = None
-    annotations: dict = field(default_factory=dict)
+    platform: dict[str, Any] | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
     artifact_type: str | None = None
 
     @classmethod
-    def parse(cls, raw: dict, where: str = "descriptor") -> "Descriptor":
+    def parse(cls, raw: dict[str, Any], where: str = "descriptor") -> "Descriptor":
+        if not isinstance(raw, dict):
+            raise InvalidImageError(f"{where}: a descriptor must be a JSON object")
         try:
             size = raw["size"]
-            if not isinstance(size, int) or size < 0:
-                raise InvalidImageError(f"{where}: invalid size {size!r}")
-            return cls(raw.get("mediaType", ""), digests.validate(raw["digest"]), size,
-                       raw.get("platform"), raw.get("annotations") or {}, raw.get("artifactType"))
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BLOB_SIZE:
+                raise InvalidImageError(f"{where}: invalid size {str(size)[:40]}")
+            platform, annotations = raw.get("platform"), raw.get("annotations") or {}
+            if not isinstance(platform, dict | None) or not isinstance(annotations, dict):
+                raise InvalidImageError(f"{where}: platform and annotations must be JSON objects")
+            media_type, artifact_type = raw.get("mediaType", ""), raw.get("artifactType")
+            if not (isinstance(media_type, str) and isinstance(artifact_type, str | None)
+                    and all(isinstance(v, str) for v in annotations.values())
+                    and all(isinstance(v, str) for k, v in (platform or {}).items() if k in PLATFORM_FIELDS)):
+                raise InvalidImageError(f"{where}: mediaType, artifactType, annotation values and platform "
+                                        f"os/architecture/variant must be strings")
+            return cls(media_type, digests.validate(raw["digest"]), size, platform, annotations, artifact_type)
         except (KeyError, TypeError) as e:
             raise InvalidImageError(f"{where}: missing or malformed field {e}") from None
 
-    def to_json(self) -> dict:
-        out = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.artifact_type:
             out["artifactType"] = self.artifact_type
         if self.platform:
@@ -69,7 +85,7 @@ class Platform:
         return cls(*parts).normalized()
 
     @classmethod
-    def of(cls, raw: dict) -> "Platform":
+    def of(cls, raw: dict[str, Any]) -> "Platform":
         return cls(raw.get("os", ""), raw.get("architecture", ""), raw.get("variant", "")).normalized()
 
     def normalized(self) -> "Platform":
@@ -109,32 +125,50 @@ class Config:
     user: str
     platform: Platform
     diff_ids: list[str]
-    raw: dict
+    raw: dict[str, Any]
 
     @classmethod
     def parse(cls, data: bytes, where: str) -> "Config":
-        try:
-            raw = json.loads(data)
-            c = raw.get("config") or {}
-            return cls(c.get("Entrypoint") or [], c.get("Cmd") or [], c.get("Env") or [],
-                       c.get("WorkingDir") or "", c.get("User") or "", Platform.of(raw),
-                       list((raw.get("rootfs") or {}).get("diff_ids") or []), raw)
-        except (ValueError, AttributeError) as e:
-            raise InvalidImageError(f"{where}: config is not a valid image config: {e}") from None
+        raw = parse_json(data, where)
+        c, rootfs = raw.get("config") or {}, raw.get("rootfs") or {}
+        if not isinstance(c, dict) or not isinstance(rootfs, dict):
+            raise InvalidImageError(f"{where}: config and rootfs must be JSON objects")
+        for field_name in PLATFORM_FIELDS:
+            _string(raw, field_name, where)
+        return cls(_strings(c, "Entrypoint", where), _strings(c, "Cmd", where), _strings(c, "Env", where),
+                   _string(c, "WorkingDir", where), _string(c, "User", where), Platform.of(raw),
+                   _strings(rootfs, "diff_ids", where), raw)
+
+
+def _string(doc: dict[str, Any], key: str, where: str) -> str:
+    value = doc.get(key) or ""
+    if not isinstance(value, str):
+        raise InvalidImageError(f"{where}: {key} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _strings(doc: dict[str, Any], key: str, where: str) -> list[str]:
+    value = doc.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidImageError(f"{where}: {key} must be a list of strings")
+    return value
 
 
 class Layer(Protocol):
     descriptor: Descriptor
 
-    def open(self) -> BinaryIO:
+    def open(self) -> digests.VerifyingReader:
         """The layer blob as stored (compressed), as a stream that raises if its digest or size is wrong."""
+
+    def prefetch(self) -> None:
+        """Start fetching the blob in the background if it is remote (`build` does, for all layers at once)."""
 
 
 @dataclass
 class Image:
     name: str                 # what the user asked for, for messages
     digest: str               # digest of the selected manifest
-    manifest: dict
+    manifest: dict[str, Any]
     config: Config
     layers: list[Layer]
     platforms: list[Platform]  # what the source offers, for `inspect`
@@ -150,17 +184,22 @@ class Image:
 Fetch = Callable[[Descriptor], bytes]
 
 
-def parse_json(data: bytes, where: str) -> dict:
+def parse_json(data: bytes, where: str) -> dict[str, Any]:
+    if len(data) > MAX_DOCUMENT:
+        raise LimitExceeded(f"{where}: {len(data)} bytes is over the {MAX_DOCUMENT >> 20} MiB allowed for a "
+                            f"manifest, index or config")
     try:
         doc = json.loads(data)
     except ValueError as e:
         raise InvalidImageError(f"{where}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidImageError(f"{where}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise InvalidImageError(f"{where}: not a JSON object")
     return doc
 
 
-def kind(doc: dict, media_type: str) -> str:
+def kind(doc: dict[str, Any], media_type: str) -> str:
     """The manifest kind, also when `mediaType` is absent (allowed by the OCI spec; umoci omits it)."""
     mt = doc.get("mediaType") or media_type
     if mt in INDEX_TYPES or (not mt and "manifests" in doc):
@@ -185,25 +224,28 @@ def pick_platform(entries: list[Descriptor], want: Platform, where: str) -> Desc
 def for_platform(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, platform: Platform,
             layer: Callable[[Descriptor], Layer]) -> Image:
     """Walk from a top-level descriptor through (nested) indexes to the platform's manifest."""
-    desc, data, index_digest, offered = top, top_bytes, None, []
+    desc, data, index_digest = top, top_bytes, None
+    offered: list[Platform] = []
     for _ in range(8):  # nesting bound: an index pointing at itself must not loop forever
         doc = parse_json(data, f"{name}@{desc.digest}")
         if kind(doc, desc.media_type) == "manifest":
             break
         index_digest = index_digest or desc.digest
-        entries = [Descriptor.parse(m, f"{name}: index entry") for m in doc.get("manifests") or []]
+        manifests = doc.get("manifests") or []
+        if not isinstance(manifests, list):
+            raise InvalidImageError(f"{name}@{desc.digest}: manifests must be a list")
+        entries = [Descriptor.parse(m, f"{name}: index entry") for m in manifests]
         offered = offered or [Platform.of(d.platform) for d in entries if d.platform]
         desc = pick_platform(entries, platform, f"{name}@{desc.digest}")
-        data = fetch(desc)
+        data = fetch(_document(desc, f"{name}: manifest"))
     else:
         raise InvalidImageError(f"{name}: image index nested too deeply")
     where = f"{name}@{desc.digest}"
-    try:
-        config_desc = Descriptor.parse(doc["config"], f"{where}: config")
-        layer_descs = [Descriptor.parse(l, f"{where}: layer") for l in doc["layers"]]
-    except (KeyError, TypeError):
-        raise InvalidImageError(f"{where}: manifest has no config or layers") from None
-    config = Config.parse(fetch(config_desc), f"{where}: config {config_desc.digest}")
+    if not isinstance(doc.get("config"), dict) or not isinstance(doc.get("layers"), list):
+        raise InvalidImageError(f"{where}: manifest has no config or layers")
+    config_desc = Descriptor.parse(doc["config"], f"{where}: config")
+    layer_descs = [Descriptor.parse(raw, f"{where}: layer") for raw in doc["layers"]]
+    config = Config.parse(fetch(_document(config_desc, f"{where}: config")), f"{where}: config {config_desc.digest}")
     if not offered:
         offered = [config.platform]
         if not config.platform.matches(platform):
@@ -212,3 +254,11 @@ def for_platform(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, pla
     media_type = doc.get("mediaType") or desc.media_type or OCI_MANIFEST
     return Image(name, desc.digest, doc, config, [layer(d) for d in layer_descs], offered,
                  Descriptor(media_type, desc.digest, len(data)), index_digest)
+
+
+def _document(d: Descriptor, where: str) -> Descriptor:
+    """`d`, if what it describes may be read into memory: checked before the fetch, not after."""
+    if d.size > MAX_DOCUMENT:
+        raise LimitExceeded(f"{where} {d.digest}: {d.size} bytes is over the {MAX_DOCUMENT >> 20} MiB allowed "
+                            f"for a manifest, index or config")
+    return d

@@ -4,9 +4,9 @@ import json
 import os
 from dataclasses import dataclass
 
+from ..errors import InvalidImageError, LimitExceeded, UsageError
 from . import image as img
 from .digests import VerifyingReader
-from ..errors import InvalidImageError, UsageError
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -21,15 +21,25 @@ class LayoutLayer:
     root: str
     descriptor: img.Descriptor
 
-    def open(self):
+    def open(self) -> VerifyingReader:
         path = _blob_path(self.root, self.descriptor)
         try:
-            return VerifyingReader(open(path, "rb"), self.descriptor.digest, self.descriptor.size, "layer")
+            blob = open(path, "rb")  # noqa: SIM115 (the caller closes the reader, which closes the file)
         except FileNotFoundError:
             raise InvalidImageError(f"layer {self.descriptor.digest}: blob missing from {self.root}") from None
+        except OSError as e:
+            raise InvalidImageError(f"layer {self.descriptor.digest}: cannot read {path}: {e.strerror}") from None
+        return VerifyingReader(blob, self.descriptor.digest, self.descriptor.size, "layer")
+
+    def prefetch(self) -> None:
+        """Nothing to fetch: the blob is on local disk."""
 
 
 def read_blob(root: str, d: img.Descriptor) -> bytes:
+    """A manifest, index or config blob, whole: refused before reading if its descriptor is too large."""
+    if d.size > img.MAX_DOCUMENT:
+        raise LimitExceeded(f"blob {d.digest}: {d.size} bytes is over the {img.MAX_DOCUMENT >> 20} MiB allowed "
+                            f"for a manifest, index or config")
     try:
         with open(_blob_path(root, d), "rb") as f:
             r = VerifyingReader(f, d.digest, d.size)
@@ -38,6 +48,8 @@ def read_blob(root: str, d: img.Descriptor) -> bytes:
             return data
     except FileNotFoundError:
         raise InvalidImageError(f"blob {d.digest}: missing from {root}") from None
+    except OSError as e:
+        raise InvalidImageError(f"blob {d.digest}: cannot read it from {root}: {e.strerror}") from None
 
 
 def split_ref(spec: str) -> tuple[str, str | None]:
@@ -55,17 +67,22 @@ def load(spec: str, platform: img.Platform = img.DEFAULT_PLATFORM) -> img.Image:
     root, ref = split_ref(spec)
     try:
         with open(os.path.join(root, "index.json"), "rb") as f:
-            index = img.parse_json(f.read(), f"{root}/index.json")
+            index = img.parse_json(f.read(img.MAX_DOCUMENT + 1), f"{root}/index.json")
     except FileNotFoundError:
         raise UsageError(f"oci:{spec}: {root} is not an OCI image layout (no index.json)") from None
+    except OSError as e:
+        raise UsageError(f"oci:{spec}: cannot read {root}/index.json: {e.strerror}") from None
     try:
-        with open(os.path.join(root, "oci-layout")) as f:
-            version = json.load(f).get("imageLayoutVersion")
-    except (FileNotFoundError, ValueError):
+        with open(os.path.join(root, "oci-layout"), "rb") as f:
+            version = json.loads(f.read(1024)).get("imageLayoutVersion")
+    except (OSError, ValueError, AttributeError, RecursionError):
         version = None
     if version != "1.0.0":
         raise InvalidImageError(f"oci:{spec}: missing or unsupported oci-layout file (want imageLayoutVersion 1.0.0)")
-    entries = [img.Descriptor.parse(m, f"{root}/index.json") for m in index.get("manifests") or []]
+    manifests = index.get("manifests") or []
+    if not isinstance(manifests, list):
+        raise InvalidImageError(f"oci:{spec}: {root}/index.json: manifests must be a list")
+    entries = [img.Descriptor.parse(m, f"{root}/index.json") for m in manifests]
     top = _pick(spec, entries, ref)
     return img.for_platform(f"oci:{spec}", top, read_blob(root, top), lambda d: read_blob(root, d),
                        platform, lambda d: LayoutLayer(root, d))

@@ -8,8 +8,8 @@ Hub, where single-component names live under `library/`.
 import re
 from dataclasses import dataclass
 
-from . import digests
 from ..errors import InvalidImageError, UsageError
+from . import digests
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"  # docker.io itself serves a website, not the registry API

@@ -1,18 +1,20 @@
 """IMAGE arguments -> `Image`: `oci:DIR[:TAG|@DIGEST]`, `docker-archive:FILE[:REPO:TAG]`, or a registry reference."""
 
-from . import dockerarchive, layout
-from .registry import client as registry
+from contextlib import AbstractContextManager, nullcontext
+
+from . import dockerarchive, layout, registry
 from .image import Image, Platform
 
 OCI = "oci:"
 DOCKER_ARCHIVE = "docker-archive:"
 
 
-def load(spec: str, platform: Platform, options: registry.RegistryOptions) -> Image:
+def load(spec: str, platform: Platform, options: registry.RegistryOptions) -> AbstractContextManager[Image]:
+    """The image, for a `with` block: leaving it releases what the source holds (a registry's downloads)."""
     if spec.startswith(OCI):
-        return layout.load(spec[len(OCI):], platform)
+        return nullcontext(layout.load(spec[len(OCI):], platform))
     if spec.startswith(DOCKER_ARCHIVE):
-        return dockerarchive.load(spec[len(DOCKER_ARCHIVE):])
+        return nullcontext(dockerarchive.load(spec[len(DOCKER_ARCHIVE):]))
     return registry.load(spec.removeprefix("docker://"), platform, options)
 
 

@@ -1,72 +1,27 @@
-"""Registry credentials and the `WWW-Authenticate` dance (Basic, and the Docker token flow).
+"""The `WWW-Authenticate` dance: Basic, and the Docker token flow.
 
-Secrets live only in `Credentials` (whose repr hides them) and in Authorization headers;
-no message built here contains either.
+Secrets go only into Authorization headers and token requests; no message built here
+contains one.
 """
 
 import base64
-import binascii
-import json
 import re
 import threading
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
 import httpx
 
-from ...errors import AuthError, UsageError
-from ..reference import DOCKER_HUB
+from ...errors import AuthError
+from .keychain import Credentials
 
 CLIENT_ID = "initramfs-operator"
 
 
-@dataclass(frozen=True)
-class Credentials:
-    username: str = ""
-    password: str = field(default="", repr=False)
-    identity_token: str = field(default="", repr=False)  # OAuth2 refresh token some registries' logins store
+class TokenService(Protocol):
+    """Sends a request to a token endpoint (with the caller's TLS, proxies and retries); returns it read."""
 
-
-def lookup(registry: str, auth_file: str | None, username: str | None, password: str | None) -> Credentials | None:
-    """Explicit username/password win; otherwise the auth file's entry for this registry, if any."""
-    if username is not None or password is not None:
-        return Credentials(username or "", password or "")
-    if not auth_file:
-        return None
-    return _from_config(auth_file).get(registry)
-
-
-def _from_config(path: str) -> dict[str, Credentials]:
-    """Docker's config.json, or the `.dockerconfigjson` key of a Kubernetes Secret (same format)."""
-    try:
-        with open(path, "rb") as f:
-            doc = json.load(f)
-        entries = doc.get("auths") or {}
-        if not isinstance(entries, dict):
-            raise ValueError("'auths' is not an object")
-    except OSError as e:
-        raise UsageError(f"cannot read auth file {path}: {e.strerror}") from None
-    except (ValueError, AttributeError) as e:
-        # The JSON decoder's message quotes the document, which holds secrets: keep only its type.
-        raise UsageError(f"auth file {path} is not a docker config.json ({type(e).__name__})") from None
-    found = {}
-    for key, entry in entries.items():
-        if not isinstance(entry, dict):
-            continue
-        user, secret = entry.get("username") or "", entry.get("password") or ""
-        if entry.get("auth"):
-            try:
-                user, _, secret = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                raise UsageError(f"auth file {path}: the 'auth' of {key!r} is not base64 of user:password") from None
-        found.setdefault(_registry_of(key), Credentials(user, secret, entry.get("identitytoken") or ""))
-    return found
-
-
-def _registry_of(key: str) -> str:
-    """`https://index.docker.io/v1/` -> `docker.io`; `https://host:5000/v2/` -> `host:5000`."""
-    host = re.sub(r"^[a-z]+://", "", key.strip().lower()).split("/", 1)[0]
-    return DOCKER_HUB if host in ("index.docker.io", "registry-1.docker.io", DOCKER_HUB) else host
+    def __call__(self, method: str, url: str, *, params: list[tuple[str, str]] | None = None,
+                 data: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> httpx.Response: ...
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -83,10 +38,10 @@ class Authenticator:
     wait, then reuse it.
     """
 
-    def __init__(self, host: str, credentials: Credentials | None, http: Callable[..., httpx.Response]):
+    def __init__(self, host: str, credentials: Credentials | None, token_service: TokenService):
         self._host = host
-        self._credentials = credentials
-        self._http = http  # sends a request to the token endpoint with the caller's TLS/proxy/retry settings
+        self._credentials = credentials if credentials and not credentials.is_empty else None
+        self._token_service = token_service
         self._headers: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -113,14 +68,13 @@ class Authenticator:
 
     def refused(self, scope: str) -> AuthError:
         """The error for a 401 despite an Authorization header."""
-        c = self._credentials
-        if c and (c.username or c.password or c.identity_token):
+        if self._credentials:
             return AuthError(f"{self._host}: access to {scope} refused: credentials rejected, or not allowed")
         return AuthError(f"{self._host}: access to {scope} refused to anonymous requests; credentials needed")
 
     def _basic(self, scope: str) -> str:
         c = self._credentials
-        if not c or not (c.username or c.password):
+        if not c or not c.has_password:
             raise AuthError(f"{self._host}: authentication required for {scope} and no credentials "
                             f"were given for {self._host}")
         return "Basic " + base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
@@ -136,24 +90,29 @@ class Authenticator:
                     "scope": " ".join(scopes)}
             if "service" in challenge:
                 form["service"] = challenge["service"]
-            resp = self._http("POST", realm, data=form)
+            resp = self._token_service("POST", realm, data=form)
         else:
             params = [("scope", s) for s in scopes]
             if "service" in challenge:
                 params.append(("service", challenge["service"]))
-            auth = self._basic(scope) if c and (c.username or c.password) else None
-            resp = self._http("GET", realm, params=params, headers={"Authorization": auth} if auth else {})
+            # The registry's credentials go to its token service (wherever the realm is) and nowhere else.
+            headers = {"Authorization": self._basic(scope)} if c and c.has_password else {}
+            resp = self._token_service("GET", realm, params=params, headers=headers)
         where = f"{self._host}: token service {httpx.URL(realm).host}"
         if resp.status_code in (401, 403):
             raise AuthError(f"{where} refused the credentials for {scope}" if c
                             else f"{where} requires credentials for {scope}")
         if resp.status_code != 200:
             raise AuthError(f"{where} answered HTTP {resp.status_code}")
-        try:
-            body = resp.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
-        if not isinstance(token, str) or not token:
-            raise AuthError(f"{where} returned no token")
-        return token
+        return _token_of(resp, where)
+
+
+def _token_of(resp: httpx.Response, where: str) -> str:
+    try:
+        body = resp.json()
+        token = body.get("token") or body.get("access_token")
+    except (ValueError, AttributeError):
+        token = None
+    if not isinstance(token, str) or not token:
+        raise AuthError(f"{where} returned no token")
+    return token

@@ -1,0 +1,175 @@
+"""A registry image's layer blobs, downloaded when wanted into files on disk.
+
+`RegistryLayer.prefetch()` starts a download in the background, `RegistryOptions.jobs` at a
+time; `open()` starts it if need be and waits for it. Each blob is verified against its digest
+and size while it arrives, and again while it is read. Files live in the layer cache when there
+is one (written atomically, so a crash leaves no half blob behind), otherwise in a scratch
+directory that closing `Downloads` removes.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import closing
+from dataclasses import dataclass
+from types import TracebackType
+from typing import BinaryIO
+
+from ...errors import BuildError, InvalidImageError, UsageError
+from .. import image
+from ..digests import VerifyingReader
+from .options import RegistryOptions
+from .transport import READ_SIZE, Body, Transport, fail
+
+log = logging.getLogger(__name__)
+
+
+class Downloads:
+    """The layer files of one image, each downloaded at most once."""
+
+    def __init__(self, transport: Transport, options: RegistryOptions):
+        self._transport = transport
+        self._cached = bool(options.cache_dir)
+        # The cache's blobs/ (left in place), or a scratch directory of this image's own.
+        self._directory = os.path.join(options.cache_dir, "blobs") if options.cache_dir \
+            else _scratch_dir(options.scratch_dir)
+        self._slots = threading.Semaphore(max(1, options.jobs))
+        self._futures: dict[str, Future[str]] = {}
+        self._on_bytes = options.on_bytes
+        self._lock = threading.Lock()  # guards the fields below, scratch files' creation and `on_bytes`
+        self._closed = False
+
+    def __enter__(self) -> "Downloads":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def layer(self, d: image.Descriptor) -> "RegistryLayer":
+        return RegistryLayer(d, self)
+
+    def start(self, d: image.Descriptor) -> "Future[str]":
+        """The download of `d` (its file's path, once verified), started unless it was already."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("the image was closed")
+            future = self._futures.get(d.digest)  # a manifest may list the same blob twice
+            if future is None:
+                future = self._futures[d.digest] = Future()
+                # Daemon threads, not a ThreadPoolExecutor: a CLI that fails or is interrupted must
+                # exit at once, not after the downloads in flight (the executor joins them at exit).
+                threading.Thread(target=self._run, args=(future, d), daemon=True,
+                                 name=f"download {d.digest[:19]}").start()
+            return future
+
+    def close(self) -> None:
+        """Removes the scratch files; downloads in flight fail, and those not started never start."""
+        with self._lock:
+            self._closed = True
+            if not self._cached:
+                shutil.rmtree(self._directory, ignore_errors=True)
+
+    def _run(self, future: "Future[str]", d: image.Descriptor) -> None:
+        with self._slots:  # `jobs` at a time, roughly in the order asked
+            future.set_running_or_notify_cancel()
+            try:
+                if self._closed:
+                    raise ValueError("the image was closed")
+                future.set_result(self._fetch(d))
+            except BaseException as e:
+                future.set_exception(e)
+
+    def _fetch(self, d: image.Descriptor) -> str:
+        """The verified file of `d`; local disk trouble (a full disk, an unusable cache) is a clear error."""
+        try:
+            return self._fetch_to_cache(d) if self._cached else self._fetch_to_scratch(d)
+        except OSError as e:
+            raise BuildError(f"layer {d.digest}: cannot store it in {self._directory}: "
+                             f"{e.strerror or type(e).__name__}") from None
+
+    def _fetch_to_scratch(self, d: image.Descriptor) -> str:
+        path = os.path.join(self._directory, d.digest.split(":", 1)[1])
+        _download(self._transport, d, lambda: self._create_scratch(path), self._progress)
+        return path
+
+    def _fetch_to_cache(self, d: image.Descriptor) -> str:
+        alg, hex_ = d.digest.split(":", 1)
+        path = os.path.join(self._directory, alg, hex_)
+        if os.path.exists(path):
+            try:
+                with open(path, "rb") as f:
+                    VerifyingReader(f, d.digest, d.size, "cached layer").verify()
+                self._progress(d.size)
+                return path
+            except InvalidImageError as e:
+                log.warning("%s; downloading it again", e)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{hex_}.", dir=os.path.dirname(path))
+        os.close(fd)
+        try:
+            _download(self._transport, d, lambda: _create(tmp), self._progress)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def _create_scratch(self, path: str) -> BinaryIO:
+        with self._lock:  # never a file in a scratch directory being removed
+            if self._closed:
+                raise ValueError("the image was closed")
+            return _create(path)
+
+    def _progress(self, n: int) -> None:
+        if self._on_bytes:
+            with self._lock:  # the callback need not be thread-safe
+                self._on_bytes(n)
+
+
+@dataclass
+class RegistryLayer:
+    descriptor: image.Descriptor
+    downloads: Downloads
+
+    def prefetch(self) -> None:
+        """Start the download in the background."""
+        self.downloads.start(self.descriptor)
+
+    def open(self) -> VerifyingReader:
+        """Waits for the download; re-verifies while reading so the file on disk is not trusted blindly."""
+        path = self.downloads.start(self.descriptor).result()
+        return VerifyingReader(open(path, "rb"), self.descriptor.digest, self.descriptor.size, "layer")
+
+
+def _scratch_dir(parent: str | None) -> str:
+    try:
+        return tempfile.mkdtemp(prefix="initramfs-layers-", dir=parent)
+    except OSError as e:
+        raise UsageError(f"cannot use scratch directory {parent}: {e.strerror}") from None
+
+
+def _create(path: str) -> BinaryIO:
+    return open(path, "wb")  # noqa: SIM115 (the caller closes it)
+
+
+def _download(transport: Transport, d: image.Descriptor, create: Callable[[], BinaryIO],
+              on_bytes: Callable[[int], None]) -> None:
+    """Stream a blob into the file `create()` opens, verifying it; a broken connection restarts the download."""
+    what = f"{transport.ref.name}: layer {d.digest}"
+
+    def once() -> None:
+        with closing(transport.send("GET", transport.base.join(f"blobs/{d.digest}"), stream=True)) as resp:
+            if resp.status_code != 200:
+                fail(resp, what)
+            reader = VerifyingReader(Body(resp), d.digest, d.size, "layer")
+            with create() as f:
+                while chunk := reader.read(READ_SIZE):
+                    f.write(chunk)
+                    on_bytes(len(chunk))
+
+    transport.attempts(what, once)
