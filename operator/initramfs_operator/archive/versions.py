@@ -1,0 +1,224 @@
+"""A directory of initramfs versions on a VM host, behind an atomic `current` symlink.
+
+    <root>/<dir>/<sha256>.cpio.gz     one file per version, named by its content
+    <root>/<dir>/current -> <sha256>.cpio.gz
+
+A VM launcher (Kata's `initrd`, a Firecracker script) reads `current`; it sees either the
+old file or the new one, never a missing or partial file: a version is written to a
+temp file, verified, fsynced and renamed into place before `current` is re-pointed by
+renaming a new symlink over it. Every operation goes through directory file descriptors
+opened with O_NOFOLLOW from the configured root, so a symlink planted anywhere under the
+root cannot redirect a write outside it.
+"""
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from ..errors import InvalidImageError, OutputError, UsageError
+
+CURRENT = "current"
+READ_SIZE = 1 << 20
+EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}
+VERSION_NAME = re.compile(r"[0-9a-f]{64}\.cpio(?:\.gz|\.zst)?")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the file must be: the artifact layer's digest and size, and the build's sha512."""
+
+    sha256: str  # hex
+    sha512: str  # hex
+    size: int
+    compression: str  # "gzip", "zstd" or "none"
+
+    @property
+    def filename(self) -> str:
+        return self.sha256 + EXTENSIONS[self.compression]
+
+
+def relative_parts(path: str) -> list[str]:
+    """The components of a path below the root; '..', absolute escapes and empty names are refused."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." or "\0" in p for p in parts):
+        raise UsageError(f"delivery directory {path!r} must be a relative path below the root without '..'")
+    return parts
+
+
+class VersionStore:
+    """The versions of one build in `<root>/<directory>`; the root must exist, the rest is created."""
+
+    def __init__(self, root: str, directory: str):
+        self.root = root
+        self.parts = relative_parts(directory)
+        self.where = os.path.join(root, *self.parts)
+
+    @contextmanager
+    def _directory(self) -> Iterator[int]:
+        """A descriptor of the version directory, reached from the root without following symlinks."""
+        try:
+            fd = os.open(self.root, _DIR_FLAGS)
+        except OSError as e:
+            raise OutputError(f"delivery root {self.root}: {e.strerror}") from None
+        try:
+            for part in self.parts:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    raise OutputError(f"{self.where}: {part!r} is not a directory ({e.strerror}); "
+                                      "symlinks under the delivery root are never followed") from None
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def current(self) -> str | None:
+        """The file name `current` points at, if any."""
+        with self._directory() as fd:
+            return _link_target(CURRENT, fd)
+
+    def versions(self) -> list[str]:
+        """Version files, newest first (by the time they were installed)."""
+        with self._directory() as fd:
+            return self._versions(fd)
+
+    def install(self, stream: Readable, expected: Expected) -> str:
+        """Writes the stream as a new version, verified against `expected`; returns its file name.
+
+        A version already present is re-verified rather than trusted. Nothing is renamed into
+        place unless size, sha256 and sha512 all match.
+        """
+        name = expected.filename
+        with self._directory() as fd:
+            tmp = f".{name}.{os.getpid()}.tmp"
+            try:
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                              dir_fd=fd)
+            except OSError as e:
+                raise OutputError(f"{self.where}: cannot create {tmp}: {e.strerror}") from None
+            try:
+                with os.fdopen(out, "wb") as f:
+                    self._copy_verified(stream, f, expected)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                os.fsync(fd)
+            except BaseException:
+                _unlink_quietly(tmp, fd)
+                raise
+        return name
+
+    def has(self, expected: Expected) -> bool:
+        """Whether the version is present with the right content (re-hashed, never trusted by name)."""
+        with self._directory() as fd:
+            try:
+                f = os.open(expected.filename, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:
+                return False
+            with os.fdopen(f, "rb") as stream:
+                if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                    return False
+                try:
+                    self._copy_verified(stream, None, expected)
+                except InvalidImageError:
+                    return False
+            return True
+
+    def activate(self, name: str) -> None:
+        """Points `current` at `name` atomically: a new symlink renamed over the old one."""
+        if not VERSION_NAME.fullmatch(name):
+            raise UsageError(f"{name!r} is not a version file name")
+        with self._directory() as fd:
+            if _link_target(CURRENT, fd) == name:
+                return
+            tmp = f".{CURRENT}.{os.getpid()}.tmp"
+            _unlink_quietly(tmp, fd)
+            os.symlink(name, tmp, dir_fd=fd)
+            try:
+                os.rename(tmp, CURRENT, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                _unlink_quietly(tmp, fd)
+                raise
+            os.fsync(fd)
+
+    def prune(self, keep: int) -> list[str]:
+        """Removes the oldest versions beyond `keep` (the current one always stays); returns their names.
+
+        Only files named like versions are considered: anything else in the directory is left alone.
+        """
+        with self._directory() as fd:
+            current = _link_target(CURRENT, fd)
+            versions = self._versions(fd)
+            kept = ([current] if current in versions else [])
+            kept += [v for v in versions if v != current][: max(keep - len(kept), 0)]
+            removed = [v for v in versions if v not in kept]
+            for name in removed:
+                _unlink_quietly(name, fd)
+            if removed:
+                os.fsync(fd)
+            return removed
+
+    def remove_all(self) -> None:
+        """Removes `current`, every version and leftover temp file; the directory itself stays."""
+        with self._directory() as fd:
+            for entry in os.listdir(fd):
+                if entry == CURRENT or VERSION_NAME.fullmatch(entry) or (
+                        entry.startswith(".") and entry.endswith(".tmp")):
+                    _unlink_quietly(entry, fd)
+            os.fsync(fd)
+
+    def _versions(self, fd: int) -> list[str]:
+        found = []
+        for entry in os.listdir(fd):
+            if VERSION_NAME.fullmatch(entry):
+                st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    found.append((st.st_mtime_ns, entry))
+        return [name for _, name in sorted(found, reverse=True)]
+
+    def _copy_verified(self, stream: Readable, out: BinaryIO | None, expected: Expected) -> None:
+        sha256, sha512, size = hashlib.sha256(), hashlib.sha512(), 0
+        while chunk := stream.read(READ_SIZE):
+            size += len(chunk)
+            if size > expected.size:
+                raise InvalidImageError(f"{expected.filename}: more than the {expected.size} bytes expected")
+            sha256.update(chunk)
+            sha512.update(chunk)
+            if out is not None:
+                out.write(chunk)
+        if size != expected.size:
+            raise InvalidImageError(f"{expected.filename}: got {size} bytes, expected {expected.size} (truncated?)")
+        if sha256.hexdigest() != expected.sha256:
+            raise InvalidImageError(f"{expected.filename}: sha256 mismatch (got {sha256.hexdigest()})")
+        if sha512.hexdigest() != expected.sha512:
+            raise InvalidImageError(f"{expected.filename}: sha512 mismatch (got {sha512.hexdigest()[:32]}...)")
+
+
+def _link_target(name: str, fd: int) -> str | None:
+    """Where the symlink `name` points, or None if it is missing or not a symlink."""
+    try:
+        return os.readlink(name, dir_fd=fd)
+    except OSError:  # missing, or not a symlink (EINVAL)
+        return None
+
+
+def _unlink_quietly(name: str, fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass

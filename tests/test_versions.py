@@ -1,0 +1,111 @@
+"""The host-side version directory behind `current`: verified installs, atomic switches, pruning,
+and no way out of the configured root."""
+
+import hashlib
+import io
+import os
+import threading
+
+import pytest
+
+from initramfs_operator.archive.versions import CURRENT, Expected, VersionStore
+from initramfs_operator.errors import InvalidImageError, OutputError, UsageError
+
+
+def expected(data: bytes, compression: str = "gzip") -> Expected:
+    return Expected(hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest(), len(data), compression)
+
+
+def install(store: VersionStore, data: bytes) -> str:
+    name = store.install(io.BytesIO(data), expected(data))
+    store.activate(name)
+    return name
+
+
+def test_install_activate_and_roll_forward(tmp_path):
+    store = VersionStore(str(tmp_path), "ns/build")
+    first = install(store, b"one" * 1000)
+    assert (tmp_path / "ns/build" / first).read_bytes() == b"one" * 1000
+    assert os.readlink(tmp_path / "ns/build" / CURRENT) == first == store.current()
+    second = install(store, b"two" * 1000)
+    assert (tmp_path / "ns/build" / CURRENT).read_bytes() == b"two" * 1000
+    assert set(store.versions()) == {first, second}
+    assert not [p for p in os.listdir(tmp_path / "ns/build") if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "sha512"])
+def test_a_mismatch_is_refused_and_current_stays(tmp_path, damage):
+    store = VersionStore(str(tmp_path), "b")
+    good = install(store, b"good")
+    data = b"new version"
+    want = expected(data)
+    sent = {"flip": b"New version", "truncate": data[:-1], "extend": data + b"!", "sha512": data}[damage]
+    if damage == "sha512":
+        want = Expected(want.sha256, hashlib.sha512(b"other").hexdigest(), want.size, want.compression)
+    with pytest.raises(InvalidImageError):
+        store.install(io.BytesIO(sent), want)
+    assert store.current() == good
+    assert set(os.listdir(tmp_path / "b")) == {CURRENT, good}
+
+
+def test_prune_keeps_current_and_newest(tmp_path):
+    store = VersionStore(str(tmp_path), "b")
+    names = [install(store, f"v{i}".encode()) for i in range(5)]
+    for i, name in enumerate(names):  # install order, as mtimes a coarse clock might not tell apart
+        os.utime(tmp_path / "b" / name, ns=(i * 10**9, i * 10**9))
+    store.activate(names[1])  # rolled back to an old one
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    removed = store.prune(3)
+    assert set(store.versions()) == {names[1], names[4], names[3]}
+    assert set(removed) == {names[0], names[2]}
+    assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
+
+
+def test_a_reader_never_sees_a_missing_or_partial_current(tmp_path):
+    store = VersionStore(str(tmp_path), "b")
+    a, b = os.urandom(1 << 20), os.urandom(1 << 20)
+    names = [install(store, a), install(store, b)]
+    path, seen, stop = tmp_path / "b" / CURRENT, [], threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.append(path.read_bytes())  # raises if current is ever missing
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(200):
+        store.activate(names[i % 2])
+    stop.set()
+    t.join()
+    assert seen and all(data in (a, b) for data in seen)
+
+
+@pytest.mark.parametrize("directory", ["../escape", "/abs/../../x", "a/../../b", "", "."])
+def test_directories_outside_the_root_are_refused(tmp_path, directory):
+    with pytest.raises(UsageError):
+        VersionStore(str(tmp_path), directory)
+
+
+def test_symlinks_under_the_root_are_never_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "ns").symlink_to(outside)
+    store = VersionStore(str(root), "ns/build")
+    with pytest.raises(OutputError, match="never followed"):
+        install(store, b"x")
+    assert list(outside.iterdir()) == []
+
+
+def test_a_symlink_named_like_the_version_is_replaced_not_followed(tmp_path):
+    data = b"payload"
+    store = VersionStore(str(tmp_path), "b")
+    (tmp_path / "b").mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "b" / expected(data).filename).symlink_to(victim)
+    assert not store.has(expected(data))
+    install(store, data)
+    assert victim.read_bytes() == b"keep me"
+    assert (tmp_path / "b" / CURRENT).read_bytes() == data
