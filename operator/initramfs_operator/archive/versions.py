@@ -16,7 +16,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -72,10 +72,8 @@ class VersionStore:
             raise OutputError(f"delivery root {self.root}: {e.strerror}") from None
         try:
             for part in self.parts:
-                try:
+                with suppress(FileExistsError):
                     os.mkdir(part, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
                 try:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as e:
@@ -218,7 +216,5 @@ def _link_target(name: str, fd: int) -> str | None:
 
 
 def _unlink_quietly(name: str, fd: int) -> None:
-    try:
+    with suppress(FileNotFoundError):
         os.unlink(name, dir_fd=fd)
-    except FileNotFoundError:
-        pass

@@ -1,0 +1,218 @@
+"""One dependency direction through the package, read from the source with `ast` (nothing is imported).
+
+errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/
+(the cpio format, compression, output) beside each other, archive knowing nothing of images or trees;
+rootfs/ (the flattened tree) on both; build and cli on top. kube/ (the operator) sits beside the engine:
+it may use all of it, and nothing in the engine imports kube/ or the operator's libraries.
+"""
+
+import ast
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from fixtures.tools import REPO
+
+PACKAGE = "initramfs_operator"
+
+# Module names are relative to the package ("" is its __init__). A module belongs to the longest layer
+# that names it or a package above it, and may import only package modules under the layers listed.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "": (),  # __version__
+    "errors": (),
+    "oci": ("errors", "oci"),
+    # the registry speaks the image model; it never reaches back into the other sources
+    "oci.registry": ("errors", "oci.reference", "oci.digests", "oci.image", "oci.registry"),
+    "archive": ("errors", "archive"),
+    # the format alone: records in, bytes out (and back)
+    "archive.cpio": ("errors",),
+    # the tree is built from image layers and turned into the format's records
+    "rootfs": ("errors", "oci", "archive.cpio", "rootfs"),
+    "build": ("errors", "oci", "archive", "rootfs"),
+    "cli": ("", "errors", "oci", "archive", "rootfs", "build"),
+    "kube": ("", "errors", "oci", "archive", "rootfs", "build", "cli", "kube"),
+}
+# Third-party imports (by top-level name) and the layers allowed to use them; anything else that is
+# not in the standard library is refused.
+THIRD_PARTY: dict[str, tuple[str, ...]] = {
+    "httpx": ("oci.registry", "kube"),  # kube: timeouts it hands the registry client
+    "zstandard": ("oci", "archive"),
+    "zlib_ng": ("oci", "archive"),
+    "isal": ("oci",),
+    "kopf": ("kube",),
+    "kubernetes": ("kube",),
+    "prometheus_client": ("kube",),
+}
+
+# _typeshed: the standard library's stubs-only module, imported under TYPE_CHECKING
+STANDARD_LIBRARY = sys.stdlib_module_names | {"_typeshed"}
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importer
+    target: str  # a package module, or the top-level name of anything else
+    internal: bool
+    line: int
+
+
+def under(name: str, prefix: str) -> bool:
+    """`prefix` is the module or a package above it ("" is only the package's own __init__)."""
+    return name == prefix or (prefix != "" and name.startswith(prefix + "."))
+
+
+def layer_of(module: str) -> str | None:
+    matches = [layer for layer in LAYERS if under(module, layer)]
+    return max(matches, key=len) if matches else None
+
+
+def modules(source_root: Path) -> dict[str, Path]:
+    out = {}
+    for path in sorted((source_root / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(source_root / PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _absolute(package: str, node: ast.ImportFrom) -> str:
+    """The dotted name `from ... import` reads from; `package` is the importer's, relative to PACKAGE."""
+    if not node.level:
+        return node.module or ""
+    parts = [PACKAGE, *filter(None, package.split("."))]
+    return ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+
+
+def imports(module: str, path: Path, known: set[str]) -> list[Import]:
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [(_absolute(package, node), alias.name) for alias in node.names]
+        else:
+            continue
+        for dotted, member in names:
+            if dotted != PACKAGE and not dotted.startswith(PACKAGE + "."):
+                found.append(Import(module, dotted.partition(".")[0], False, node.lineno))
+                continue
+            target = dotted.removeprefix(PACKAGE).removeprefix(".")
+            # `from . import build` names a module; `from .oci.image import Image` a name in one
+            submodule = f"{target}.{member}" if target and member else (member or target)
+            found.append(Import(module, submodule if member and submodule in known else target, True, node.lineno))
+    return found
+
+
+def violations(source_root: Path) -> list[str]:
+    found = modules(source_root)
+    graph: dict[str, set[str]] = {m: set() for m in found}
+    problems = []
+    for module, path in found.items():
+        layer = layer_of(module)
+        if layer is None:
+            problems.append(f"{module}: in no layer (add its folder to LAYERS)")
+            continue
+        for imp in imports(module, path, set(found)):
+            where = f"{module}:{imp.line} imports {imp.target or PACKAGE}"
+            if imp.internal:
+                graph[module].add(imp.target)
+                if not any(under(imp.target, allowed) for allowed in LAYERS[layer]):
+                    problems.append(f"{where}: layer {layer or PACKAGE} may import only {LAYERS[layer]}")
+            elif imp.target not in STANDARD_LIBRARY:
+                allowed = THIRD_PARTY.get(imp.target)
+                if allowed is None:
+                    problems.append(f"{where}: not a dependency listed in THIRD_PARTY")
+                elif not any(under(module, a) for a in allowed):
+                    problems.append(f"{where}: only {allowed} may use it")
+    return problems + [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            found.append(path[path.index(node):] + [node])
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, path + [node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+    return found
+
+
+def test_the_package_keeps_one_dependency_direction():
+    assert violations(REPO / "operator") == []
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower().replace("-", "_") for r in requirements}
+
+
+def test_the_cli_needs_only_base_dependencies_and_the_operator_its_extra():
+    used = {imp.target for module, path in modules(REPO / "operator").items()
+            for imp in imports(module, path, set()) if not imp.internal and imp.target not in STANDARD_LIBRARY}
+    assert used == set(THIRD_PARTY), "THIRD_PARTY lists a dependency nothing imports, or misses one"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = _requirement_names(project["dependencies"])
+    extra = _requirement_names(project["optional-dependencies"]["operator"])
+    operator_only = {name for name, layers in THIRD_PARTY.items() if layers == ("kube",)}
+    assert extra == operator_only == {"kopf", "kubernetes", "prometheus_client"}
+    assert base == set(THIRD_PARTY) - operator_only
+
+
+def test_every_layer_exists():
+    found = modules(REPO / "operator")
+    for layer in LAYERS:
+        assert layer in found, layer
+
+
+PLANTED = {
+    # each planted file breaks one rule: the checker must report exactly these
+    "errors.py": "import json\n",
+    "oci/__init__.py": "",
+    "oci/digests.py": "from .. import errors\n",
+    "oci/source.py": "from .registry import client\n",
+    "oci/registry/__init__.py": "",
+    "oci/registry/client.py": "import httpx\nfrom .. import source\n",
+    "archive/__init__.py": "",
+    "archive/cpio.py": "from ..rootfs.tree import Tree\n",
+    "archive/compress.py": "import zstandard\nimport kopf\n",
+    "rootfs/__init__.py": "",
+    "rootfs/tree.py": "from ..archive import cpio, compress\nimport httpx\n",
+    "build.py": "from .kube import crd\nimport yaml\n",
+    "kube/__init__.py": "",
+    "kube/crd.py": "import kubernetes\nfrom .. import errors\n",
+    "cli.py": "from . import __version__, build\n",
+    "tools/helper.py": "",
+}
+EXPECTED = [
+    "oci.registry.client:2 imports oci.source: layer oci.registry may import only",
+    "archive.cpio:1 imports rootfs.tree: layer archive.cpio may import only",
+    "archive.compress:2 imports kopf: only ('kube',) may use it",
+    "rootfs.tree:1 imports archive.compress: layer rootfs may import only",
+    "rootfs.tree:2 imports httpx: only ('oci.registry', 'kube') may use it",
+    "build:1 imports kube.crd: layer build may import only",
+    "build:2 imports yaml: not a dependency",
+    "tools.helper: in no layer",
+    "import cycle: archive.cpio -> rootfs.tree -> archive.cpio",
+    "import cycle: oci.registry.client -> oci.source -> oci.registry.client",
+]
+
+
+def test_the_checker_reports_each_planted_violation(tmp_path):
+    for name, text in {"__init__.py": "__version__ = '0'\n", **PLANTED}.items():
+        (tmp_path / PACKAGE / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / PACKAGE / name).write_text(text)
+    problems = violations(tmp_path)
+    assert len(problems) == len(EXPECTED), problems
+    for expected in EXPECTED:
+        assert [p for p in problems if p.startswith(expected)], (expected, problems)
