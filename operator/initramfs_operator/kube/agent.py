@@ -1,0 +1,315 @@
+"""The delivery agent: one per VM host (the chart's DaemonSet), `initramfs-delivery-agent`.
+
+It follows the InitramfsBuilds whose `spec.delivery.nodeSelector` matches its own Node's
+labels (both from watches: no request per pass), and for each one keeps
+`<root>/<namespace>/<directory>/current` pointing at the build's latest output, pulled from
+the registry by digest and verified against the layer digest and `status.output.sha512`
+(see archive/versions.py for the placement rules). What it holds it reports in one small
+InitramfsDelivery object per build, which only the operator reads.
+
+A failed download or a mismatch leaves `current` where it was and is retried with
+exponential backoff. When the node stops matching (or the build is deleted), the report is
+deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
+"""
+
+import argparse
+import base64
+import hashlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from ..archive.versions import Expected, VersionStore
+from ..errors import BuildError, UsageError
+from ..oci.registry import artifact
+from ..oci.registry.options import RegistryOptions
+from . import api, buildjob, crd, lookup, selector
+from .informer import Informer, Key, Obj
+from .workqueue import Backoff, Retries, WorkQueue
+
+log = logging.getLogger(__name__)
+
+DELIVERY_PLURAL = "initramfsdeliveries"
+DELIVERY_KIND = "InitramfsDelivery"
+FIELD_MANAGER = "initramfs-delivery-agent"
+NODE_LABEL = "initramfs.dev/node"
+BUILD_UID_LABEL = "initramfs.dev/build-uid"
+DEFAULT_KEEP = 3
+BACKOFF = Backoff(base=5.0, cap=300.0)
+MAX_NAME = 253
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a node should hold for one build: where, which file, and how to fetch it."""
+
+    directory: str
+    keep: int
+    reclaim: str  # "Retain" or "Delete"
+    reference: str | None  # repository@digest of the artifact, once the build has an OCI output
+    expected: Expected | None
+
+
+def wanted(build: Obj) -> Wanted:
+    spec, output = build["spec"], (build.get("status") or {}).get("output") or {}
+    delivery = spec.get("delivery") or {}
+    # Always under the build's namespace: one namespace's builds can never overwrite another's files.
+    directory = f"{build['metadata']['namespace']}/{delivery.get('directory') or build['metadata']['name']}"
+    expected = reference = None
+    if output.get("reference") and output.get("sha256") and output.get("sha512"):
+        reference = output["reference"]
+        expected = Expected(output["sha256"], output["sha512"], int(output["size"]),
+                            output.get("compression", "gzip"))
+    return Wanted(directory, int(delivery.get("keep", DEFAULT_KEEP)), delivery.get("reclaimPolicy", "Retain"),
+                  reference, expected)
+
+
+def report_name(build_name: str, node: str) -> str:
+    name = f"{build_name}.{node}"
+    if len(name) <= MAX_NAME:
+        return name
+    suffix = "-" + hashlib.sha256(name.encode()).hexdigest()[:10]
+    return name[: MAX_NAME - len(suffix)].rstrip("-.") + suffix
+
+
+class Agent:
+    def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = ()):
+        self.kube = api.Kube(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.node, self.root = node, root
+        self.queue = WorkQueue()
+        self.retries = Retries(BACKOFF)
+        self.node_labels: dict[str, str] = {}
+        # What each of this node's reports says now (its status, and its name), to write only changes
+        # and to find the reports of builds this node no longer serves; seeded by one LIST at start.
+        self.reported: dict[Key, dict[str, Any]] = {}
+        self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
+        self.stopping = threading.Event()
+        self.builds = self._build_informers(namespaces)
+        self.nodes = Informer("node", self.core.list_node, self._node_changed,
+                              field_selector=f"metadata.name={node}")
+
+    def _build_informers(self, namespaces: tuple[str, ...]) -> list[Informer]:
+        """One watch over the cluster, or one per served namespace (all a namespaced install may do)."""
+        def changed(key: Key, old: Obj | None, new: Obj | None) -> None:
+            self.queue.add(key)
+        what = {"group": crd.GROUP, "version": crd.VERSION, "plural": crd.PLURAL}
+        if not namespaces:
+            return [Informer("builds", self.custom.list_cluster_custom_object, changed, **what)]
+        return [Informer(f"builds in {ns}", self.custom.list_namespaced_custom_object, changed, namespace=ns, **what)
+                for ns in namespaces]
+
+    def build(self, key: Key) -> Obj | None:
+        return next((i.objects[key] for i in self.builds if key in i.objects), None)
+
+    def _node_changed(self, key: Key, old: Obj | None, new: Obj | None) -> None:
+        self.node_labels = dict(((new or {}).get("metadata") or {}).get("labels") or {})
+        for informer in self.builds:
+            for build in list(informer.objects):
+                self.queue.add(build)
+
+    def load_reports(self) -> None:
+        """This node's reports as they are, so a restarted agent neither rewrites nor forgets them."""
+        listing = self.kube.get(api.path(crd.API_VERSION, DELIVERY_PLURAL),
+                                query={"labelSelector": f"{NODE_LABEL}={self.node}"})
+        for item in listing.get("items") or []:
+            key = (item["metadata"]["namespace"], item["spec"]["buildName"])
+            self.reported[key] = {**(item.get("status") or {}), "name": item["metadata"]["name"]}
+            self.queue.add(key)
+
+    def run(self) -> None:
+        self.load_reports()
+        self.nodes.start()
+        for informer in self.builds:
+            informer.start()
+        while not self.stopping.is_set():
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                self.sync(key)
+            finally:
+                self.queue.done(key)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.nodes.stop()
+        for informer in self.builds:
+            informer.stop()
+
+    # --- one build ------------------------------------------------------------------------------
+
+    def sync(self, key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        if not self.nodes.synced.is_set():
+            self.queue.add_after(key, 1.0)  # a node's labels decide everything: wait for them
+            return
+        build = self.build(key)
+        if build is not None and selector.matches((build["spec"].get("delivery") or {}).get("nodeSelector"),
+                                                  self.node_labels):
+            self.last_seen[key] = build
+            self.deliver(key, build)
+        elif key in self.last_seen or key in self.reported:
+            self.release(key, build or self.last_seen.get(key))
+            self.last_seen.pop(key, None)
+
+    def deliver(self, key: Key, build: Obj) -> None:
+        want = wanted(build)
+        store = VersionStore(self.root, want.directory)
+        path = os.path.join(self.root, want.directory, "current")
+        if want.reference is None or want.expected is None:
+            self.report(key, build, "Pending", "waiting for the build's first OCI output", path=path)
+            return
+        try:
+            if store.current() != want.expected.filename or not store.has(want.expected):
+                self.report(key, build, "Pending", f"pulling {want.reference}", path=path)
+                name = self.fetch(build, want, store)
+                store.activate(name)
+            store.prune(want.keep)
+        except (BuildError, OSError) as e:
+            retry = self.retries.failed(key)
+            self.queue.add_after(key, retry.delay)
+            message = f"{e}; current is unchanged; retrying in {retry.delay:.0f}s (attempt {retry.failures})"
+            log.warning("%s/%s: %s", *key, message)
+            self.report(key, build, "Failed", message, attempts=retry.failures, path=path,
+                        digest=self._held(store))
+            return
+        self.retries.reset(key)
+        self.report(key, build, "Ready", f"current is {want.expected.filename}", path=path,
+                    digest=f"sha256:{want.expected.sha256}")
+
+    def fetch(self, build: Obj, want: Wanted, store: VersionStore) -> str:
+        assert want.reference is not None and want.expected is not None
+        options = self.registry_options(build)
+        layer = artifact.layer_of(want.reference, options)
+        if layer.digest != f"sha256:{want.expected.sha256}" or layer.size != want.expected.size:
+            raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
+                             f"output sha256:{want.expected.sha256} ({want.expected.size} bytes)")
+        expected = want.expected
+        return artifact.read_layer(want.reference, layer, options, lambda stream: store.install(stream, expected))
+
+    def registry_options(self, build: Obj) -> RegistryOptions:
+        """The build's own registry settings: its push Secret (which also pulls), pull Secrets, CA, plain HTTP."""
+        spec, namespace = build["spec"], build["metadata"]["namespace"]
+        configs = []
+        for name in buildjob.registry_secret_names(spec):
+            secret = self._read(lambda n=name: self.core.read_namespaced_secret(n, namespace), "Secret", name)
+            data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+            configs.append(buildjob.docker_config_of(secret.type, data, name))
+        ca = None
+        if (spec.get("registry") or {}).get("caConfigMap"):
+            ref = spec["registry"]["caConfigMap"]
+            config_map = self._read(lambda: self.core.read_namespaced_config_map(ref["name"], namespace),
+                                    "ConfigMap", ref["name"])
+            ca = ((config_map.data or {}).get(ref.get("key", "ca.crt")) or "").encode() or None
+        return lookup.registry_options(spec, buildjob.merge_docker_configs(configs) if configs else None, ca)
+
+    @staticmethod
+    def _read(call: Any, kind: str, name: str) -> Any:
+        try:
+            return call()
+        except ApiException as e:
+            if e.status in (403, 404):
+                raise UsageError(f"{kind} {name}: {'not found' if e.status == 404 else 'the agent may not read it'}"
+                                 ) from None
+            raise
+
+    def release(self, key: Key, build: Obj | None) -> None:
+        """The node no longer serves the build: delete the report; keep or remove the files as the build's
+        reclaimPolicy says (a build deleted while the agent was down leaves its files: its policy is gone)."""
+        want = wanted(build) if build is not None else None
+        if want is not None and want.reclaim == "Delete":
+            try:
+                VersionStore(self.root, want.directory).remove_all()
+            except (BuildError, OSError) as e:
+                log.warning("%s/%s: cannot remove %s: %s", *key, want.directory, e)
+        self.retries.reset(key)
+        reported = self.reported.pop(key, None)
+        if reported is not None:
+            try:
+                self.kube.delete(api.path(crd.API_VERSION, DELIVERY_PLURAL, key[0], reported["name"]))
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    def report(self, key: Key, build: Obj, phase: str, message: str, *, path: str, attempts: int = 0,
+               digest: str | None = None) -> None:
+        """Server-side apply of this node's InitramfsDelivery; only when something changed."""
+        status: dict[str, Any] = {"phase": phase, "message": message[:2048], "attempts": attempts, "path": path,
+                                  "observedBuildGeneration": build["metadata"]["generation"]}
+        if digest:
+            status["digest"] = digest
+        meta = build["metadata"]
+        name = report_name(meta["name"], self.node)
+        previous = self.reported.get(key) or {}
+        unchanged = {k: v for k, v in previous.items() if k not in ("lastTransitionTime", "name")} == status
+        if unchanged and previous.get("name") == name:
+            return
+        # Applied every time: a field this manager stops sending would be removed.
+        status["lastTransitionTime"] = previous["lastTransitionTime"] \
+            if previous.get("phase") == phase and "lastTransitionTime" in previous else _now()
+        body = {
+            "apiVersion": crd.API_VERSION, "kind": DELIVERY_KIND,
+            "metadata": {"name": name, "namespace": meta["namespace"],
+                         "labels": {BUILD_UID_LABEL: meta["uid"], NODE_LABEL: self.node},
+                         "ownerReferences": [{"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": meta["name"],
+                                              "uid": meta["uid"]}]},
+            "spec": {"buildName": meta["name"], "buildUID": meta["uid"], "nodeName": self.node},
+            "status": status,
+        }
+        try:
+            self.kube.call("PATCH", api.path(crd.API_VERSION, DELIVERY_PLURAL, meta["namespace"], name),
+                           query={"fieldManager": FIELD_MANAGER, "force": "true"}, body=body,
+                           content_type="application/apply-patch+yaml")
+        except ApiException as e:
+            log.warning("%s/%s: cannot report %s: %s", *key, phase, api.message_of(e))
+            self.queue.add_after(key, BACKOFF.delay(1))
+            return
+        self.reported[key] = {**status, "name": name}
+
+    @staticmethod
+    def _held(store: VersionStore) -> str | None:
+        current = store.current()
+        return f"sha256:{current.split('.', 1)[0]}" if current else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def main(argv: list[str] | None = None) -> None:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="initramfs-delivery-agent",
+                                description="Places the InitramfsBuilds selected for this node on its disk.")
+    p.add_argument("--node-name", default=env("NODE_NAME"), help="this node's name ($NODE_NAME, from the Downward API)")
+    p.add_argument("--root", default=env("INITRAMFS_DELIVERY_ROOT", "/var/lib/initramfs"),
+                   help="host directory holding every delivery ($INITRAMFS_DELIVERY_ROOT, default /var/lib/initramfs)")
+    p.add_argument("--namespaces", default=env("INITRAMFS_WATCH_NAMESPACES", ""),
+                   help="comma-separated namespaces to serve ($INITRAMFS_WATCH_NAMESPACES; default: all)")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if not args.node_name:
+        p.error("--node-name or NODE_NAME is required")
+    if not os.path.isdir(args.root):
+        p.error(f"delivery root {args.root} is not a directory")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kubernetes.config.load_config()
+    namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
+    agent = Agent(kubernetes.client.ApiClient(), args.node_name, args.root, namespaces)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop())
+    agent.run()
+
+
+if __name__ == "__main__":
+    main()

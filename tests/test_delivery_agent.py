@@ -1,0 +1,191 @@
+"""The delivery agent against a real API server and a real registry: what lands on the host's disk.
+
+The InitramfsBuild's status is written here the way the operator writes it after a build (the
+operator and the agent meet only through that status); the end-to-end path, with the operator
+building and the agent running as the chart's DaemonSet on the real node, is test_delivery.py.
+"""
+
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+
+from fixtures.kube import Cluster, wait_until
+from fixtures.registry import FaultProxy, unique_repo
+from initramfs_operator.kube import crd
+from initramfs_operator.kube.agent import DELIVERY_PLURAL, Agent, report_name
+from initramfs_operator.oci.registry import push
+
+CPIO_GZ = "application/vnd.initramfs.v1.cpio+gzip"
+
+
+class Host:
+    """One VM host: a Node object with labels, an agent process-equivalent, and its delivery root."""
+
+    def __init__(self, kube: Cluster, root: Path, labels: dict[str, str]):
+        self.kube, self.root = kube, root
+        self.name = f"vm-host-{uuid.uuid4().hex[:6]}"
+        self.core = kubernetes.client.CoreV1Api(kube.api_client())
+        self.core.create_node({"metadata": {"name": self.name, "labels": labels}})
+        self.agent = Agent(kube.api_client(), self.name, str(root))
+        self.thread = threading.Thread(target=self.agent.run, daemon=True)
+        self.thread.start()
+
+    def relabel(self, labels: dict[str, str | None]) -> None:
+        self.core.patch_node(self.name, {"metadata": {"labels": labels}})
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.thread.join(10)
+        self.core.delete_node(self.name)
+
+
+@pytest.fixture
+def host(kube: Cluster, tmp_path: Path) -> Iterator[Host]:
+    (tmp_path / "root").mkdir()
+    h = Host(kube, tmp_path / "root", {"vm-host": "true"})
+    yield h
+    h.stop()
+
+
+def pushed(registry, repo: str, data: bytes, tmp_path: Path) -> dict:
+    """An initramfs artifact in the registry, and the status.output the operator would write for it."""
+    path = tmp_path / f"{hashlib.sha256(data).hexdigest()[:8]}.cpio.gz"
+    path.write_bytes(data)
+    digest = push.push_artifact(str(path), registry.ref(repo, "initramfs"), media_type=CPIO_GZ, annotations={},
+                                subject=None, options=registry.options())
+    return {"reference": f"{registry.host}/{repo}@{digest}", "digest": digest, "compression": "gzip",
+            "sha256": hashlib.sha256(data).hexdigest(), "sha512": hashlib.sha512(data).hexdigest(),
+            "size": len(data)}
+
+
+class Builds:
+    def __init__(self, kube: Cluster, namespace: str, registry_host: str):
+        self.custom = kubernetes.client.CustomObjectsApi(kube.api_client())
+        self.namespace, self.registry_host = namespace, registry_host
+
+    def create(self, name: str, delivery: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, {
+            "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name},
+            "spec": {"image": f"{self.registry_host}/src/app:1", "registry": {"insecure": True},
+                     "output": {"oci": {"repository": f"{self.registry_host}/out/{name}", "tag": "v"}},
+                     "delivery": delivery}})
+
+    def built(self, name: str, output: dict) -> None:
+        self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
+                                                          {"status": {"output": output}})
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name)
+
+    def report(self, name: str, node: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace,
+                                                            DELIVERY_PLURAL, report_name(name, node))
+        except kubernetes.client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+
+def ready_with(builds: Builds, name: str, node: str, output: dict):
+    def check():
+        report = builds.report(name, node)
+        status = (report or {}).get("status") or {}
+        return report if status.get("phase") == "Ready" and status.get("digest") == f"sha256:{output['sha256']}" \
+            else None
+    return check
+
+
+def test_delivers_verifies_rolls_forward_and_prunes(kube, namespace, registry, host, tmp_path):
+    builds = Builds(kube, namespace, registry.host)
+    repo = unique_repo("deliver")
+    builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}, "keep": 2})
+    first = pushed(registry, repo, os.urandom(300_000), tmp_path)
+    builds.built("app", first)
+    report = wait_until(ready_with(builds, "app", host.name, first), timeout=60, what="first delivery")
+    directory = host.root / namespace / "app"
+    current = directory / "current"
+    assert os.readlink(current) == f"{first['sha256']}.cpio.gz"
+    data = current.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == first["sha256"] and hashlib.sha512(data).hexdigest() == first["sha512"]
+    assert report["status"]["path"] == str(current)
+    assert report["metadata"]["ownerReferences"][0]["kind"] == crd.KIND
+
+    # A rebuild rolls forward; the previous version stays for a rollback, older ones go.
+    second = pushed(registry, repo, os.urandom(200_000), tmp_path)
+    builds.built("app", second)
+    wait_until(ready_with(builds, "app", host.name, second), timeout=60, what="second delivery")
+    assert os.readlink(current) == f"{second['sha256']}.cpio.gz"
+    third = pushed(registry, repo, os.urandom(100_000), tmp_path)
+    builds.built("app", third)
+    wait_until(ready_with(builds, "app", host.name, third), timeout=60, what="third delivery")
+    assert sorted(os.listdir(directory)) == sorted(["current", f"{third['sha256']}.cpio.gz",
+                                                    f"{second['sha256']}.cpio.gz"])
+
+
+def test_a_mismatch_is_refused_and_current_stays(kube, namespace, registry, host, tmp_path):
+    builds = Builds(kube, namespace, registry.host)
+    repo = unique_repo("deliver")
+    builds.create("app", {"nodeSelector": {}})
+    good = pushed(registry, repo, os.urandom(50_000), tmp_path)
+    builds.built("app", good)
+    wait_until(ready_with(builds, "app", host.name, good), timeout=60, what="first delivery")
+    # The status claims a sha512 the registry's bytes do not have (a tampered blob looks the same).
+    bad = {**pushed(registry, repo, os.urandom(50_000), tmp_path), "sha512": hashlib.sha512(b"other").hexdigest()}
+    builds.built("app", bad)
+
+    def failed():
+        status = (builds.report("app", host.name) or {}).get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+    status = wait_until(failed, timeout=60, what="a refused delivery")
+    assert "sha512 mismatch" in status["message"] and "current is unchanged" in status["message"]
+    assert status["digest"] == f"sha256:{good['sha256']}"
+    directory = host.root / namespace / "app"
+    assert os.readlink(directory / "current") == f"{good['sha256']}.cpio.gz"
+    assert not [n for n in os.listdir(directory) if n.endswith(".tmp") or n.startswith(bad["sha256"])]
+
+
+def test_registry_down_then_up_is_retried(kube, namespace, registry, host, tmp_path):
+    proxy = FaultProxy(registry)
+    try:
+        builds = Builds(kube, namespace, proxy.host)
+        repo = unique_repo("deliver")
+        builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}})
+        output = pushed(registry, repo, os.urandom(80_000), tmp_path)
+        # Every blob GET fails for a while: more than one attempt's worth of retries.
+        fault = proxy.inject("GET", f"/v2/{repo}/blobs/", "status", times=None, status=503)
+        builds.built("app", {**output, "reference": output["reference"].replace(registry.host, proxy.host)})
+
+        def failed():
+            status = (builds.report("app", host.name) or {}).get("status") or {}
+            return status if status.get("phase") == "Failed" else None
+        status = wait_until(failed, timeout=90, what="a failed attempt")
+        assert "retrying in" in status["message"] and status["attempts"] >= 1
+        fault.times = 0  # the registry is back
+        wait_until(ready_with(builds, "app", host.name, output), timeout=60, what="delivery after the outage")
+        assert (host.root / namespace / "app/current").read_bytes() == \
+            (tmp_path / f"{output['sha256'][:8]}.cpio.gz").read_bytes()
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+def test_a_node_leaving_the_selector_is_counted_out(kube, namespace, registry, host, tmp_path, policy):
+    builds = Builds(kube, namespace, registry.host)
+    builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}, "reclaimPolicy": policy})
+    output = pushed(registry, unique_repo("deliver"), os.urandom(10_000), tmp_path)
+    builds.built("app", output)
+    wait_until(ready_with(builds, "app", host.name, output), timeout=60, what="delivery")
+    host.relabel({"vm-host": None})
+    wait_until(lambda: builds.report("app", host.name) is None, timeout=30, what="the report to go")
+    directory = host.root / namespace / "app"
+    if policy == "Retain":
+        assert os.readlink(directory / "current") == f"{output['sha256']}.cpio.gz"
+    else:
+        assert os.listdir(directory) == []
