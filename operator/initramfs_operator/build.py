@@ -13,7 +13,7 @@ from .rootfs import edit, initscript
 from .rootfs.flatten import apply
 from .rootfs.pathmatch import Globs
 from .rootfs.records import tree_records
-from .rootfs.scratch import Scratch
+from .rootfs.scratch import MEMORY_BUDGET, Scratch
 from .rootfs.tree import Node, Tree
 
 
@@ -27,6 +27,7 @@ class BuildOptions:
     exclude: list[str] = field(default_factory=list)
     source_date_epoch: int | None = None
     scratch_dir: str | None = None
+    memory_budget: int = MEMORY_BUDGET  # file contents stay in memory while they fit, else go to scratch_dir
     limits: Limits = field(default_factory=Limits)
 
     def check(self) -> int:
@@ -62,7 +63,7 @@ def build(image: Image, out: compress.Sink, options: BuildOptions, report: Repor
     from what the archive writer wrote."""
     level = options.check()
     budget = Budget(options.limits)
-    with Scratch(options.scratch_dir) as scratch:
+    with Scratch(options.scratch_dir, options.memory_budget) as scratch:
         tree = Tree()
         for layer in image.layers:
             layer.prefetch()  # remote layers download in parallel while the first ones are applied

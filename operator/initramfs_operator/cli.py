@@ -13,17 +13,19 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import suppress
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__, build
 from .archive import compress, output
-from .errors import BuildError, UsageError
+from .errors import BuildError, OutputError, UsageError
 from .oci import reference, registry, source
 from .oci.image import DEFAULT_PLATFORM, Descriptor, Image, Platform
 from .oci.layer import Limits
 from .rootfs.edit import Injection
+from .rootfs.scratch import MEMORY_BUDGET
 
 EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}
 BASE_NAME = "org.opencontainers.image.base.name"
@@ -151,7 +153,7 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     options = build.BuildOptions(
         compression=args.compression, level=args.level, threads=args.threads, init=args.init,
         inject=[Injection.parse(s) for s in args.inject], exclude=args.exclude, source_date_epoch=epoch,
-        scratch_dir=args.scratch_dir,
+        scratch_dir=args.scratch_dir, memory_budget=_size(args.memory_budget, "--memory-budget"),
         limits=Limits(_size(args.max_uncompressed_size, "--max-uncompressed-size"), args.max_entries))
     options.check()
     _check_paths(args)
@@ -297,6 +299,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", metavar="DIR", help="content-addressed cache of downloaded layers")
     c.add_argument("--scratch-dir", metavar="DIR", help="where file contents wait while the archive is "
                                                         "written (default $TMPDIR)")
+    c.add_argument("--memory-budget", metavar="SIZE", default=f"{MEMORY_BUDGET >> 20}MiB",
+                   help="keep file contents in memory instead while they add up to at most SIZE "
+                        f"(default {MEMORY_BUDGET >> 20}MiB; 0: always in --scratch-dir)")
     limits = b.add_argument_group("limits", "what one image may cost; a build over a limit fails (exit 4)")
     limits.add_argument("--max-uncompressed-size", metavar="SIZE", default="16GiB",
                         help="decompressed layers, and file contents kept for the archive, each at most SIZE "
@@ -352,11 +357,12 @@ def _run(args: argparse.Namespace) -> int:
     result_file = getattr(args, "result_file", None)
     try:
         out = args.func(args)
+        _write_result(result_file, out)
     except BuildError as e:
         print(f"initramfs-builder: error: {e}", file=sys.stderr)
-        _write_result(result_file, {"error": str(e), "reason": e.reason})
+        with suppress(OutputError):  # the error is on stderr and in the exit code whatever happens to the file
+            _write_result(result_file, {"error": str(e), "reason": e.reason})
         return e.exit_code
-    _write_result(result_file, out)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -366,8 +372,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _write_result(path: str | None, result: dict[str, Any]) -> None:
     if path:
-        with open(path, "w") as f:
-            json.dump(result, f, separators=(",", ":"))
+        try:
+            with open(path, "w") as f:
+                json.dump(result, f, separators=(",", ":"))
+        except OSError as e:
+            raise OutputError(f"cannot write the result file {path}: {e.strerror or e}") from None
 
 
 if __name__ == "__main__":

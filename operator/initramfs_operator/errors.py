@@ -4,6 +4,11 @@ Anything else that escapes is a bug and is allowed to show a traceback.
 """
 
 
+def shown(name: str, limit: int = 120) -> str:
+    """A name from an image, fit for a message: hostile names can be a megabyte long."""
+    return name if len(name) <= limit else f"{name[:limit]}...({len(name)} characters)"
+
+
 class BuildError(Exception):
     exit_code = 1
     reason = "BuildFailed"
@@ -38,6 +43,12 @@ class InvalidImageError(BuildError):
 
     exit_code = 4
     reason = "InvalidImage"
+
+
+class LimitExceeded(InvalidImageError):
+    """The image needs more than the build allows (--max-uncompressed-size, --max-entries, metadata caps)."""
+
+    reason = "LimitExceeded"
 
 
 class OutputError(BuildError):

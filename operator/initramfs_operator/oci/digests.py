@@ -38,10 +38,12 @@ class VerifyingReader:
     `verify()` drains what is left before checking.
     """
 
-    def __init__(self, raw: Readable, digest: str, size: int | None, what: str = "blob"):
+    def __init__(self, raw: Readable, digest: str, size: int | None, what: str = "blob", hashed: bool = True):
+        """`hashed=False` for bytes whose digest was just checked (a blob verified as it was downloaded):
+        they are read back with their size checked, and not hashed a second time."""
         self._raw = raw
         self._digest = validate(digest)
-        self._hash = hasher(digest)
+        self._hash = hasher(digest) if hashed else None
         self._size = size
         self._seen = 0
         self._what = what
@@ -51,7 +53,8 @@ class VerifyingReader:
         data = self._raw.read(n)
         if data:
             self._seen += len(data)
-            self._hash.update(data)
+            if self._hash is not None:
+                self._hash.update(data)
             if self._size is not None and self._seen > self._size:
                 raise InvalidImageError(
                     f"{self._what} {self._digest}: more than the {self._size} bytes its descriptor declares")
@@ -72,7 +75,7 @@ class VerifyingReader:
         if self._size is not None and self._seen != self._size:
             raise InvalidImageError(
                 f"{self._what} {self._digest}: got {self._seen} bytes, descriptor declares {self._size} (truncated?)")
-        actual = f"{self._digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
+        actual = self._digest if self._hash is None else f"{self._digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
         if actual != self._digest:
             raise InvalidImageError(f"{self._what} {self._digest}: content digest mismatch (got {actual})")
         self.verified = True

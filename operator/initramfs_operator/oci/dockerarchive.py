@@ -5,7 +5,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidImageError, LimitExceeded, UsageError
+from ..errors import InvalidImageError, LimitExceeded, UsageError, shown
 from . import digests
 from . import image as img
 from .digests import VerifyingReader
@@ -103,10 +103,10 @@ class _SaveTarInfo(SafeTarInfo):
     """`docker save` writes no sparse members: refuse them rather than read their maps into memory."""
 
     def _proc_sparse(self, archive: tarfile.TarFile) -> "_SaveTarInfo":
-        raise ValueError(f"sparse member {self.name[:200]!r}")
+        raise ValueError(f"sparse member {shown(self.name)!r}")
 
     def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict[str, str], archive: tarfile.TarFile) -> None:
-        raise ValueError(f"sparse member {next.name[:200]!r}")
+        raise ValueError(f"sparse member {shown(next.name)!r}")
 
 
 def _open(path: str, name: str) -> tarfile.TarFile:

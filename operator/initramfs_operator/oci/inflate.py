@@ -18,14 +18,21 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 import zstandard
 from isal import igzip
+from isal.igzip_lib import IsalError
+
+from ..errors import InvalidImageError
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_MAX_WINDOW = 1 << 27  # zstd's own default: a frame asking for a larger window is refused
 CHUNK = 1 << 20   # inflated bytes per chunk handed over
 DEPTH = 4         # chunks in flight: bounds the memory between the threads
+# What the decompressors raise on bytes that are not a valid stream (igzip: BadGzipFile is an OSError).
+_CORRUPT: tuple[type[BaseException], ...] = (OSError, EOFError, cast(type[BaseException], IsalError),
+                                              zstandard.ZstdError)
 _END = object()
 
 
@@ -38,37 +45,68 @@ class Blob(Protocol):
 
 
 @contextmanager
-def inflated(blob: Blob) -> Iterator[Iterator[bytes]]:
+def inflated(blob: Blob, where: str) -> Iterator[Iterator[bytes]]:
     """Yields the blob's inflated contents as chunks; on a clean exit the blob's digest is verified.
 
-    The blob is closed in any case; leaving early (the consumer failed) stops the producer.
+    The blob is closed in any case. Leaving early (the consumer failed, or a signal interrupted it)
+    does not wait for the producer, which may be blocked reading a pipe: it stops at its next chunk
+    and closes the blob itself. Bytes that do not inflate are an `InvalidImageError` naming `where`.
     """
-    pipe = _Pipe(blob)
-    producer = threading.Thread(target=pipe.produce, daemon=True, name="inflate")
-    producer.start()
+    pipe = _Pipe(blob, where)
     try:
         yield pipe.chunks()
-        pipe.stop(producer)
-        blob.verify()
-    finally:
-        pipe.stop(producer)
-        blob.close()
+    except BaseException:
+        pipe.abandon()
+        raise
+    pipe.finish()
 
 
 class _Pipe:
-    def __init__(self, blob: Blob):
+    def __init__(self, blob: Blob, where: str):
         self._blob = blob
+        self._where = where
         self._queue: queue.Queue[object] = queue.Queue(DEPTH)
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # who closes the blob: the consumer, or a producer left behind
+        self._producing = True
+        self._abandoned = False
+        self._producer = threading.Thread(target=self._produce, daemon=True, name="inflate")
+        self._producer.start()
 
-    def produce(self) -> None:
+    def finish(self) -> None:
+        """After the consumer read what it needed: the producer stops (what it inflated beyond is dropped),
+        the rest of the blob is read for its digest alone, and the blob is closed."""
+        self._stopping.set()
+        self._producer.join()  # a producer waiting for room in the queue notices within one timeout
+        try:
+            self._blob.verify()
+        finally:
+            self._blob.close()
+
+    def abandon(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            self._abandoned = True
+            if self._producing:
+                return
+        self._blob.close()
+
+    def _produce(self) -> None:
         try:
             for chunk in _decoded(self._blob):
                 if not self._put(chunk):
                     return
             self._put(_END)
+        except _CORRUPT as e:
+            self._put(InvalidImageError(f"{self._where}: corrupt or truncated ({type(e).__name__}: {e})"))
         except BaseException as e:  # handed to the consumer, which raises it where it reads
             self._put(e)
+        finally:
+            with self._lock:
+                self._producing = False
+                if self._abandoned:
+                    with suppress(Exception):
+                        self._blob.close()
 
     def chunks(self) -> Iterator[bytes]:
         while True:
@@ -79,14 +117,6 @@ class _Pipe:
                 raise item
             assert isinstance(item, bytes)
             yield item
-
-    def stop(self, producer: threading.Thread) -> None:
-        """Ends the producer (what it inflated but nobody read is dropped) and waits for it."""
-        self._stopping.set()
-        while producer.is_alive():
-            with suppress(queue.Empty):
-                self._queue.get(timeout=0.05)  # unblocks a producer waiting for room
-        producer.join()
 
     def _put(self, item: object) -> bool:
         while not self._stopping.is_set():
@@ -104,8 +134,8 @@ def _decoded(blob: Blob) -> Iterator[bytes]:
     if head.peek.startswith(GZIP_MAGIC):
         stream = igzip.open(head, "rb")  # type: ignore[no-untyped-call]  # isal leaves open() unannotated
     elif head.peek.startswith(ZSTD_MAGIC):
-        stream = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, head), read_size=CHUNK,
-                                                            read_across_frames=True)
+        zstd = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        stream = zstd.stream_reader(cast(BinaryIO, head), read_size=CHUNK, read_across_frames=True)
     else:
         stream = head  # an uncompressed tar
     while chunk := stream.read(CHUNK):

@@ -1,14 +1,15 @@
 """Changes to a flattened tree before it is archived: boot essentials, injected files, excludes."""
 
 import os
-import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
+from ..archive import cpio
 from ..errors import InvalidImageError, UsageError
-from .tree import Node, PathConflict, Tree, clean_path, new_dir
+from .pathmatch import Globs
 from .scratch import Scratch
+from .tree import Node, PathConflict, Tree, clean_path, new_dir
 
 # What the kernel and a minimal init need before anything is mounted. Entries the image
 # already has are left alone.
@@ -18,12 +19,14 @@ CONSOLE = ("dev/console", stat.S_IFCHR | 0o600, (5, 1))
 
 
 def essentials(tree: Tree, mtime: int = 0) -> None:
+    top = tree.root.children
+    assert top is not None
     for name, mode in ESSENTIAL_DIRS:
-        if name not in tree.root.children:
-            tree.root.children[name] = new_dir(mode, mtime=mtime)
-    dev = tree.root.children["dev"]
+        if name not in top:
+            top[name] = new_dir(mode, mtime=mtime)
+    dev = top["dev"]
     _, mode, rdev = CONSOLE
-    if dev.is_dir and "console" not in dev.children:
+    if dev.children is not None and "console" not in dev.children:
         dev.children["console"] = Node(mode, mtime=mtime, rdev=rdev)
 
 
@@ -64,6 +67,9 @@ def inject(tree: Tree, scratch: Scratch, item: Injection) -> None:
         raise UsageError(str(e)) from None
     if not dest:
         raise UsageError(f"--inject {item.source}:{item.dest}: destination is the root directory")
+    problem = cpio.kernel_name_problem(dest)
+    if problem:
+        raise UsageError(f"--inject {item.source}:{item.dest}: the kernel cannot create /{dest}: {problem}")
     try:
         st = os.stat(item.source)
         if not stat.S_ISREG(st.st_mode):
@@ -72,6 +78,8 @@ def inject(tree: Tree, scratch: Scratch, item: Injection) -> None:
             offset = scratch.add(f, st.st_size)
     except OSError as e:
         raise UsageError(f"--inject: cannot read {item.source}: {e.strerror}") from None
+    except EOFError:
+        raise UsageError(f"--inject: {item.source} shrank while it was read") from None
     existing = tree.lookup(dest)
     if existing is not None and existing.is_dir:
         raise UsageError(f"--inject: /{dest} is a directory in the image")
@@ -83,55 +91,23 @@ def inject(tree: Tree, scratch: Scratch, item: Injection) -> None:
                          f"(symlinks are not followed; name the real path)") from None
 
 
-@lru_cache(maxsize=256)
-def glob_regex(pattern: str) -> re.Pattern:
-    """`*` and `?` stay within one path component, `**` crosses directories, `[...]` is a class;
-    a leading '/' is optional since every path is relative to the image root."""
-    p = pattern.strip("/")
-    out, i = [], 0
-    while i < len(p):
-        c = p[i]
-        if p.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if p.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[" and "]" in p[i + 2:]:
-            end = p.index("]", i + 2)
-            body = p[i + 1:end].replace("\\", "\\\\")
-            out.append("[" + ("^/" + body[1:] if body[0] in "!^" else body) + "]")
-            i = end + 1
-            continue
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out))
-
-
-def exclude(tree: Tree, patterns: list[str]) -> int:
+def exclude(tree: Tree, patterns: Sequence[str]) -> int:
     """Removes every entry matching one of the globs; a matched directory goes with its contents.
     Returns how many entries were removed directly."""
-    regexes = [glob_regex(p) for p in patterns if p.strip("/")]
-    if not regexes:
+    globs = Globs(patterns)
+    if not globs:
         return 0
-    return _exclude(tree.root, "", regexes)
-
-
-def _exclude(directory: Node, prefix: str, regexes: list[re.Pattern]) -> int:
     removed = 0
-    for name in list(directory.children):
-        path = prefix + name
-        child = directory.children[name]
-        if any(r.fullmatch(path) for r in regexes):
-            del directory.children[name]
-            removed += 1
-        elif child.is_dir:
-            removed += _exclude(child, path + "/", regexes)
+    pending = [(tree.root, globs.start)]  # directories to look into, with the matcher's state at their path + '/'
+    while pending:
+        directory, state = pending.pop()
+        assert directory.children is not None
+        for name in list(directory.children):
+            here = globs.step(state, name)
+            child = directory.children[name]
+            if globs.accepts(here):
+                del directory.children[name]
+                removed += 1
+            elif child.children is not None and (below := globs.step(here, "/")) != globs.dead:
+                pending.append((child, below))
     return removed

@@ -5,10 +5,10 @@ straight from the image and no privilege is needed.
 """
 
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
-from ..errors import InvalidImageError
+from ..errors import InvalidImageError, shown
 
 
 @dataclass(eq=False, slots=True)
@@ -37,13 +37,13 @@ def new_dir(mode: int = 0o755, uid: int = 0, gid: int = 0, mtime: int = 0) -> No
 def clean_path(name: str, where: str) -> str:
     """Relative, normalised path; '' is the root. Absolute paths are made relative; '..' is refused."""
     if "\x00" in name:
-        raise InvalidImageError(f"{where}: entry {name!r} contains a NUL byte")
+        raise InvalidImageError(f"{where}: entry {shown(name)!r} contains a NUL byte")
     parts = []
     for part in name.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
-            raise InvalidImageError(f"{where}: entry {name!r} contains '..' and would escape the root")
+            raise InvalidImageError(f"{where}: entry {shown(name)!r} contains '..' and would escape the root")
         parts.append(part)
     return "/".join(parts)
 
@@ -55,15 +55,15 @@ class PathConflict(Exception):
 @dataclass
 class Tree:
     root: Node = field(default_factory=new_dir)
+    implicit_dirs: int = 0  # directories created because an entry named them as parents
 
     def lookup(self, path: str) -> Node | None:
         node = self.root
         for part in path.split("/") if path else ():
-            if node.children is None:
+            child = node.children.get(part) if node.children is not None else None
+            if child is None:
                 return None
-            node = node.children.get(part)
-            if node is None:
-                return None
+            node = child
         return node
 
     def follow(self, path: str, hops: int = 40) -> Node | None:
@@ -75,7 +75,7 @@ class Tree:
             if part == "..":
                 node = stack.pop() if stack else self.root
                 continue
-            child = node.children.get(part) if node.is_dir else None
+            child = node.children.get(part) if node.children is not None else None
             if child is None:
                 return None
             if stat.S_ISLNK(child.mode):
@@ -95,11 +95,13 @@ class Tree:
         *dirs, base = path.split("/")
         node = self.root
         for i, part in enumerate(dirs):
+            assert node.children is not None
             child = node.children.get(part)
             if child is None:
                 if not create:
                     return None, base
                 child = node.children[part] = new_dir()
+                self.implicit_dirs += 1
             elif not child.is_dir:
                 if not create:
                     return None, base
@@ -109,6 +111,7 @@ class Tree:
 
     def put(self, path: str, node: Node) -> None:
         parent, base = self.parent(path)
+        assert parent is not None and parent.children is not None
         old = parent.children.get(base)
         if old is not None and old.is_dir and node.is_dir:
             # A directory over a directory changes its metadata and merges the contents.
@@ -118,17 +121,21 @@ class Tree:
 
     def remove(self, path: str) -> None:
         parent, base = self.parent(path, create=False)
-        if parent is not None:
+        if parent is not None and parent.children is not None:
             parent.children.pop(base, None)
 
-    def walk(self, ordered: bool = True, node: Node | None = None, prefix: str = "") -> Iterator[tuple[str, Node]]:
-        """Every entry, parents before children; `ordered`, siblings sorted by name bytes (the archive order)."""
-        node = node or self.root
-        for name in sorted(node.children, key=_name_key) if ordered else node.children:
-            child = node.children[name]
-            yield prefix + name, child
-            if child.is_dir:
-                yield from self.walk(ordered, child, prefix + name + "/")
+    def walk(self, ordered: bool = True) -> Iterator[tuple[str, Node]]:
+        """Every entry, parents before children; `ordered`, siblings sorted by name bytes (the archive order).
+        Iterative: an image decides how deep the tree is."""
+        pending = [("", self.root)]  # entries still to yield, the next one last
+        while pending:
+            path, node = pending.pop()
+            if path:
+                yield path, node
+            if node.children is not None:
+                prefix = path + "/" if path else ""
+                names = sorted(node.children, key=_name_key, reverse=True) if ordered else list(node.children)
+                pending.extend((prefix + name, node.children[name]) for name in names)
 
 
 def _name_key(name: str) -> bytes:

@@ -2,7 +2,8 @@
 
 `RegistryLayer.prefetch()` starts a download in the background, `RegistryOptions.jobs` at a
 time; `open()` starts it if need be and waits for it. Each blob is verified against its digest
-and size while it arrives, and again while it is read. Files live in the layer cache when there
+and size while it arrives (a cached one, before it is used), and only its size while it is read:
+its bytes are hashed once. Files live in the layer cache when there
 is one (written atomically, so a crash leaves no half blob behind), otherwise in a scratch
 directory that closing `Downloads` removes.
 """
@@ -141,9 +142,9 @@ class RegistryLayer:
         self.downloads.start(self.descriptor)
 
     def open(self) -> VerifyingReader:
-        """Waits for the download; re-verifies while reading so the file on disk is not trusted blindly."""
+        """Waits for the download, which verified the file's digest."""
         path = self.downloads.start(self.descriptor).result()
-        return VerifyingReader(open(path, "rb"), self.descriptor.digest, self.descriptor.size, "layer")
+        return VerifyingReader(open(path, "rb"), self.descriptor.digest, self.descriptor.size, "layer", hashed=False)
 
 
 def _scratch_dir(parent: str | None) -> str:

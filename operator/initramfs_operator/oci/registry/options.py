@@ -11,6 +11,8 @@ from ...errors import UsageError
 from ..reference import Reference
 from .keychain import Keychain
 
+RETRIES = 4
+
 
 @dataclass
 class RegistryOptions:
@@ -33,6 +35,10 @@ class RegistryOptions:
     jobs: int = 4                        # parallel layer downloads
     on_bytes: Callable[[int], None] | None = None
     transport: httpx.BaseTransport | None = None
+    # How long to wait on a registry. The CLI is patient; the operator, with other builds to look
+    # after, gives up fast and retries on its own schedule (kube/lookup.py).
+    timeout: httpx.Timeout = field(default_factory=lambda: httpx.Timeout(60.0, connect=15.0))
+    retries: int = RETRIES               # of a transient failure, after the first attempt, with backoff
 
 
 def read_ca_file(path: str) -> bytes:

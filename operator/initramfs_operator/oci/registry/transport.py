@@ -24,15 +24,13 @@ import httpx
 from ...errors import AuthError, RegistryError
 from ..reference import Reference
 from .auth import Authenticator
-from .options import RegistryOptions, plain_http, ssl_context
+from .options import RETRIES, RegistryOptions, plain_http, ssl_context  # noqa: F401  (RETRIES: the default, here too)
 
 log = logging.getLogger(__name__)
 
-RETRIES = 4               # after the first attempt: 0.5 + 1 + 2 + 4 s of backoff in the worst case
-BACKOFF = 0.5
+BACKOFF = 0.5             # doubled each retry: 0.5 + 1 + 2 + 4 s for the default RETRIES (4)
 MAX_RETRY_AFTER = 60.0    # a registry asking for longer is better reported than waited for
 RETRY_STATUSES = (429, 500, 502, 503, 504)
-TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 MAX_REDIRECTS = 5
 READ_SIZE = 1 << 20
 
@@ -62,6 +60,7 @@ class Transport:
         self.base = httpx.URL(f"{scheme}://{ref.host}/v2/{ref.repository}/")
         self.scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
         self._owns_connections = options.transport is None
+        self.retries = options.retries
         self.http = _client(options)
         self.auth = Authenticator(ref.registry, options.keychain.resolve(ref.registry), self._token_request)
 
@@ -92,7 +91,7 @@ class Transport:
             try:
                 return once()
             except Transient as e:
-                if attempt == RETRIES:
+                if attempt >= self.retries:
                     raise RegistryError(f"{what}: {e} (gave up after {attempt + 1} attempts)") from None
                 delay = e.retry_after if e.retry_after is not None else BACKOFF * 2 ** attempt
                 log.info("%s: %s; retrying in %.1fs", what, e, delay)
@@ -158,9 +157,9 @@ class Transport:
 
 def _client(options: RegistryOptions) -> httpx.Client:
     if options.transport is not None:
-        return httpx.Client(transport=options.transport, trust_env=False, timeout=TIMEOUT)
+        return httpx.Client(transport=options.transport, trust_env=False, timeout=options.timeout)
     # trust_env: proxies from HTTP(S)_PROXY/NO_PROXY.
-    return httpx.Client(verify=ssl_context(options.ca_certs), trust_env=True, timeout=TIMEOUT,
+    return httpx.Client(verify=ssl_context(options.ca_certs), trust_env=True, timeout=options.timeout,
                         limits=httpx.Limits(max_connections=max(1, options.jobs) + 2))
 
 
