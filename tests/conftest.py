@@ -1,2 +1,2 @@
 pytest_plugins = ["fixtures.tools", "fixtures.images", "fixtures.boot", "fixtures.registry", "fixtures.kube",
-                  "fixtures.operator"]
+                  "fixtures.node", "fixtures.image_build", "fixtures.operator", "fixtures.fleet"]

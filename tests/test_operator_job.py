@@ -1,13 +1,11 @@
 """The pure parts of the operator: Job manifests, results, conditions and timing decisions."""
 
 import json
-from datetime import timedelta
 
 import pytest
 
 from initramfs_operator import cli
 from initramfs_operator.kube import buildjob, conditions
-from initramfs_operator.kube.reconcile import Settings, due
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -34,7 +32,7 @@ def test_job_name_is_deterministic_per_generation_and_digest():
 
 
 def test_pvc_job_runs_the_builder_locked_down():
-    manifest = buildjob.build_job(build(), DIGEST, "builder:1", None)
+    manifest = buildjob.build_job(build(), DIGEST, "builder:1")
     pod = manifest["spec"]["template"]["spec"]
     c = container(manifest)
     assert c["image"] == "builder:1" and c["command"] == ["initramfs-builder"]
@@ -60,9 +58,12 @@ def test_pvc_job_runs_the_builder_locked_down():
     assert (owner["kind"], owner["name"], owner["controller"]) == ("InitramfsBuild", "app", True)
     assert manifest["metadata"]["annotations"][buildjob.IMAGE_DIGEST] == DIGEST
     assert manifest["spec"]["template"]["metadata"]["labels"][buildjob.MANAGED_BY] == buildjob.OPERATOR
-    assert manifest["spec"]["backoffLimit"] == 2 and "activeDeadlineSeconds" not in manifest["spec"]
+    assert manifest["spec"]["backoffLimit"] == 2
+    # The operator's default deadline and cleanup apply to a build that sets none.
+    assert manifest["spec"]["activeDeadlineSeconds"] == 3600 and manifest["spec"]["ttlSecondsAfterFinished"] == 3600
+    assert manifest["spec"]["template"]["metadata"]["annotations"] == {buildjob.BUILD_NAME: "app"}
     fail_job = manifest["spec"]["podFailurePolicy"]["rules"][1]
-    assert fail_job["action"] == "FailJob" and fail_job["onExitCodes"]["values"] == [2, 3, 4, 5]
+    assert fail_job["action"] == "FailJob" and fail_job["onExitCodes"]["values"] == [2, 3, 4]  # not 5: retried
 
 
 def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
@@ -78,7 +79,9 @@ def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
         "resources": {"limits": {"memory": "1Gi"}}, "nodeSelector": {"disk": "ssd"},
         "tolerations": [{"key": "build", "operator": "Exists"}], "activeDeadlineSeconds": 600, "backoffLimit": 0,
     }
-    manifest = buildjob.build_job(build(spec), DIGEST, "builder:1", "app-1-x-registry")
+    manifest = buildjob.build_job(build(spec), DIGEST, "builder:1", [("push", ".dockerconfigjson"),
+                                                                     ("pull", ".dockercfg")],
+                                  limits=buildjob.Limits(deadline_seconds=60, ttl_seconds=None))
     c = container(manifest)
     args = c["args"]
     parsed = cli.parser().parse_args(args)
@@ -86,7 +89,9 @@ def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
     assert parsed.push == "dst.example.com/boot/app:v2" and parsed.output is None
     assert (parsed.compression, parsed.level, parsed.platform) == ("zstd", 12, "linux/arm64")
     assert parsed.insecure_registry == ["src.example.com:5000", "dst.example.com"]
-    assert parsed.registry_config == "/var/run/initramfs/registry/config.json"
+    # The Secrets as they are, push first: the builder reads them in this order, first entry wins.
+    assert parsed.registry_config == ["/var/run/initramfs/registry/push/.dockerconfigjson",
+                                      "/var/run/initramfs/registry/pull/.dockercfg"]
     assert parsed.ca_file == "/var/run/initramfs/ca/ca.crt" and parsed.init == "/var/run/initramfs/init/init"
     assert parsed.inject == ["/var/run/initramfs/inject/0/file=/etc/app.conf:0600",
                              "/var/run/initramfs/inject/1/file=/etc/motd"]
@@ -97,8 +102,9 @@ def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     registry = mounts["/var/run/initramfs/registry"]
-    assert registry["readOnly"] and volumes[registry["name"]]["secret"] == {
-        "secretName": "app-1-x-registry", "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}
+    assert registry["readOnly"] and volumes[registry["name"]]["projected"] == {"sources": [
+        {"secret": {"name": "push", "items": [{"key": ".dockerconfigjson", "path": "push/.dockerconfigjson"}]}},
+        {"secret": {"name": "pull", "items": [{"key": ".dockercfg", "path": "pull/.dockercfg"}]}}]}
     assert volumes[mounts["/var/run/initramfs/inject/0"]["name"]]["secret"]["items"] == [{"key": "app", "path": "file"}]
     assert volumes[mounts["/var/run/initramfs/inject/1"]["name"]]["configMap"]["name"] == "texts"
     ca = volumes[mounts["/var/run/initramfs/ca"]["name"]]["configMap"]
@@ -107,7 +113,9 @@ def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
     assert "/output" not in mounts
     assert c["resources"] == {"limits": {"memory": "1Gi"}}
     assert pod["nodeSelector"] == {"disk": "ssd"} and pod["tolerations"] == [{"key": "build", "operator": "Exists"}]
+    # The build's own deadline wins over the operator's; no TTL when the operator sets none.
     assert manifest["spec"]["activeDeadlineSeconds"] == 600 and manifest["spec"]["backoffLimit"] == 0
+    assert "ttlSecondsAfterFinished" not in manifest["spec"]
 
 
 def test_push_secret_comes_first_so_it_wins_for_the_push_registry():
@@ -150,7 +158,7 @@ def test_success_result_becomes_status_output():
     ({"exitCode": 5, "message": "Traceback (most recent call last):\nOSError: No space left"}, "OutputFailed",
      "No space left"),
     ({"exitCode": 1, "message": ""}, "BuildFailed", "exited with code 1"),
-    ({"exitCode": 137, "reason": "OOMKilled", "message": ""}, "BuildFailed", "memory"),
+    ({"exitCode": 137, "reason": "OOMKilled", "message": "last log line"}, "OOMKilled", "memory"),
     (None, "BuildFailed", "without a container status"),
 ])
 def test_failures_map_to_reasons(terminated, reason, words):
@@ -159,33 +167,15 @@ def test_failures_map_to_reasons(terminated, reason, words):
 
 
 def test_conditions_keep_transition_time_until_status_flips():
-    first = conditions.conditions(None, conditions.queued("wait"), 1, "2024-01-01T00:00:00Z")
+    first = conditions.conditions(None, conditions.in_flight("Queued", "wait"), 1, "2024-01-01T00:00:00Z")
     assert [(c["type"], c["status"], c["reason"]) for c in first] == [("Ready", "False", "Queued"),
-                                                                     ("Progressing", "True", "Queued")]
-    second = conditions.conditions(first, conditions.building("go"), 1, "2024-01-01T00:01:00Z")
+                                                                     ("Reconciling", "True", "Queued")]
+    second = conditions.conditions(first, conditions.in_flight("Building", "go"), 1, "2024-01-01T00:01:00Z")
     assert all(c["lastTransitionTime"] == "2024-01-01T00:00:00Z" for c in second)
     third = conditions.conditions(second, conditions.succeeded("done"), 2, "2024-01-01T00:02:00Z")
-    assert all(c["lastTransitionTime"] == "2024-01-01T00:02:00Z" and c["observedGeneration"] == 2 for c in third)
+    assert [(c["type"], c["status"], c["observedGeneration"], c["lastTransitionTime"]) for c in third] == \
+        [("Ready", "True", 2, "2024-01-01T00:02:00Z")]  # Reconciling removed: kstatus reads absent as False
 
 
 def test_duration_parsing_matches_the_crd_grammar():
     assert conditions.parse_duration("1h30m5s") == 5405 and conditions.parse_duration("10s") == 10
-
-
-def test_what_is_due_without_an_event():
-    settings = Settings("b", 4, resolve_retry_seconds=60)
-    now = conditions.now()
-    at = lambda seconds_ago: conditions.timestamp(now - timedelta(seconds=seconds_ago))
-    ready = {"observedGeneration": 1, "imageDigest": DIGEST, "resolvedTime": at(30),
-             "conditions": conditions.conditions(None, conditions.succeeded("ok"), 1, at(30))}
-    b = build()
-    assert not due({**b, "status": ready}, now, settings)
-    assert due({**b, "metadata": {**b["metadata"], "generation": 2}, "status": ready}, now, settings)
-    assert due({**b, "spec": {**b["spec"], "refreshInterval": "20s"}, "status": ready}, now, settings)
-    assert not due({**b, "spec": {**b["spec"], "refreshInterval": "1m"}, "status": ready}, now, settings)
-    queued = {**ready, "conditions": conditions.conditions(None, conditions.queued("wait"), 1, at(1))}
-    assert due({**b, "status": queued}, now, settings)
-    unresolved = {"observedGeneration": 1, "resolvedTime": at(30),
-                  "conditions": conditions.conditions(None, conditions.failed("ImagePullFailed", "x"), 1, at(30))}
-    assert not due({**b, "status": unresolved}, now, settings)
-    assert due({**b, "status": {**unresolved, "resolvedTime": at(90)}}, now, settings)

@@ -85,7 +85,7 @@ class Agent:
         self.kube = api.Kube(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.core = kubernetes.client.CoreV1Api(client)
-        self.node, self.root = node, root
+        self.node, self.root, self.namespaces = node, root, namespaces
         self.queue = WorkQueue()
         self.retries = Retries(BACKOFF)
         self.node_labels: dict[str, str] = {}
@@ -119,9 +119,10 @@ class Agent:
 
     def load_reports(self) -> None:
         """This node's reports as they are, so a restarted agent neither rewrites nor forgets them."""
-        listing = self.kube.get(api.path(crd.API_VERSION, DELIVERY_PLURAL),
-                                query={"labelSelector": f"{NODE_LABEL}={self.node}"})
-        for item in listing.get("items") or []:
+        query = {"labelSelector": f"{NODE_LABEL}={self.node}"}
+        items = [item for namespace in self.namespaces or (None,)
+                 for item in self.kube.get(api.path(crd.API_VERSION, DELIVERY_PLURAL, namespace), query)["items"]]
+        for item in items:
             key = (item["metadata"]["namespace"], item["spec"]["buildName"])
             self.reported[key] = {**(item.get("status") or {}), "name": item["metadata"]["name"]}
             self.queue.add(key)

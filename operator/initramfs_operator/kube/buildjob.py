@@ -6,11 +6,13 @@ without a cluster and the controller only moves objects between here and the API
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..errors import AuthError, BuildError, InvalidImageError, OutputError, RegistryError, UsageError
+from ..errors import AuthError, BuildError, InvalidImageError, LimitExceeded, OutputError, RegistryError, UsageError
 from ..oci import reference
 from . import crd
+from .diagnosis import OOM_KILLED
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR = "initramfs-operator"
@@ -21,16 +23,19 @@ IMAGE_DIGEST = "initramfs.dev/image-digest"  # annotation: the digest a Job buil
 SELECTOR = f"{MANAGED_BY}={OPERATOR}"
 
 CONTAINER = "build"
-UID = 65532  # the conventional "nonroot" user of distroless images
+UID = 65532  # the conventional "nonroot" user of distroless images, and the project image's USER
 TERMINATION_LOG = "/dev/termination-log"
 SCRATCH, OUTPUT = "/scratch", "/output"
 CONFIG_DIR = "/var/run/initramfs"
-REGISTRY_CONFIG_KEY = ".dockerconfigjson"  # the merged credentials are a kubernetes.io/dockerconfigjson Secret
+DOCKER_CONFIG_KEYS = (".dockerconfigjson", ".dockercfg")  # of kubernetes.io/dockerconfigjson and legacy Secrets
 MAX_NAME = 63  # Job names end up in the job-name label of their pods
 
 # The builder's exit codes when it could not write its JSON result (see cli.py).
 REASON_BY_EXIT_CODE = {c.exit_code: c.reason for c in (UsageError, RegistryError, InvalidImageError, OutputError)}
-REASONS = {c.reason for c in (BuildError, UsageError, RegistryError, AuthError, InvalidImageError, OutputError)}
+REASONS = {c.reason for c in (BuildError, UsageError, RegistryError, AuthError, InvalidImageError, LimitExceeded,
+                               OutputError)}
+# A full or unwritable output or scratch volume (exit 5) may be fine on the next try: it is retried.
+FINAL_EXIT_CODES = sorted(code for code in REASON_BY_EXIT_CODE if code != OutputError.exit_code)
 
 
 def job_name(build: dict, digest: str) -> str:
@@ -39,10 +44,6 @@ def job_name(build: dict, digest: str) -> str:
     key = hashlib.sha256(f"{meta['uid']}/{meta['generation']}/{digest}".encode()).hexdigest()[:10]
     suffix = f"-{meta['generation']}-{key}"
     return meta["name"][: MAX_NAME - len(suffix)].rstrip("-.") + suffix
-
-
-def registry_secret_name(job: str) -> str:
-    return f"{job}-registry"
 
 
 def registry_hosts(spec: dict) -> list[str]:
@@ -61,7 +62,8 @@ def registry_secret_names(spec: dict) -> list[str]:
 
 
 def merge_docker_configs(configs: list[dict]) -> dict:
-    """One docker config.json from several (the builder reads one); the first entry for a key wins."""
+    """One docker config.json from several, for the operator's own lookups; the first entry for a key wins,
+    as in the builder (which reads the Secrets' files in the same order)."""
     auths: dict = {}
     for config in configs:
         for key, entry in (config.get("auths") or {}).items():
@@ -69,17 +71,32 @@ def merge_docker_configs(configs: list[dict]) -> dict:
     return {"auths": auths}
 
 
+def docker_config_key(secret_type: str, keys: Iterable[str], name: str) -> str:
+    """The key of a registry Secret holding its docker config: .dockerconfigjson, or a legacy .dockercfg."""
+    key = next((k for k in DOCKER_CONFIG_KEYS if k in keys), None)
+    if key is None:
+        raise UsageError(f"secret {name} (type {secret_type}) has no .dockerconfigjson key")
+    return key
+
+
 def docker_config_of(secret_type: str, data: dict[str, bytes], name: str) -> dict:
     """The docker config.json inside a kubernetes.io/dockerconfigjson (or legacy dockercfg) Secret."""
+    key = docker_config_key(secret_type, data, name)
     try:
-        if ".dockerconfigjson" in data:
-            return json.loads(data[".dockerconfigjson"])
-        if ".dockercfg" in data:
-            return {"auths": json.loads(data[".dockercfg"])}
+        config = json.loads(data[key])
     except ValueError:
         # The decoder's message would quote the document, which holds secrets.
         raise UsageError(f"secret {name}: its docker config is not valid JSON") from None
-    raise UsageError(f"secret {name} (type {secret_type}) has no .dockerconfigjson key")
+    return config if key == ".dockerconfigjson" else {"auths": config}
+
+
+@dataclass(frozen=True)
+class PodIds:
+    """The user and groups build pods run as. None: not set, so a platform that assigns IDs per namespace
+    can (else the image's USER applies); the pods must run as non-root either way."""
+    run_as_user: int | None = UID
+    run_as_group: int | None = UID
+    fs_group: int | None = UID   # makes the output volume writable by the build
 
 
 def pinned_image(spec: dict, digest: str) -> str:
@@ -88,19 +105,31 @@ def pinned_image(spec: dict, digest: str) -> str:
     return str(reference.Reference(ref.registry, ref.repository, ref.tag, digest))
 
 
-def build_job(build: dict, digest: str, builder_image: str, registry_secret: str | None) -> dict:
+@dataclass(frozen=True)
+class Limits:
+    """How long a build Job may hold its slot, and how long it stays once finished (operator settings)."""
+    deadline_seconds: int = 3600      # activeDeadlineSeconds unless the build sets its own
+    ttl_seconds: int | None = 3600    # ttlSecondsAfterFinished; None: kept until superseded or deleted
+
+
+def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Sequence[tuple[str, str]] = (),
+              ids: PodIds = PodIds(), limits: Limits = Limits()) -> dict:
     """The Job that builds `build` from the image at `digest`.
 
-    `registry_secret` names the Secret holding the merged registry credentials, if the
-    build uses any.
+    `registry_secrets` are the build's registry Secrets as (name, key of the docker config),
+    the push secret first: the pod mounts them as they are, and the builder reads them in
+    that order, the first entry for a registry winning.
     """
     meta, spec = build["metadata"], build["spec"]
     name = job_name(build, digest)
     labels = {MANAGED_BY: OPERATOR, "app.kubernetes.io/name": "initramfs-builder",
               BUILD_UID: meta["uid"], GENERATION: str(meta["generation"])}
-    args, mounts, volumes = builder_arguments(spec, digest, registry_secret)
-    security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
-                "seccompProfile": {"type": "RuntimeDefault"}}
+    args, mounts, volumes = builder_arguments(spec, digest, registry_secrets)
+    security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+                **({"runAsUser": ids.run_as_user} if ids.run_as_user is not None else {}),
+                **({"runAsGroup": ids.run_as_group} if ids.run_as_group is not None else {})}
+    volume_group = {"fsGroup": ids.fs_group, "fsGroupChangePolicy": "OnRootMismatch"} \
+        if ids.fs_group is not None else {}
     container = {
         "name": CONTAINER, "image": builder_image, "imagePullPolicy": "IfNotPresent",
         "command": ["initramfs-builder"], "args": args,
@@ -118,7 +147,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secret: str
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {**security, "fsGroup": UID, "fsGroupChangePolicy": "OnRootMismatch"},
+        "securityContext": {**security, **volume_group},
         "containers": [container],
         "volumes": volumes,
     }
@@ -130,14 +159,18 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secret: str
         "podFailurePolicy": {"rules": [
             # Evicted or preempted: not the build's fault, do not count it.
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            # Bad spec, registry refusal, invalid image, output refused: a retry fails the same way.
+            # Bad spec, registry refusal, invalid image or over its limits: a retry fails the same way.
             {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                  "values": sorted(REASON_BY_EXIT_CODE)}},
+                                                  "values": FINAL_EXIT_CODES}},
         ]},
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        # The build's name on its pods too, so a pod's events lead to its build without a lookup.
+        "template": {"metadata": {"labels": labels, "annotations": {BUILD_NAME: meta["name"]}}, "spec": pod_spec},
+        # No build holds a slot forever: a pod that cannot start fails the Job at the deadline.
+        "activeDeadlineSeconds": spec.get("activeDeadlineSeconds") or limits.deadline_seconds,
     }
-    if spec.get("activeDeadlineSeconds"):
-        job_spec["activeDeadlineSeconds"] = spec["activeDeadlineSeconds"]
+    if limits.ttl_seconds is not None:
+        # The result is in the InitramfsBuild's status by then; the Job and its pod are only clutter.
+        job_spec["ttlSecondsAfterFinished"] = limits.ttl_seconds
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
@@ -150,13 +183,13 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secret: str
     }
 
 
-def builder_arguments(spec: dict, digest: str, registry_secret: str | None) -> tuple[list, list, list]:
+def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[str, str]]) -> tuple[list, list, list]:
     """`initramfs-builder build` arguments, with the volumes and mounts they refer to."""
     compression = spec.get("compression") or {}
     args = ["build", pinned_image(spec, digest), "-c", compression.get("format", "gzip"),
             "--scratch-dir", SCRATCH, "--result-file", TERMINATION_LOG, "--quiet"]
-    mounts = [{"name": "scratch", "mountPath": SCRATCH}]
-    volumes = [{"name": "scratch", "emptyDir": {}}]
+    mounts: list[dict] = [{"name": "scratch", "mountPath": SCRATCH}]
+    volumes: list[dict] = [{"name": "scratch", "emptyDir": {}}]
 
     def mount(name: str, path: str, source: dict) -> None:
         mounts.append({"name": name, "mountPath": path, "readOnly": True})
@@ -173,10 +206,14 @@ def builder_arguments(spec: dict, digest: str, registry_secret: str | None) -> t
         volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": output["pvc"]["claimName"]}})
     else:
         args += ["--push", f"{output['oci']['repository']}:{output['oci']['tag']}"]
-    if registry_secret:
-        mount("registry", f"{CONFIG_DIR}/registry", {"secret": {
-            "secretName": registry_secret, "items": [{"key": REGISTRY_CONFIG_KEY, "path": "config.json"}]}})
-        args += ["--registry-config", f"{CONFIG_DIR}/registry/config.json"]
+    if registry_secrets:
+        # One projected volume, one file per Secret: the credentials are never copied, and a rotated
+        # Secret reaches the next build pod as it is.
+        mount("registry", f"{CONFIG_DIR}/registry", {"projected": {"sources": [
+            {"secret": {"name": secret, "items": [{"key": key, "path": f"{secret}/{key}"}]}}
+            for secret, key in registry_secrets]}})
+        for secret, key in registry_secrets:
+            args += ["--registry-config", f"{CONFIG_DIR}/registry/{secret}/{key}"]
     registry = spec.get("registry") or {}
     if registry.get("insecure"):
         for host in registry_hosts(spec):
@@ -202,6 +239,11 @@ def builder_arguments(spec: dict, digest: str, registry_secret: str | None) -> t
         args += ["--inject", f"{directory}/file={item['path']}{mode}"]
     for pattern in spec.get("exclude") or []:
         args += ["--exclude", pattern]
+    image_limits = spec.get("limits") or {}
+    if "maxUncompressedSize" in image_limits:
+        args += ["--max-uncompressed-size", str(image_limits["maxUncompressedSize"])]
+    if "maxEntries" in image_limits:
+        args += ["--max-entries", str(image_limits["maxEntries"])]
     return args, mounts, volumes
 
 
@@ -224,16 +266,17 @@ def outcome(terminated: dict | None, spec: dict) -> Outcome:
         result = json.loads(message)
     except ValueError:
         result = None
+    if terminated.get("reason") == "OOMKilled":
+        return Outcome(OOM_KILLED, f"the build ran out of memory (OOMKilled, exit code {code}); "
+                                   "raise spec.resources.limits.memory")
     if not isinstance(result, dict):
-        if terminated.get("reason") == "OOMKilled":
-            return Outcome(BuildError.reason, "the build ran out of memory (OOMKilled); "
-                                              "raise spec.resources.limits.memory")
-        reason = REASON_BY_EXIT_CODE.get(code, BuildError.reason)
+        reason = REASON_BY_EXIT_CODE.get(code, BuildError.reason) if isinstance(code, int) else BuildError.reason
         tail = f": {message.strip()}" if message.strip() else ""
         return Outcome(reason, f"the builder exited with code {code} without a result{tail}")
     if code == 0 and "sha256" in result:
         return Outcome("Succeeded", success_message(result), output_status(result, spec))
-    reason = result.get("reason") if result.get("reason") in REASONS else BuildError.reason
+    reported = result.get("reason")
+    reason = reported if isinstance(reported, str) and reported in REASONS else BuildError.reason
     return Outcome(reason, str(result.get("error") or f"the builder exited with code {code}"))
 
 

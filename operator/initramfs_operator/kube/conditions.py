@@ -1,53 +1,105 @@
-"""The states an InitramfsBuild goes through, as metav1.Condition-shaped `Ready` and `Progressing`."""
+"""The states of an InitramfsBuild as kstatus-conformant, metav1.Condition-shaped conditions.
+
+- `Ready`: True once a valid output exists for the current generation. Its reason is Succeeded,
+  the phase (Resolving, Queued, Building) while there is no output yet, or why it failed.
+  During a refresh rebuild (same generation, new digest) it stays True, with the previous
+  output in status, until the new one lands.
+- `Reconciling`: True while work is in flight (Resolving, Queued, Building, Refreshing),
+  retries of a retryable failure included; removed otherwise (kstatus: absent means False).
+- `Stalled`: True with the failure's reason on a terminal failure; removed otherwise.
+
+Reconciling and Stalled are never True together: kstatus reads the first of them it finds.
+"""
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-READY, PROGRESSING = "Ready", "Progressing"
-QUEUED, BUILDING, SUCCEEDED = "Queued", "Building", "Succeeded"
-IN_PROGRESS = (QUEUED, BUILDING)
+READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
+RESOLVING, QUEUED, BUILDING, REFRESHING, SUCCEEDED = "Resolving", "Queued", "Building", "Refreshing", "Succeeded"
+
+
+@dataclass(frozen=True)
+class Reason:
+    reason: str   # CamelCase, as the Kubernetes condition reason pattern wants
+    message: str
 
 
 @dataclass(frozen=True)
 class State:
     ready: bool
-    progressing: bool
-    reason: str   # CamelCase, as the Kubernetes condition reason pattern wants
-    message: str
+    summary: Reason                   # Ready's reason and message
+    reconciling: Reason | None = None
+    stalled: Reason | None = None
+    problem: Reason | None = None     # the failure behind this state, if any
+
+    @property
+    def headline(self) -> Reason:
+        """What an Event about this state says: the problem if any, else the work in flight or the result."""
+        if self.problem:
+            return self.problem
+        if self.ready and self.reconciling:
+            return self.reconciling
+        return self.summary
 
 
-def queued(message: str) -> State:
-    return State(False, True, QUEUED, message)
-
-
-def building(message: str) -> State:
-    return State(False, True, BUILDING, message)
+def in_flight(phase: str, message: str) -> State:
+    """Resolving, Queued or Building, with no output yet."""
+    return State(False, Reason(phase, message), reconciling=Reason(phase, message))
 
 
 def succeeded(message: str) -> State:
-    return State(True, False, SUCCEEDED, message)
+    return State(True, Reason(SUCCEEDED, message))
+
+
+def retrying(reason: str, message: str, phase: str) -> State:
+    """A failure the operator (or the kubelet) keeps retrying: not Ready, still Reconciling in `phase`."""
+    return State(False, Reason(reason, message), reconciling=Reason(phase, message), problem=Reason(reason, message))
 
 
 def failed(reason: str, message: str) -> State:
-    return State(False, False, reason, message)
+    """A terminal failure of the current generation and digest."""
+    return State(False, Reason(reason, message), stalled=Reason(reason, message), problem=Reason(reason, message))
+
+
+def over_previous_output(state: State, previous: str) -> State:
+    """`state` of a refresh rebuild: the previous output stays valid (Ready, with its message) meanwhile."""
+    if state.ready:
+        return state
+    kept = Reason(SUCCEEDED, previous)
+    if state.stalled:
+        return State(True, kept, stalled=state.stalled, problem=state.problem)
+    detail = f"{state.problem.reason}: {state.problem.message}" if state.problem else state.summary.message
+    return State(True, kept, reconciling=Reason(REFRESHING, detail), problem=state.problem)
 
 
 def conditions(old: list[dict] | None, state: State, generation: int, now: str) -> list[dict]:
-    """Ready and Progressing for `state`; lastTransitionTime only moves when a condition's status flips."""
+    """The conditions of `state`, and the others' (types not about the build) as they were;
+    lastTransitionTime only moves when a condition's status changes."""
     previous = {c["type"]: c for c in old or []}
+    wanted = [(READY, "True" if state.ready else "False", state.summary)]
+    wanted += [(type_, "True", r) for type_, r in ((RECONCILING, state.reconciling), (STALLED, state.stalled)) if r]
     result = []
-    for type_, value in ((READY, state.ready), (PROGRESSING, state.progressing)):
-        status = "True" if value else "False"
+    for type_, status, r in wanted:
         before = previous.get(type_)
-        changed = not before or before.get("status") != status
-        result.append({"type": type_, "status": status, "reason": state.reason, "message": state.message,
+        kept = before is not None and before.get("status") == status
+        result.append({"type": type_, "status": status, "reason": r.reason, "message": r.message,
                        "observedGeneration": generation,
-                       "lastTransitionTime": now if changed else before["lastTransitionTime"]})
-    return result
+                       "lastTransitionTime": before["lastTransitionTime"] if before and kept else now})
+    return result + [c for c in old or [] if c.get("type") not in (READY, RECONCILING, STALLED)]
 
 
 def find(status: dict, type_: str) -> dict:
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
+def headline_of(status: dict) -> str | None:
+    """The reason an Event about the written state said (see State.headline), as far as status tells."""
+    stalled, ready, reconciling = find(status, STALLED), find(status, READY), find(status, RECONCILING)
+    if stalled:
+        return stalled.get("reason")
+    if ready.get("status") == "True" and reconciling:
+        return reconciling.get("reason")
+    return ready.get("reason")
 
 
 def reason(status: dict) -> str | None:
@@ -55,7 +107,7 @@ def reason(status: dict) -> str | None:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def timestamp(t: datetime) -> str:

@@ -7,11 +7,19 @@ counts for the build it names by UID and for a node the selector picks now, so a
 leaves the selector stops counting at once, whatever its agent has (or has not) cleaned up.
 """
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.rest import ApiException
+
+from . import api, conditions, crd
+from .cache import Cache, snapshot
 from .selector import matches
+from .workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
 
 DELIVERED = "Delivered"
 SHOWN_NODES = 5  # nodes named in a message; the rest are counted
@@ -68,3 +76,88 @@ def _condition(selected: list[str], ready: list[str], failed: list[str], waiting
     shown = ", ".join(waiting[:SHOWN_NODES]) + (f" and {len(waiting) - SHOWN_NODES} more"
                                                 if len(waiting) > SHOWN_NODES else "")
     return "False", "Delivering", f"{len(ready)}/{len(selected)} nodes hold {digest}; waiting for {shown}"
+
+
+class DeliveryStatus:
+    """Keeps `status.delivery` and the `Delivered` condition of every build with spec.delivery current.
+
+    Fed by two more indexes (controller.py registers them when delivery is on): the agents'
+    reports by build UID, and every node's labels. A report, a node or a build changing queues
+    the builds it concerns; one worker writes a build's status only when the summary changed,
+    with the resourceVersion it read (a conflict is retried on the next event).
+    """
+
+    def __init__(self, kube: api.Kube, builds: Cache, leading: Callable[[], bool]):
+        self.kube, self.builds, self.leading = kube, builds, leading
+        self.queue = WorkQueue()
+        self._reports: Mapping[Hashable, Any] = {}
+        self._nodes: Mapping[Hashable, Any] = {}
+
+    def bind(self, reports: Mapping[Hashable, Any], nodes: Mapping[Hashable, Any]) -> None:
+        self._reports, self._nodes = reports, nodes
+
+    def node_changed(self) -> None:
+        for key in self.builds.build_keys():
+            self.queue.add(key)
+
+    def run(self, stopping: Any) -> None:
+        while not stopping.is_set():
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                if self.leading():
+                    self.sync(key)
+            except Exception:
+                log.exception("delivery status of %s failed", key)
+                self.queue.add_after(key, 5.0)
+            finally:
+                self.queue.done(key)
+
+    def node_labels(self) -> dict[str, Mapping[str, str]]:
+        labels: dict[str, Mapping[str, str]] = {}
+        for node in snapshot(lambda: self._nodes):
+            found = self._first(self._nodes, node)
+            if found is not None:
+                labels[str(node)] = found
+        return labels
+
+    @staticmethod
+    def _first(index: Mapping[Hashable, Any], key: Hashable) -> Any:
+        store = index.get(key)
+        found: list[Any] = snapshot(lambda: store) if store is not None else []
+        return found[0] if found else None
+
+    def _all(self, key: Hashable) -> list[Any]:
+        store = self._reports.get(key)
+        return snapshot(lambda: store) if store is not None else []
+
+    def sync(self, key: Hashable) -> None:
+        namespace, name = str(key[0]), str(key[1])  # type: ignore[index]
+        build = self.builds.build(namespace, name)
+        if build is None:
+            return
+        labels = self.node_labels()
+        summary = summarize(build, labels, self._all(build["metadata"]["uid"]))
+        if summary is None:
+            return
+        status = build.get("status") or {}
+        generation = build["metadata"]["generation"]
+        state, reason, message = summary.condition
+        before = conditions.find(status, DELIVERED)
+        unchanged = before.get("status") == state and before.get("reason") == reason and \
+            before.get("message") == message and before.get("observedGeneration") == generation
+        if unchanged and status.get("delivery") == summary.status():
+            return
+        condition = {"type": DELIVERED, "status": state, "reason": reason, "message": message,
+                     "observedGeneration": generation,
+                     "lastTransitionTime": before["lastTransitionTime"] if before.get("status") == state
+                     else conditions.timestamp(conditions.now())}
+        others = [c for c in status.get("conditions") or [] if c.get("type") != DELIVERED]
+        body = {"metadata": {"resourceVersion": build["metadata"]["resourceVersion"]},
+                "status": {"delivery": summary.status(), "conditions": [*others, condition]}}
+        try:
+            self.kube.merge_patch(api.path(crd.API_VERSION, crd.PLURAL, namespace, name, "status"), body)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise

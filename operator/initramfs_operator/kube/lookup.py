@@ -1,50 +1,163 @@
-"""What an image reference points at right now, asked by the operator itself.
+"""What an image reference points at right now, asked by the operator itself, off the reconcile path.
 
 The digest names the build Job and is what refreshInterval compares; the build pod is
 then given the image pinned to it. The engine's registry client does the talking, with
 the same options the build pod gets (credentials, CA, plain HTTP).
+
+A registry can take its time, or never answer: lookups run in a few threads of their own
+(`Lookups`), each with short timeouts, so a pass only asks a question and moves on, and a
+bad registry delays nobody but the builds that use it.
 """
 
-import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
 
-from ..oci import reference
-from ..oci.registry import client as registry
+import httpx
+
+from ..errors import BuildError
+from ..oci import reference, registry
 from . import buildjob
+from .conditions import now
+
+log = logging.getLogger(__name__)
+
+# A lookup is one HEAD (a manifest GET at worst): a registry that does not answer this fast is
+# reported, and asked again later with backoff (reconcile.py), rather than waited for.
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+RETRIES = 1
+SHARED_SECONDS = 5.0  # how long one lookup's answer serves other builds asking the same
+
+def registry_options(spec: dict, docker_config: dict | None, ca_pem: bytes | None) -> registry.RegistryOptions:
+    """Client options for the build's registries, credentials and CA held in memory only."""
+    keychain = registry.Keychain.from_docker_config(docker_config, "the registry secrets") if docker_config \
+        else registry.Keychain()
+    insecure = tuple(buildjob.registry_hosts(spec)) if (spec.get("registry") or {}).get("insecure") else ()
+    return registry.RegistryOptions(insecure=insecure, ca_certs=ca_pem, keychain=keychain)
 
 
-@contextmanager
-def registry_options(spec: dict, docker_config: dict | None, ca_pem: bytes | None) -> Iterator[registry.RegistryOptions]:
-    """Client options for the build's registries; credentials live in a private temp file meanwhile."""
-    with tempfile.TemporaryDirectory(prefix="initramfs-operator-") as tmp:
-        auth_file = ca_file = None
-        if docker_config:
-            auth_file = os.path.join(tmp, "config.json")
-            with open(os.open(auth_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-                json.dump(docker_config, f)
-        if ca_pem:
-            ca_file = os.path.join(tmp, "ca.crt")
-            with open(ca_file, "wb") as f:
-                f.write(ca_pem)
-        insecure = tuple(buildjob.registry_hosts(spec)) if (spec.get("registry") or {}).get("insecure") else ()
-        yield registry.RegistryOptions(insecure=insecure, ca_file=ca_file, auth_file=auth_file)
+def pinned_digest(spec: dict) -> str | None:
+    """The digest the image reference pins, if it does: nothing to ask a registry then.
+
+    Raises UsageError for a reference that does not parse.
+    """
+    return reference.parse(spec["image"]).digest
 
 
 def image_digest(spec: dict, options: registry.RegistryOptions) -> str:
-    """The digest to build: the image's pinned digest, else what its tag points at now.
-
-    Raises an errors.BuildError subclass whose `.reason` goes into the status.
-    """
-    ref = reference.parse(spec["image"])
-    if ref.digest:
-        return ref.digest  # immutable: nothing to ask the registry
-    return registry.current_digest(spec["image"], options)
+    """What the image's tag points at now. Raises an errors.BuildError whose `.reason` goes into the status."""
+    return registry.current_digest(spec["image"], _impatient(options))
 
 
 def pushed_digest(spec: dict, options: registry.RegistryOptions) -> str:
     """The digest the OCI output's tag points at now."""
     oci = spec["output"]["oci"]
-    return registry.current_digest(f"{oci['repository']}:{oci['tag']}", options)
+    return registry.current_digest(f"{oci['repository']}:{oci['tag']}", _impatient(options))
+
+
+def _impatient(options: registry.RegistryOptions) -> registry.RegistryOptions:
+    return dataclasses.replace(options, timeout=TIMEOUT, retries=RETRIES)
+
+
+class Pending:
+    """A question asked and not answered yet."""
+
+
+PENDING = Pending()
+
+
+@dataclass(frozen=True)
+class Answer:
+    value: str | None
+    error: BuildError | None
+    ended: datetime  # when the lookup ended: backoff and resolvedTime count from here
+
+
+class Lookups:
+    """Registry lookups in `workers` threads of their own.
+
+    A pass `ask`s a question for its build and moves on; when the answer arrives,
+    `on_answer(build)` queues the build for another pass, which reads it and `take`s it.
+
+    Builds that ask the same registry the same thing with the same access (`same`, a key
+    saying so) share one lookup, and its answer stays good for SHARED_SECONDS: a thousand
+    builds of one image cost its registry one request, and one that fails is not asked again
+    by each of them.
+    """
+
+    def __init__(self, workers: int, on_answer: Callable[[Hashable], None]):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup")
+        self._on_answer = on_answer
+        self._lock = threading.Lock()
+        self._state: dict[Hashable, dict[Hashable, Pending | Answer]] = {}  # build -> question -> state
+        self._flights: dict[Hashable, list[tuple[Hashable, Hashable]]] = {}  # same -> (build, question) waiting
+        self._recent: dict[Hashable, tuple[float, Answer]] = {}             # same -> (time.monotonic(), answer)
+
+    def ask(self, build: Hashable, question: Hashable, same: Hashable, lookup: Callable[[], str]) -> None:
+        with self._lock:
+            asked = self._state.setdefault(build, {})
+            if question in asked:
+                return
+            recent = self._recent.get(same)
+            answered = recent is not None and time.monotonic() - recent[0] < SHARED_SECONDS
+            asked[question] = recent[1] if recent and answered else PENDING
+            if not answered:
+                flight = self._flights.setdefault(same, [])
+                flight.append((build, question))
+                if len(flight) > 1:
+                    return  # the lookup in flight answers this build too
+        if answered:
+            self._on_answer(build)
+        else:
+            self._pool.submit(self._run, same, lookup)
+
+    def _run(self, same: Hashable, lookup: Callable[[], str]) -> None:
+        try:
+            answer = Answer(lookup(), None, now())
+        except BuildError as e:
+            answer = Answer(None, e, now())
+        except Exception as e:  # a bug, but the builds': report it on them, keep the thread
+            log.exception("lookup %s failed", same)
+            answer = Answer(None, BuildError(f"the lookup failed unexpectedly ({type(e).__name__})"), now())
+        with self._lock:
+            waiting = self._flights.pop(same, [])
+            cutoff = time.monotonic() - SHARED_SECONDS
+            for key in [k for k, (t, _) in self._recent.items() if t < cutoff]:
+                del self._recent[key]
+            self._recent[same] = (time.monotonic(), answer)
+            for build, question in waiting:
+                asked = self._state.get(build)
+                if asked is not None and question in asked:  # else forgotten meanwhile (no longer of interest)
+                    asked[question] = answer
+        for build, _ in waiting:
+            self._on_answer(build)
+
+    def answer(self, build: Hashable, question: Hashable) -> Pending | Answer | None:
+        """PENDING, the answer, or None if the question was not asked (or its answer was taken)."""
+        with self._lock:
+            return self._state.get(build, {}).get(question)
+
+    def take(self, build: Hashable, question: Hashable) -> None:
+        with self._lock:
+            asked = self._state.get(build, {})
+            if isinstance(asked.get(question), Answer):
+                del asked[question]
+
+    def forget(self, build: Hashable, keep: tuple = ()) -> None:
+        """Drop the build's questions but those in `keep` (a lookup in flight still answers, unheard)."""
+        with self._lock:
+            asked = self._state.get(build)
+            if asked is None:
+                return
+            for question in [q for q in asked if q not in keep]:
+                del asked[question]
+            if not asked:
+                del self._state[build]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -2,7 +2,7 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .buildjob import REASONS
+from . import buildjob, diagnosis
 from .conditions import SUCCEEDED
 
 BUILDS = Counter("initramfs_builds", "Builds that reached a final state, by result (Succeeded or a failure reason)",
@@ -10,9 +10,15 @@ BUILDS = Counter("initramfs_builds", "Builds that reached a final state, by resu
 DURATION = Histogram("initramfs_build_duration_seconds", "Run time of finished build Jobs", ["result"],
                      buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
 QUEUE_DEPTH = Gauge("initramfs_build_queue_depth", "InitramfsBuilds waiting for a build slot")
+RUNNING = Gauge("initramfs_builds_running", "Build slots taken: build Jobs not finished, or whose pods still run")
+RECONCILE_ERRORS = Counter("initramfs_reconcile_errors", "Passes over a build that failed and will be retried")
+API_LATENCY = Histogram("initramfs_api_request_duration_seconds",
+                        "The operator's requests to the Kubernetes API (its watches excluded), by verb and HTTP code",
+                        ["verb", "code"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LEADER = Gauge("initramfs_operator_leader", "1 while this replica holds the leader Lease, else 0")
 
 # Known results start at 0, so rates and alerts work before the first build of each kind.
-for result in (SUCCEEDED, "DeadlineExceeded", *sorted(REASONS)):
+for result in (SUCCEEDED, *sorted(buildjob.REASONS | diagnosis.REASONS)):
     BUILDS.labels(result)
     DURATION.labels(result)
 

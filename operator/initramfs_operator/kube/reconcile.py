@@ -1,123 +1,176 @@
 """Level-triggered reconciliation of one InitramfsBuild: read what is, make what should be.
 
-Every pass starts from the API server (the InitramfsBuild, its Jobs and their pods) and
-ends by writing status, so the operator can be killed at any point: the next pass sees
-the same objects and takes the same decisions. Jobs have deterministic names per
-(object, generation, image digest), so a pass that finds its Job adopts it instead of
-starting a second build.
+A pass reads the indexes (cache.py) and this process's memory of work in flight (registry
+lookups, the admission queue, retries), so looking at a build costs no request; it sends
+one only to change something: a status write when the state changed, a Job deletion.
+The operator can be killed at any point: the next pass sees the same objects and takes
+the same decisions. Jobs have deterministic names per (object, generation, image digest),
+so a pass that finds its Job adopts it instead of starting a second build.
+
+Status writes carry the resourceVersion the pass decided on: one that decided on a stale
+view fails with a conflict instead of overwriting newer news, and the watch event that
+made its view stale queues the build again.
 """
 
 import base64
 import json
 import logging
 import socket
-import threading
-from contextlib import contextmanager
-from functools import cached_property
+import time
+from collections.abc import Hashable
 from dataclasses import dataclass
-from datetime import datetime
 
-import kubernetes
 from kubernetes.client.rest import ApiException
 
-from ..errors import AccessDenied, BuildError, UsageError
-from . import buildjob, conditions, crd, lookup, metrics
+from ..errors import AccessDenied, BuildError, RegistryError, UsageError
+from ..oci import registry
+from . import api, buildjob, cache, conditions, crd, diagnosis, lookup, metrics
+from .admission import Admission, Candidate, Rejection, failed_condition, finished, finishing
+from .conditions import BUILDING, QUEUED, READY, RECONCILING, RESOLVING, STALLED, SUCCEEDED
+from .workqueue import Backoff, Retries, WorkQueue
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "initramfs-operator"
+RESOLVING_AFTER = 5.0        # a lookup (its wait for a free lookup thread included) longer than this shows
+CLAIM_SECONDS = 10.0         # how long a claim's uid, once read, is taken as current (builds share claims)
+RESULT_GRACE = 10.0          # how long after its Job finished a build pod's final status may still be on its way
+TTL_SLACK = 10.0             # clock skew allowed between the TTL controller and the operator
+KEY = tuple[str, str]        # (namespace, name) of an InitramfsBuild
 
 
 @dataclass(frozen=True)
 class Settings:
     builder_image: str
     max_concurrent_builds: int
-    namespaces: tuple[str, ...] = ()     # the namespaces served; none: the whole cluster
-    resolve_retry_seconds: float = 60.0  # how soon an image that failed to resolve is tried again
-
-
-def due(build: dict, now: datetime, settings: Settings) -> bool:
-    """Whether a build needs a pass without any event: queued, building, or time to resolve again."""
-    status = build.get("status") or {}
-    if status.get("observedGeneration") != build["metadata"]["generation"] or conditions.reason(status) in conditions.IN_PROGRESS:
-        return True
-    return resolution_due(build["spec"], status, now, settings)
-
-
-def resolution_due(spec: dict, status: dict, now: datetime, settings: Settings) -> bool:
-    """For the current generation: retry a failed resolution, or follow the tag every refreshInterval."""
-    last = conditions.parse_time(status.get("resolvedTime"))
-    elapsed = (now - last).total_seconds() if last else float("inf")
-    if not status.get("imageDigest"):
-        return elapsed >= settings.resolve_retry_seconds
-    return bool(spec.get("refreshInterval")) and elapsed >= conditions.parse_duration(spec["refreshInterval"])
-
-
-def raw(call, *args, **kwargs) -> dict:
-    """An API call's JSON as plain dicts with the API's own field names and timestamps."""
-    return json.loads(call(*args, **kwargs, _preload_content=False).data)
-
-
-def finished(job: dict) -> str | None:
-    """"Complete" or "Failed" once the Job controller has decided, else None."""
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c["type"] in ("Complete", "Failed") and c["status"] == "True":
-            return c["type"]
-    return None
+    pod_ids: buildjob.PodIds = buildjob.PodIds()
+    limits: buildjob.Limits = buildjob.Limits()
+    retry: Backoff = Backoff(base=5.0, cap=300.0)  # failed lookups and refused Jobs, per build
+    stall_after: int = 5                 # failures in a row after which a retried failure is reported Stalled
+    lookup_workers: int = 4              # registry lookups at once
 
 
 class Reconciler:
-    def __init__(self, client: kubernetes.client.ApiClient, settings: Settings):
-        self.custom = kubernetes.client.CustomObjectsApi(client)
-        self.batch = kubernetes.client.BatchV1Api(client)
-        self.core = kubernetes.client.CoreV1Api(client)
-        self.settings = settings
-        # kopf serializes the handlers of one object, but Job events and the ticker run beside
-        # them: one lock per build keeps a pass's read-decide-write consistent. Only
-        # synchronization lives here; losing it on restart loses nothing.
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        # Counting running builds and creating a Job must be atomic, or two passes both take the last slot.
-        self._admission = threading.Lock()
+    def __init__(self, kube: api.Kube, index: cache.Cache, settings: Settings, queue: WorkQueue):
+        self.kube, self.cache, self.settings, self.queue = kube, index, settings, queue
+        self.lookups = lookup.Lookups(settings.lookup_workers, queue.add)
+        self.admission = Admission(kube, index, settings.max_concurrent_builds, queue.add)
+        self.lookup_retries = Retries(settings.retry)
+        self.job_retries = Retries(settings.retry)
+        self.overlay = cache.Overlay()
+        # Per build, what this process learnt: no need to ask again (lost on restart, asked again then).
+        self.verified: dict[Hashable, tuple] = {}      # outputs confirmed present: (generation, digest, proof)
+        self.stuck: dict[Hashable, tuple[str, float, diagnosis.Diagnosis | None]] = {}  # events read: uid, when, what
+        self.deleted: dict[str, float] = {}            # Job uids deleted, until the watch shows it
+        self.claims: dict[tuple[str, str], tuple[str | None, float]] = {}  # claim -> (uid, when read)
+        self.headlines: dict[Hashable, str] = {}       # what the last Event about each build was about
 
-    def reconcile(self, namespace: str, name: str) -> None:
-        with self._lock(f"{namespace}/{name}"):
+    def reconcile(self, key: KEY) -> None:
+        indexed = self.cache.build(*key)
+        if indexed is None or indexed["metadata"].get("deletionTimestamp"):
+            self.forget(key)  # the garbage collector removes its Jobs
+            return
+        Pass(self, self.overlay.view(key, indexed)).run()
+
+    def forget(self, key: KEY) -> None:
+        self.lookups.forget(key)
+        self.admission.withdraw_build(key)
+        self.lookup_retries.reset(key)
+        self.job_retries.reset(key)
+        self.overlay.drop(key)
+        self.verified.pop(key, None)
+        self.stuck.pop(key, None)
+        self.headlines.pop(key, None)
+
+    def prune(self) -> None:
+        """Drop what the watches have caught up with."""
+        self.overlay.prune(self.cache)
+        cutoff = time.monotonic() - 300
+        for uid, deleted in list(self.deleted.items()):
+            if deleted < cutoff:
+                self.deleted.pop(uid, None)
+
+    # --- reads that need the API: objects the spec names, only when needed ---------------------
+
+    def referenced(self, plural: str, namespace: str, name: str, hint: str = "") -> dict:
+        """An object the spec names: missing is a spec error, unreadable is the operator's RBAC."""
+        kind = plural.rstrip("s")
+        try:
+            return self.kube.get(api.path("v1", plural, namespace, name))
+        except ApiException as e:
+            if e.status == 404:
+                raise UsageError(f"{kind} {name} not found") from None
+            if e.status == 403:
+                raise AccessDenied(f"the operator may not read {kind} {name}{hint}") from None
+            raise
+
+    def secret(self, namespace: str, name: str) -> dict:
+        return self.referenced("secrets", namespace, name,
+                               " (installed with the Helm value rbac.registrySecrets=false?)")
+
+    def secret_keys(self, namespace: str, spec: dict) -> list[tuple[str, str]]:
+        """The build's registry Secrets and the key of each holding the docker config, push secret first."""
+        keys = []
+        for name in buildjob.registry_secret_names(spec):
+            secret = self.secret(namespace, name)
+            keys.append((name, buildjob.docker_config_key(secret.get("type", ""), secret.get("data") or {}, name)))
+        return keys
+
+    def registry_options(self, namespace: str, spec: dict) -> registry.RegistryOptions:
+        """Credentials and CA for the operator's own registry lookups, in memory."""
+        configs = []
+        for name in buildjob.registry_secret_names(spec):
+            secret = self.secret(namespace, name)
+            data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+            configs.append(buildjob.docker_config_of(secret.get("type", ""), data, name))
+        ca_pem = None
+        ca = (spec.get("registry") or {}).get("caConfigMap")
+        if ca:
+            texts = self.referenced("configmaps", namespace, ca["name"]).get("data") or {}
+            key = ca.get("key", "ca.crt")
+            if key not in texts:
+                raise UsageError(f"configmap {ca['name']} has no key {key}")
+            ca_pem = texts[key].encode()
+        return lookup.registry_options(spec, buildjob.merge_docker_configs(configs) if configs else None, ca_pem)
+
+    def ask_image(self, key: KEY, question: tuple, spec: dict) -> None:
+        same = ("image", spec["image"], *self.access(key[0], spec))
+        self.lookups.ask(key, question, same, lambda: lookup.image_digest(spec, self.registry_options(key[0], spec)))
+
+    def ask_output(self, key: KEY, question: tuple, spec: dict) -> None:
+        oci = spec["output"]["oci"]
+        same = ("output", f"{oci['repository']}:{oci['tag']}", *self.access(key[0], spec))
+        self.lookups.ask(key, question, same, lambda: lookup.pushed_digest(spec, self.registry_options(key[0], spec)))
+
+    @staticmethod
+    def access(namespace: str, spec: dict) -> tuple:
+        """What decides how a build reaches registries: builds alike in it may share a lookup's answer."""
+        return namespace, tuple(buildjob.registry_secret_names(spec)), json.dumps(spec.get("registry") or {},
+                                                                                  sort_keys=True)
+
+    def claim_uid(self, namespace: str, spec: dict) -> dict:
+        """{"claimUID": uid} of the output claim, {} if it has none (or it does not exist)."""
+        if "pvc" not in spec["output"]:
+            return {}
+        key = (namespace, spec["output"]["pvc"]["claimName"])
+        uid, read = self.claims.get(key, (None, 0.0))
+        if time.monotonic() - read > CLAIM_SECONDS:
             try:
-                build = self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name)
+                uid = self.kube.get(api.path("v1", "persistentvolumeclaims", *key))["metadata"]["uid"]
             except ApiException as e:
-                if e.status == 404:
-                    return
-                raise
-            if not build["metadata"].get("deletionTimestamp"):
-                Pass(self, build).run()
+                if e.status != 404:
+                    raise
+                uid = None
+            self.claims[key] = (uid, time.monotonic())
+        return {"claimUID": uid} if uid else {}
 
-    def list_builds(self) -> list[dict]:
-        return self._list(lambda **kw: self.custom.list_cluster_custom_object(crd.GROUP, crd.VERSION, crd.PLURAL, **kw),
-                          lambda ns, **kw: self.custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, ns,
-                                                                                     crd.PLURAL, **kw))
-
-    def _list(self, cluster_wide, namespaced, **kwargs) -> list[dict]:
-        """Items in the served namespaces: one cluster-wide list, or one list per namespace (all that a
-        namespaced installation's RBAC allows)."""
-        if not self.settings.namespaces:
-            return raw(cluster_wide, **kwargs)["items"]
-        return [item for ns in self.settings.namespaces for item in raw(namespaced, ns, **kwargs)["items"]]
-
-    def _lock(self, key: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-    def running_builds(self) -> int:
-        """Builds holding a slot: unfinished Jobs, and Jobs whose pods still run (a superseded Job's pod
-        keeps running until the garbage collector deletes it)."""
-        listed = self._list(self.batch.list_job_for_all_namespaces, self.batch.list_namespaced_job,
-                            label_selector=buildjob.SELECTOR)
-        holding = {(j["metadata"]["namespace"], j["metadata"]["name"]) for j in listed if not finished(j)}
-        for pod in self._list(self.core.list_pod_for_all_namespaces, self.core.list_namespaced_pod,
-                              label_selector=buildjob.SELECTOR):
-            if pod["status"].get("phase") not in ("Succeeded", "Failed"):
-                holding.add((pod["metadata"]["namespace"], pod["metadata"]["labels"].get("job-name")))
-        return len(holding)
+    def events_about(self, namespace: str, uid: str) -> list[dict]:
+        try:
+            return self.kube.get(api.path("v1", "events", namespace),
+                                 {"fieldSelector": f"involvedObject.uid={uid}"})["items"]
+        except ApiException as e:
+            log.warning("cannot read the events of %s in %s: %s", uid, namespace, e.reason)
+            return []
 
 
 class Pass:
@@ -127,260 +180,390 @@ class Pass:
         self.r = reconciler
         self.build = build
         self.meta, self.spec = build["metadata"], build["spec"]
-        self.status = build.get("status") or {}
+        self.status: dict = build.get("status") or {}
+        self.namespace, self.name, self.uid = self.meta["namespace"], self.meta["name"], self.meta["uid"]
+        self.key = (self.namespace, self.name)
         self.generation = self.meta["generation"]
         self.now = conditions.now()
+        self.jobs = {j["metadata"]["name"]: j for j in self.r.cache.jobs_of(self.uid)}
+        self.same_generation = self.status.get("observedGeneration") == self.generation
+        self.fields: dict = {"observedGeneration": self.generation}
+        self.answered: tuple | None = None  # the lookup whose answer this pass reports
+        ready = conditions.find(self.status, READY)
+        # A valid output of this generation: a rebuild for a new digest keeps it Ready meanwhile.
+        self.previous = ready.get("message") if ready.get("status") == "True" and \
+            ready.get("observedGeneration") == self.generation and self.status.get("output") else None
 
     def run(self) -> None:
-        owned = {j["metadata"]["name"]: j for j in self.jobs()}
-        same_generation = self.status.get("observedGeneration") == self.generation
-        digest = self.status.get("imageDigest") if same_generation else None
-        current = owned.get(buildjob.job_name(self.build, digest)) if digest else None
-        fields = {"observedGeneration": self.generation}
-
-        building = current is not None and not finished(current)
-        if not same_generation or (not building and resolution_due(self.spec, self.status, self.now,
-                                                                    self.r.settings)):
-            fields["resolvedTime"] = conditions.timestamp(self.now)
-            try:
-                with self.registry_options() as options:
-                    resolved = lookup.image_digest(self.spec, options)
-            except BuildError as e:
-                if digest:  # a refresh failed: what was built stays valid, try again next interval
-                    self.event("Warning", "RefreshFailed", f"cannot resolve {self.spec['image']}: {e}")
-                    self.write(fields, None)
-                    return
-                self.supersede(owned, keep=None)
-                self.write({**fields, "imageDigest": None, "shortDigest": None, "jobName": None,
-                            "startTime": None, "completionTime": None, "attempts": None},
-                           conditions.failed(e.reason, str(e)))
-                return
-            digest = resolved
-
+        digest = self.target()
+        if digest is None:
+            return
         name = buildjob.job_name(self.build, digest)
-        self.supersede(owned, keep=name)
-        fields.update(imageDigest=digest, shortDigest=digest.split(":")[-1][:12])
-        job = owned.get(name)
+        self.supersede(keep=name)
+        self.fields.update(imageDigest=digest, shortDigest=digest.split(":")[-1][:12])
+        job = self.jobs.get(name)
         if job is None:
-            if self.already_built(digest):
-                self.write(fields, None)
-                return
-            job = self.admit(digest)
-            if job is None:
-                # A message without the running count: it would change, and be written, on every pass.
-                self.write({**fields, "jobName": None, "startTime": None, "completionTime": None, "attempts": None},
-                           conditions.queued(f"waiting for a build slot: all {self.r.settings.max_concurrent_builds} "
-                                     "are taken"))
-                return
-        if not finished(job):
-            self.ensure_registry_secret(job)
-        self.observe(job, fields)
+            self.without_job(name, digest)
+        else:
+            self.observe(job)
+        self.schedule_refresh()
 
-    # --- reading ----------------------------------------------------------------------------
+    # --- which digest to build ---------------------------------------------------------------
 
-    def jobs(self) -> list[dict]:
-        return raw(self.r.batch.list_namespaced_job, self.meta["namespace"],
-                   label_selector=f"{buildjob.BUILD_UID}={self.meta['uid']}")["items"]
+    @property
+    def known_digest(self) -> str | None:
+        return self.status.get("imageDigest") if self.same_generation else None
 
-    def referenced(self, kind: str, name: str, read, hint: str = ""):
-        """An object the spec names: missing is a spec error, unreadable is the operator's RBAC."""
+    def target(self) -> str | None:
+        """The digest to build; None while it is being looked up, or when it cannot be."""
         try:
-            return read(name, self.meta["namespace"])
-        except ApiException as e:
-            if e.status == 404:
-                raise UsageError(f"{kind} {name} not found") from None
-            if e.status == 403:
-                raise AccessDenied(f"the operator may not read {kind} {name}{hint}") from None
-            raise
-
-    def secret_data(self, name: str) -> tuple[str, dict[str, bytes]]:
-        secret = self.referenced("secret", name, self.r.core.read_namespaced_secret,
-                                 " (installed with the Helm value rbac.registrySecrets=false?)")
-        return secret.type, {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-
-    @cached_property
-    def docker_config(self) -> dict | None:
-        """The build's registry credentials, merged; read once a pass however often they are needed."""
-        names = buildjob.registry_secret_names(self.spec)
-        if not names:
+            pinned = lookup.pinned_digest(self.spec)
+        except UsageError as e:  # only a spec change can fix the reference
+            self.write(self.cleared(), conditions.failed(e.reason, str(e)))
             return None
-        return buildjob.merge_docker_configs([buildjob.docker_config_of(*self.secret_data(n), n) for n in names])
+        if pinned:
+            if self.known_digest != pinned:
+                self.fields["resolvedTime"] = conditions.timestamp(self.now)
+            return pinned
+        question = ("image", self.generation, self.spec["image"])
+        answer = self.r.lookups.answer(self.key, question)
+        self.r.lookups.forget(self.key, keep=(question, ("output", self.generation, self.known_digest)))
+        if isinstance(answer, lookup.Answer):
+            self.answered = question
+            return self.resolved(answer)
+        if answer is None and self.lookup_due():
+            self.r.ask_image(self.key, question, self.spec)
+            self.r.queue.add_after(self.key, RESOLVING_AFTER)
+        elif answer is lookup.PENDING and not self.same_generation:
+            # The previous generation's digest and Job describe nothing of this one.
+            self.write(self.cleared(), conditions.in_flight(RESOLVING, f"resolving {self.spec['image']}"))
+        return self.known_digest
 
-    @contextmanager
-    def registry_options(self):
-        ca_pem = None
-        ca = (self.spec.get("registry") or {}).get("caConfigMap")
-        if ca:
-            cm = self.referenced("configmap", ca["name"], self.r.core.read_namespaced_config_map)
-            key = ca.get("key", "ca.crt")
-            if key not in (cm.data or {}):
-                raise UsageError(f"configmap {ca['name']} has no key {key}")
-            ca_pem = cm.data[key].encode()
-        with lookup.registry_options(self.spec, self.docker_config, ca_pem) as options:
-            yield options
+    def lookup_due(self) -> bool:
+        """A new generation, a retry whose time has come, or a refresh (never while building)."""
+        retry = self.r.lookup_retries.get(self.key)
+        if retry:
+            wait = retry.at - time.monotonic()
+            if wait > 0:
+                self.r.queue.add_after(self.key, wait)
+            return wait <= 0
+        known = self.known_digest
+        if not known:
+            return True
+        current = self.jobs.get(buildjob.job_name(self.build, known))
+        return (current is None or finished(current) is not None) and self.refresh_in() == 0
 
-    def already_built(self, digest: str) -> bool:
-        """The same inputs were built and the output is still there (its Job may be long gone)."""
+    def refresh_in(self) -> float | None:
+        """Seconds until the tag is due to be looked up again; None if the build does not follow its tag."""
+        if not self.spec.get("refreshInterval"):
+            return None
+        last = conditions.parse_time(self.status.get("resolvedTime"))
+        if not last:
+            return 0
+        due = conditions.parse_duration(self.spec["refreshInterval"]) - (self.now - last).total_seconds()
+        return max(due, 0)
+
+    def schedule_refresh(self) -> None:
+        seconds = self.refresh_in()
+        if seconds:
+            self.r.queue.add_after(self.key, seconds)
+
+    def resolved(self, answer: lookup.Answer) -> str | None:
+        if answer.error is not None:
+            return self.lookup_failed(answer.error, answer.ended)
+        self.r.lookup_retries.reset(self.key)
+        self.fields["resolvedTime"] = conditions.timestamp(answer.ended)
+        return answer.value
+
+    def lookup_failed(self, error: BuildError, ended) -> str | None:
+        retry = self.r.lookup_retries.failed(self.key)
+        self.r.queue.add_after(self.key, retry.at - time.monotonic())
+        note = f"{error}; next attempt in {retry.delay:.0f}s ({retry.failures} failed in a row)"
+        self.fields["resolvedTime"] = conditions.timestamp(ended)
+        known = self.known_digest
+        if known:  # a refresh: what was built stays valid
+            self.event("Warning", "RefreshFailed", f"cannot resolve {self.spec['image']}: {note}")
+            return known
+        # A registry that does not answer may come back; refused credentials or a bad spec need someone.
+        retried = error.reason == RegistryError.reason and retry.failures < self.r.settings.stall_after
+        state = conditions.retrying(error.reason, note, RESOLVING) if retried else conditions.failed(error.reason, note)
+        self.supersede(keep=None)
+        self.write({**self.fields, **self.cleared()}, state)
+        return None
+
+    @staticmethod
+    def cleared() -> dict:
+        """What describes a build Job, when there is none."""
+        return {"imageDigest": None, "shortDigest": None, "jobName": None, "startTime": None,
+                "completionTime": None, "attempts": None}
+
+    # --- no Job for the digest ---------------------------------------------------------------
+
+    def without_job(self, name: str, digest: str) -> None:
+        built = self.built(digest)
+        if built is None:
+            return  # being checked; the answer queues the build again
+        if built or self.failure_kept(name):
+            self.write(self.fields, None)
+            return
+        rejection = self.r.admission.take_rejection(self.uid)
+        if rejection and rejection.job_name == name:
+            self.rejected(rejection)
+            return
+        retry = self.r.job_retries.get(self.key)
+        if retry and retry.at > time.monotonic():
+            self.r.queue.add_after(self.key, retry.at - time.monotonic())
+            return
+        offered = self.r.admission.offered(self.uid)
+        if offered is None or offered.job_name != name:
+            self.offer(digest)
+        elif self.r.admission.waiting(self.uid):
+            message = f"waiting for a build slot: all {self.r.settings.max_concurrent_builds} are taken"
+            self.write({**self.fields, **self.job_cleared()}, self.over_output(conditions.in_flight(QUEUED, message)))
+
+    @staticmethod
+    def job_cleared() -> dict:
+        return {"jobName": None, "startTime": None, "completionTime": None, "attempts": None}
+
+    def offer(self, digest: str) -> None:
+        try:
+            secrets = self.r.secret_keys(self.namespace, self.spec)
+        except BuildError as e:  # a Secret missing or unreadable: someone must fix it, and that heals the build
+            self.refused(e.reason, str(e), transient=False)
+            return
+        s, build = self.r.settings, self.build
+        self.r.admission.offer(Candidate(
+            self.namespace, self.name, self.uid, self.generation, self.meta["creationTimestamp"],
+            buildjob.job_name(build, digest),
+            lambda: buildjob.build_job(build, digest, s.builder_image, secrets, s.pod_ids, s.limits)))
+
+    def rejected(self, rejection: Rejection) -> None:
+        # A quota frees up, an admission webhook comes back: Stalled only once it keeps refusing.
+        self.refused(diagnosis.JOB_REJECTED,
+                     f"the API server refused build job {rejection.job_name}: {rejection.message}", transient=True)
+
+    def refused(self, reason: str, message: str, transient: bool) -> None:
+        """The Job cannot be created now: try again later, with backoff."""
+        retry = self.r.job_retries.failed(self.key)
+        self.r.queue.add_after(self.key, retry.at - time.monotonic())
+        note = f"{message}; next attempt in {retry.delay:.0f}s ({retry.failures} failed in a row)"
+        retried = transient and retry.failures < self.r.settings.stall_after
+        state = conditions.retrying(reason, note, QUEUED) if retried else conditions.failed(reason, note)
+        self.write({**self.fields, **self.job_cleared()}, self.over_output(state))
+
+    def built(self, digest: str) -> bool | None:
+        """Whether the same inputs were built and the output is still there (its Job may be long gone);
+        None while that is being checked."""
         s = self.status
-        if not (s.get("observedGeneration") == self.generation and s.get("imageDigest") == digest
-                and conditions.reason(s) == conditions.SUCCEEDED and s.get("output")):
+        ready = conditions.find(s, READY)
+        if not (self.same_generation and s.get("imageDigest") == digest and ready.get("status") == "True"
+                and ready.get("reason") == SUCCEEDED and s.get("output") and not conditions.find(s, RECONCILING)
+                and not conditions.find(s, STALLED)):
             return False
+        output = s["output"]
+        proof = (self.generation, digest, output.get("claimUID") or output.get("digest"))
+        if self.r.verified.get(self.key) == proof:
+            return True
         if "pvc" in self.spec["output"]:
             # The operator cannot look inside the volume; a claim recreated since the build is empty.
-            uid = self.claim_uid().get("claimUID")
-            return uid is not None and uid == s["output"].get("claimUID")
-        try:
-            with self.registry_options() as options:
-                return lookup.pushed_digest(self.spec, options) == s["output"].get("digest")
-        except BuildError:
-            return False  # cannot confirm: rebuild, which reports the real problem if there is one
-
-    # --- acting -----------------------------------------------------------------------------
-
-    def supersede(self, owned: dict[str, dict], keep: str | None) -> None:
-        """Delete the Jobs of other generations or digests; the garbage collector takes their pods."""
-        for name, job in owned.items():
-            if name != keep and not job["metadata"].get("deletionTimestamp"):
-                try:
-                    self.r.batch.delete_namespaced_job(name, self.meta["namespace"], propagation_policy="Background")
-                except ApiException as e:
-                    if e.status != 404:
-                        raise
-                self.event("Normal", "Superseded", f"deleted build job {name}: the spec or the image digest changed")
-
-    def admit(self, digest: str) -> dict | None:
-        """Create the build Job if a slot is free; None if not."""
-        secret = buildjob.registry_secret_name(buildjob.job_name(self.build, digest)) \
-            if buildjob.registry_secret_names(self.spec) else None
-        manifest = buildjob.build_job(self.build, digest, self.r.settings.builder_image, secret)
-        with self.r._admission:
-            if self.r.running_builds() >= self.r.settings.max_concurrent_builds:
-                return None
-            try:
-                return raw(self.r.batch.create_namespaced_job, self.meta["namespace"], manifest)
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-        # Created by an earlier pass that did not get to write status (the operator restarted).
-        return raw(self.r.batch.read_namespaced_job, manifest["metadata"]["name"], self.meta["namespace"])
-
-    def ensure_registry_secret(self, job: dict) -> None:
-        """The merged registry credentials the pod mounts, owned by its Job so they go with it."""
-        if not buildjob.registry_secret_names(self.spec):
-            return
-        name = buildjob.registry_secret_name(job["metadata"]["name"])
-        try:
-            self.r.core.read_namespaced_secret(name, self.meta["namespace"])
-            return
-        except ApiException as e:
-            if e.status != 404:
-                raise
-        config = json.dumps(self.docker_config).encode()
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
-                 "uid": job["metadata"]["uid"], "controller": True}
-        body = {"metadata": {"name": name, "labels": {buildjob.MANAGED_BY: buildjob.OPERATOR},
-                             "ownerReferences": [owner]},
-                "type": "kubernetes.io/dockerconfigjson",
-                "data": {buildjob.REGISTRY_CONFIG_KEY: base64.b64encode(config).decode()}}
-        try:
-            self.r.core.create_namespaced_secret(self.meta["namespace"], body)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-
-    def observe(self, job: dict, fields: dict) -> None:
-        """Status from the Job, and from its pod's termination message once it is done."""
-        name = job["metadata"]["name"]
-        js = job.get("status") or {}
-        attempts = (js.get("failed") or 0) + (js.get("succeeded") or 0) + (js.get("active") or 0)
-        fields.update(jobName=name, startTime=js.get("startTime"), attempts=attempts or None,
-                      completionTime=js.get("completionTime"))
-        result = finished(job)
-        if result is None:
-            self.write(fields, conditions.building(f"build job {name} is running (attempt {max(attempts, 1)})"))
-            return
-        if self.status.get("jobName") == name and conditions.reason(self.status) not in conditions.IN_PROGRESS:
-            self.write(fields, None)  # already recorded; no need to read pods again
-            return
-        failed = next(c for c in js["conditions"] if c["type"] == "Failed") if result == "Failed" else None
-        if failed and failed.get("reason") == "DeadlineExceeded":
-            state = conditions.failed("DeadlineExceeded", f"build job {name}: {failed.get('message') or 'deadline exceeded'}")
+            present = self.r.claim_uid(self.namespace, self.spec).get("claimUID") == output.get("claimUID")
         else:
-            outcome = buildjob.outcome(self.terminated(job, "Succeeded" if result == "Complete" else "Failed"), self.spec)
-            state = conditions.succeeded(outcome.message) if outcome.output else conditions.failed(outcome.reason, outcome.message)
+            question = ("output", self.generation, digest)
+            answer = self.r.lookups.answer(self.key, question)
+            if not isinstance(answer, lookup.Answer):
+                if answer is None:
+                    self.r.ask_output(self.key, question, self.spec)
+                return None
+            self.r.lookups.take(self.key, question)
+            # Cannot confirm: rebuild, which reports the real problem if there is one.
+            present = answer.value == output.get("digest")
+        if present:
+            self.r.verified[self.key] = proof
+        return present
+
+    def failure_kept(self, name: str) -> bool:
+        """A failed build's Job removed by its ttlSecondsAfterFinished: the failure stands. (Deleted by
+        someone before that, it is retried: deleting the failed Job is how to retry a build.)"""
+        s = self.status
+        ttl = self.r.settings.limits.ttl_seconds
+        ended = conditions.parse_time(s.get("completionTime"))
+        if not (self.same_generation and s.get("jobName") == name and conditions.find(s, STALLED)):
+            return False
+        return ttl is not None and ended is not None and (self.now - ended).total_seconds() >= ttl - TTL_SLACK
+
+    # --- a Job for the digest ----------------------------------------------------------------
+
+    def observe(self, job: dict) -> None:
+        """Status from the Job, its pods, and their result once it is done."""
+        name = job["metadata"]["name"]
+        self.r.job_retries.reset(self.key)
+        self.r.admission.withdraw(self.uid)
+        js = job.get("status") or {}
+        result = finished(job)
+        # Pods run, retried, or done; a Job that runs has one in flight even before its pod shows.
+        attempts = (js.get("failed") or 0) + (js.get("succeeded") or 0) + (js.get("active") or 0)
+        attempts = max(attempts, 1) if result is None else attempts
+        failed = failed_condition(job)
+        # The build started when its Job was created (admitted): known at once, and never written twice.
+        self.fields.update(jobName=name, startTime=job["metadata"]["creationTimestamp"], attempts=attempts or None,
+                           completionTime=js.get("completionTime") or (failed or {}).get("lastTransitionTime"))
+        if result is None:
+            if not finishing(job):  # else its pods are going away: no news until the result
+                self.building(job, attempts)
+            return
+        if self.same_generation and self.status.get("jobName") == name and \
+                not conditions.find(self.status, RECONCILING):
+            self.write(self.fields, None)  # already recorded
+            return
+        self.ended(job, result)
+
+    def building(self, job: dict, attempts: int) -> None:
+        pods = self.r.cache.pods_of(job["metadata"]["uid"])
+        found = diagnosis.of_pod(diagnosis.newest(pods)) if pods else None
+        found = found or self.from_events(job, pods)
+        if found:
+            state = conditions.retrying(found.reason, found.message, BUILDING)
+        else:
+            state = conditions.in_flight(BUILDING, f"build job {job['metadata']['name']} is running "
+                                                   f"(attempt {attempts})")
+        self.write(self.fields, self.over_output(state))
+
+    def from_events(self, job: dict, pods: list[dict]) -> diagnosis.Diagnosis | None:
+        """Why a Job has no pod, or its pod no container, after a while: what their Events say. Read
+        only for builds in that state, and then once a minute."""
+        waiting = diagnosis.waiting_since(job, pods)
+        if waiting is None:
+            self.r.stuck.pop(self.key, None)
+            return None
+        _, obj = waiting
+        uid = obj["metadata"]["uid"]
+        age = diagnosis.stuck_for(obj, self.now)
+        if age < diagnosis.EVENTS_AFTER_SECONDS:
+            self.r.queue.add_after(self.key, diagnosis.EVENTS_AFTER_SECONDS - age + 0.5)
+            return None
+        read = self.r.stuck.get(self.key)
+        if read and read[0] == uid and time.monotonic() - read[1] < diagnosis.EVENTS_EVERY_SECONDS:
+            return read[2]
+        found = diagnosis.of_events(self.r.events_about(self.namespace, uid))
+        self.r.stuck[self.key] = (uid, time.monotonic(), found)
+        self.r.queue.add_after(self.key, diagnosis.EVENTS_EVERY_SECONDS)
+        return found
+
+    def ended(self, job: dict, result: str) -> None:
+        failed = failed_condition(job)
+        if failed and failed.get("reason") == diagnosis.DEADLINE_EXCEEDED:
+            message = f"build job {job['metadata']['name']}: {failed.get('message') or 'deadline exceeded'}"
+            before = conditions.find(self.status, READY)
+            if before.get("reason") in diagnosis.REASONS:
+                message += f" (it was {before['reason']}: {before.get('message')})"
+            state = conditions.failed(diagnosis.DEADLINE_EXCEEDED, message)
+        else:
+            terminated = self.terminated(job, "Succeeded" if result == "Complete" else "Failed")
+            ended_at = conditions.parse_time(self.fields["completionTime"])
+            if terminated is None and ended_at and (self.now - ended_at).total_seconds() < RESULT_GRACE:
+                self.r.queue.add_after(self.key, 2)  # the pod's final status has not reached the index yet
+                return
+            outcome = buildjob.outcome(terminated, self.spec)
             if outcome.output:
-                fields["output"] = outcome.output | self.claim_uid()
-        ended = js.get("completionTime") or (failed or {}).get("lastTransitionTime")
-        if failed:
-            fields["completionTime"] = ended
-        start, end = conditions.parse_time(js.get("startTime")), conditions.parse_time(ended)
-        self.write(fields, state, (end - start).total_seconds() if start and end else None)
+                state = conditions.succeeded(outcome.message)
+                self.fields["output"] = outcome.output | self.r.claim_uid(self.namespace, self.spec)
+            else:
+                state = conditions.failed(outcome.reason, outcome.message)
+        start, end = (conditions.parse_time(self.fields[f]) for f in ("startTime", "completionTime"))
+        self.write(self.fields, self.over_output(state), (end - start).total_seconds() if start and end else None)
+        if "output" in self.fields:
+            output = self.fields["output"]
+            self.r.verified[self.key] = (self.generation, self.fields["imageDigest"],
+                                         output.get("claimUID") or output.get("digest"))
 
     def terminated(self, job: dict, phase: str) -> dict | None:
         """The container state of the Job's newest pod in `phase`."""
-        pods = raw(self.r.core.list_namespaced_pod, self.meta["namespace"],
-                   label_selector=f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}")["items"]
-        candidates = sorted((p for p in pods
-                             if p["status"].get("phase") == phase and p["status"].get("containerStatuses")),
-                            key=lambda p: p["metadata"]["creationTimestamp"])
-        if not candidates:
+        pods = [p for p in self.r.cache.pods_of(job["metadata"]["uid"])
+                if p["status"].get("phase") == phase and p["status"].get("containerStatuses")]
+        if not pods:
             return None
-        return candidates[-1]["status"]["containerStatuses"][0]["state"].get("terminated")
+        return diagnosis.newest(pods)["status"]["containerStatuses"][0]["state"].get("terminated")
 
-    def claim_uid(self) -> dict:
-        if "pvc" not in self.spec["output"]:
-            return {}
-        try:
-            claim = self.r.core.read_namespaced_persistent_volume_claim(
-                self.spec["output"]["pvc"]["claimName"], self.meta["namespace"])
-        except ApiException as e:
-            if e.status == 404:
-                return {}
-            raise
-        return {"claimUID": claim.metadata.uid}
+    def over_output(self, state: conditions.State) -> conditions.State:
+        return conditions.over_previous_output(state, self.previous) if self.previous else state
+
+    # --- acting ------------------------------------------------------------------------------
+
+    def supersede(self, keep: str | None) -> None:
+        """Delete the Jobs of other generations or digests; the garbage collector takes their pods."""
+        for name, job in self.jobs.items():
+            uid = job["metadata"]["uid"]
+            if name == keep or job["metadata"].get("deletionTimestamp") or uid in self.r.deleted:
+                continue
+            try:
+                self.r.kube.delete(api.path("batch/v1", "jobs", self.namespace, name),
+                                   {"propagationPolicy": "Background"})
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            self.r.deleted[uid] = time.monotonic()
+            self.event("Normal", "Superseded", f"deleted build job {name}: the spec or the image digest changed")
 
     def write(self, fields: dict, state: conditions.State | None, duration: float | None = None) -> None:
         """Patch status with `fields` (None removes one) and, if given, the conditions of `state`.
 
-        A change of state is an event, and a final state is counted in the metrics."""
-        patch = dict(fields)
-        before = conditions.find(self.status, conditions.READY), conditions.find(self.status, conditions.PROGRESSING)
+        A change of state is an Event, and a final state is counted in the metrics."""
+        patch = {**fields, "observedGeneration": self.generation}
         if state:
             patch["conditions"] = conditions.conditions(self.status.get("conditions"), state, self.generation,
-                                                conditions.timestamp(self.now))
+                                                        conditions.timestamp(self.now))
         merged = {k: v for k, v in {**self.status, **patch}.items() if v is not None}
         if merged == self.status:
+            self.reported()
             return
         if "output" in patch:
             # A merge patch merges objects: drop what the last output had and this one has not (pvc -> oci).
             patch["output"] = {**{k: None for k in self.status.get("output") or {}}, **patch["output"]}
-        self.r.custom.patch_namespaced_custom_object_status(
-            crd.GROUP, crd.VERSION, self.meta["namespace"], crd.PLURAL, self.meta["name"], {"status": patch})
-        self.status = merged
-        if state is None:
+        body = {"metadata": {"resourceVersion": self.meta["resourceVersion"]}, "status": patch}
+        try:
+            written = self.r.kube.merge_patch(
+                api.path(crd.API_VERSION, crd.PLURAL, self.namespace, self.name, "status"), body)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+            log.debug("%s/%s changed meanwhile: its next event brings it back", self.namespace, self.name)
             return
-        transition = (before[0].get("status"), before[0].get("reason"), before[1].get("status")) != \
-            ("True" if state.ready else "False", state.reason, "True" if state.progressing else "False")
-        if transition:
-            self.event("Normal" if state.ready or state.progressing else "Warning", state.reason, state.message)
-            if not state.progressing:
-                metrics.finished(state.reason, duration)
+        self.r.overlay.written(self.key, self.build, cache.build_entry(written))
+        before = self.status
+        self.build, self.meta, self.status = written, written["metadata"], merged
+        self.reported()
+        if state:
+            self.announce(state, before, duration)
+
+    def announce(self, state: conditions.State, before: dict, duration: float | None) -> None:
+        """An Event when what the state is about changes (not on every message), and the metrics of a
+        final state (Succeeded, or Stalled) once it is reached."""
+        headline = state.headline
+        said = self.r.headlines.get(self.key) or conditions.headline_of(before)
+        self.r.headlines[self.key] = headline.reason
+        if headline.reason != said and headline.reason != RESOLVING:  # a lookup in flight is no news
+            self.event("Warning" if state.problem else "Normal", headline.reason, headline.message)
+        if state.reconciling is None and (conditions.find(before, RECONCILING) or headline.reason != said):
+            metrics.finished(state.stalled.reason if state.stalled else SUCCEEDED, duration)
+
+    def reported(self) -> None:
+        """The lookup answer this pass used is in status now: forget it."""
+        if self.answered:
+            self.r.lookups.take(self.key, self.answered)
 
     def event(self, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the InitramfsBuild; losing one must not fail the pass."""
         t = conditions.timestamp(self.now)
         body = {
-            "metadata": {"generateName": f"{self.meta['name']}."},
-            "involvedObject": {"apiVersion": crd.API_VERSION, "kind": crd.KIND,
-                               "name": self.meta["name"], "namespace": self.meta["namespace"],
-                               "uid": self.meta["uid"]},
+            "metadata": {"generateName": f"{self.name}."},
+            "involvedObject": {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": self.name,
+                               "namespace": self.namespace, "uid": self.uid},
             "type": type_, "reason": reason, "message": message[:1024],
             "firstTimestamp": t, "lastTimestamp": t, "count": 1,
             "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
             "reportingInstance": socket.gethostname(),
         }
         try:
-            self.r.core.create_namespaced_event(self.meta["namespace"], body)
+            self.r.kube.create(api.path("v1", "events", self.namespace), body)
         except ApiException as e:
-            log.warning("cannot post event %s on %s/%s: %s", reason, self.meta["namespace"], self.meta["name"],
-                        e.reason)
+            log.warning("cannot post event %s on %s/%s: %s", reason, self.namespace, self.name, e.reason)
