@@ -26,6 +26,15 @@ app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The selector labels as a label selector string, name=value,... */}}
+{{- define "initramfs-operator.selector" -}}
+{{- $pairs := list }}
+{{- range $key, $value := include "initramfs-operator.selectorLabels" . | fromYaml }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{/* Labels of every object but the selector labels, which only the operator's objects carry. */}}
 {{- define "initramfs-operator.commonLabels" -}}
 helm.sh/chart: {{ include "initramfs-operator.chart" . }}
@@ -54,14 +63,21 @@ app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}-test
 app.kubernetes.io/component: test
 {{- end }}
 
-{{/* The pod security context of the operator, its helm test and (through the operator) the build pods:
-non-root always; the IDs only where set, so a platform that assigns them per namespace can. */}}
+{{/* A user or group ID value as digits, or "" when null. (int64: numbers from values files are floats,
+which print as 1e+09.) */}}
+{{- define "initramfs-operator.id" -}}
+{{- if not (kindIs "invalid" .) }}{{ int64 . }}{{ end }}
+{{- end }}
+
+{{/* The pod security context of the operator and its helm test (the build pods get the same IDs through
+the operator's environment): non-root always; the IDs only where set, so a platform that assigns them
+per namespace can. */}}
 {{- define "initramfs-operator.podSecurityContext" -}}
 runAsNonRoot: true
-{{- with .Values.runAsUser }}
+{{- with include "initramfs-operator.id" .Values.runAsUser }}
 runAsUser: {{ . }}
 {{- end }}
-{{- with .Values.runAsGroup }}
+{{- with include "initramfs-operator.id" .Values.runAsGroup }}
 runAsGroup: {{ . }}
 {{- end }}
 seccompProfile:
@@ -84,7 +100,11 @@ capabilities:
 {{- end }}
 
 {{- define "initramfs-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -113,23 +133,57 @@ optional; the CRD is installed before the operator), kopf peering objects (it ru
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
-# Build pods: counted for the concurrency limit, and their termination message is the build result.
+# Build pods (label-selected): watched for the concurrency limit, why a build is stuck, and their
+# termination message, which is the build result.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # output.pvc: was the claim recreated since the last build? registry.caConfigMap: the registry CA.
 - apiGroups: [""]
   resources: [persistentvolumeclaims, configmaps]
   verbs: [get]
-# One Event per state change of a build (kopf's own event posting is off).
+# One Event per state change of a build (kopf's own event posting is off); the Events of a build pod
+# or Job stuck for a while are read for why (FailedMount, FailedCreate).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- if .Values.rbac.registrySecrets }}
-# imagePullSecrets and output.oci.pushSecret: read by name to resolve digests and merged into one
-# Secret per build Job for its pod. By name only: never list or watch.
+# imagePullSecrets and output.oci.pushSecret: read by name to resolve digests (the build pod mounts
+# them itself). By name only: never list, watch or create.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [get]
 {{- end }}
+{{- if .Values.delivery.enabled }}
+# The delivery agents' reports, summed into status.delivery (nodes: delivery-agent.yaml).
+- apiGroups: [initramfs.dev]
+  resources: [initramfsdeliveries]
+  verbs: [list, watch]
+{{- end }}
+{{- end }}
+
+{{- define "initramfs-operator.deliverySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}-delivery-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "initramfs-operator.deliveryLabels" -}}
+{{ include "initramfs-operator.commonLabels" . }}
+app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}-delivery-agent
+app.kubernetes.io/component: delivery-agent
+{{- end }}
+
+{{/* What the delivery agent may do in a namespace it serves (README "Delivery to VM hosts"). */}}
+{{- define "initramfs-operator.deliveryNamespacedRules" -}}
+- apiGroups: [initramfs.dev]
+  resources: [initramfsbuilds]
+  verbs: [get, list, watch]
+# Its own reports: server-side applied, listed once at start, deleted when it stops serving a build.
+- apiGroups: [initramfs.dev]
+  resources: [initramfsdeliveries]
+  verbs: [get, list, create, patch, delete]
+# The pull Secrets and the registry CA a build names, read by name; never listed or watched.
+- apiGroups: [""]
+  resources: [secrets, configmaps]
+  verbs: [get]
 {{- end }}

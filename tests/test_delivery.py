@@ -1,0 +1,150 @@
+"""Delivery to VM hosts end to end, on the real node: the chart installed with `helm install` and
+delivery.enabled, its agent DaemonSet writing into a host directory the test owns, the operator
+summing the agent's report into status.delivery; the file `current` points at is the registry's
+artifact, has the status's hashes, and boots in qemu.
+"""
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from fixtures.boot import boot
+from fixtures.helm import Helm
+from fixtures.images import E, Layout, busybox_entries
+from fixtures.kube import Cluster, wait_until
+from fixtures.node import Node
+from fixtures.operator import RELEASE, Builds, operator_values
+from fixtures.registry import Registry, unique_repo
+
+MARKER = "initramfs-delivered-booted"
+# The marker is split so that the script itself does not show it on the console.
+INIT = f'#!/bin/sh\nmount -t proc proc /proc\necho "{MARKER[:10]}""{MARKER[10:]} $(cat /etc/hello)"\npoweroff -f\n'
+# hostPath volumes are refused under the restricted and baseline profiles.
+PRIVILEGED = {"pod-security.kubernetes.io/enforce": "privileged"}
+AGENT = "app.kubernetes.io/component=delivery-agent"
+
+
+@pytest.fixture
+def release_namespace(kube: Cluster, namespace: str) -> Iterator[str]:
+    """Where the release goes: privileged, apart from the restricted namespace the builds run in."""
+    name = f"{namespace}-system"
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    core.create_namespace({"metadata": {"name": name, "labels": PRIVILEGED}})
+    wait_until(lambda: core.list_namespaced_service_account(name, field_selector="metadata.name=default").items,
+               what=f"the default ServiceAccount in {name}", interval=0.1)
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def delivering_operator(kube: Cluster, crd: None, node: Node, project_image: str, namespace: str,
+                        release_namespace: str, k8s_bin: Path, tmp_path: Path) -> Iterator[Path]:
+    """The chart with delivery enabled, serving `namespace`, its agent writing under a host directory of
+    the test's; yields that directory. Uninstalled afterwards (the chart's ClusterRoles are cluster-wide)."""
+    host_root = tmp_path / "host-root"
+    host_root.mkdir(mode=0o755)
+    helm = Helm(k8s_bin, tmp_path / "helm", kube)
+    values = {**operator_values(project_image, namespace, 2),
+              "delivery": {"enabled": True, "hostRoot": str(host_root)}}
+    try:
+        helm.install(RELEASE, release_namespace, values)
+        apps = kubernetes.client.AppsV1Api(kube.api_client())
+        wait_until(lambda: (ds := apps.list_namespaced_daemon_set(release_namespace, label_selector=AGENT).items)
+                   and ds[0].status.number_ready == 1, timeout=120, what="the delivery agent pod Ready")
+        yield host_root
+    finally:
+        for component in ("operator", "delivery-agent"):
+            print(kube.kubectl("logs", "-n", release_namespace, "-l", f"app.kubernetes.io/component={component}",
+                               "--tail=60", check=False).stdout)
+        helm.uninstall(RELEASE, release_namespace)
+
+
+@pytest.fixture
+def node_label(kube: Cluster, node: Node) -> Iterator[Callable[[str | None], str]]:
+    """label(value) sets a label unique to the test on the node (None removes it); removed afterwards."""
+    key = f"initramfs.dev/delivery-test-{uuid.uuid4().hex[:8]}"
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+
+    def label(value: str | None) -> str:
+        core.patch_node(node.name, {"metadata": {"labels": {key: value}}})
+        return key
+
+    yield label
+    label(None)
+
+
+def push_image(node_registry: Registry, busybox_static: Path, root: Path, content: bytes) -> str:
+    layout = Layout(root)
+    layout.tag(layout.image([busybox_entries(busybox_static, INIT, [E("etc/hello", data=content)])]), "v1")
+    return str(node_registry.push(layout.root, "v1", unique_repo("delivery")))
+
+
+def reports(builds: Builds, name: str) -> list[dict[str, Any]]:
+    """The InitramfsDelivery objects (one per node) that the agents wrote for build `name`."""
+    items = builds.custom.list_namespaced_custom_object("initramfs.dev", "v1alpha1", builds.namespace,
+                                                        "initramfsdeliveries")["items"]
+    return [r for r in items if r["spec"]["buildName"] == name]
+
+
+def assert_least_privilege(kube: Cluster, release_namespace: str, host_root: Path) -> None:
+    """The agent's pod as the chart made it: no capability, read-only root, RuntimeDefault seccomp, no host
+    volume but the delivery root."""
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    [pod] = core.list_namespaced_pod(release_namespace, label_selector=AGENT).items
+    [container] = pod.spec.containers
+    assert container.security_context.read_only_root_filesystem
+    assert container.security_context.capabilities.drop == ["ALL"] and not container.security_context.capabilities.add
+    assert not container.security_context.allow_privilege_escalation
+    assert pod.spec.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert [v.host_path.path for v in pod.spec.volumes if v.host_path] == [str(host_root)]
+
+
+def test_delivers_to_the_selected_node_and_qemu_boots_current(
+        builds: Builds, node: Node, node_registry: Registry, busybox_static: Path, delivering_operator: Path,
+        node_label: Callable[[str | None], str], kube: Cluster, kernel: Path, tmp_path: Path) -> None:
+    host_root = delivering_operator
+    assert_least_privilege(kube, f"{builds.namespace}-system", host_root)
+    key = node_label("yes")
+    ref = push_image(node_registry, busybox_static, tmp_path / "layout", b"delivered to the node\n")
+    target = unique_repo("delivered")
+    builds.create("vm", {"image": ref, "registry": {"insecure": True},
+                         "output": {"oci": {"repository": f"{node_registry.host}/{target}", "tag": "boot"}},
+                         "delivery": {"nodeSelector": {"matchLabels": {key: "yes"}}}})
+
+    waited = kube.kubectl("wait", "-n", builds.namespace, "--for=condition=Delivered", "--timeout=240s",
+                          "initramfsbuild/vm", check=False)
+    status = builds.get("vm")["status"]
+    assert waited.returncode == 0, f"{waited.stderr}\nstatus: {json.dumps(status, indent=1)}"
+    assert status["delivery"] == {"desired": 1, "ready": 1, "failed": 0, "nodes": "1/1"}
+
+    current = host_root / builds.namespace / "vm" / "current"
+    assert current.is_symlink()
+    delivered = current.resolve()
+    assert delivered.parent == current.parent and delivered.name.startswith(status["output"]["sha256"])
+    data = delivered.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == status["output"]["sha256"]
+    assert hashlib.sha512(data).hexdigest() == status["output"]["sha512"]
+    with node_registry.client() as c:
+        manifest = c.get(f"/v2/{target}/manifests/{status['output']['digest']}",
+                         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+        assert c.get(f"/v2/{target}/blobs/{manifest['layers'][0]['digest']}").content == data
+    [report] = reports(builds, "vm")
+    assert report["spec"]["nodeName"] == node.name and report["status"]["phase"] == "Ready"
+    assert report["status"]["path"] == str(current)
+    assert "delivered to the node" in boot(kernel, current, MARKER)
+
+    # The node leaves the selector: it stops counting and its report goes; the files stay (Retain).
+    node_label("no")
+    wait_until(lambda: (builds.get("vm")["status"].get("delivery") or {}).get("desired") == 0, timeout=60,
+               what="status.delivery.desired 0")
+    wait_until(lambda: not reports(builds, "vm"), timeout=60, what="the node's report to be deleted")
+    assert builds.get("vm")["status"]["delivery"] == {"desired": 0, "ready": 0, "failed": 0, "nodes": "0/0"}
+    assert builds.condition("vm", "Delivered")["reason"] == "NoNodes"
+    assert os.path.realpath(current) == str(delivered) and delivered.read_bytes() == data
