@@ -1,10 +1,13 @@
-"""The CRD as the real API server enforces it: defaults, validation messages, status, printer columns."""
+"""The CRD as the real API server enforces it: defaults, validation messages, status, printer columns,
+and what `kubectl explain` tells about each field."""
 
 import json
+from collections.abc import Iterator
 
 import pytest
+import yaml
 
-from fixtures.operator import api_error
+from fixtures.operator import CRD, api_error
 
 VALID = {"image": "registry.example.com/app:1.0", "output": {"pvc": {"claimName": "images", "path": "app.cpio.gz"}}}
 CM = {"name": "files", "key": "k"}
@@ -82,16 +85,60 @@ def test_status_is_a_subresource_with_condition_rules(builds, kube):
     builds.create("st", VALID)
     status = {"observedGeneration": 1, "imageDigest": "sha256:" + "ab" * 32, "shortDigest": "abababababab",
               "output": {"size": 4096, "sha256": "cd" * 32},
-              "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "built",
+              "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded",
+                              "message": "built app.cpio.gz, 4096 bytes",
                               "lastTransitionTime": "2024-01-01T00:00:00Z", "observedGeneration": 1}]}
-    builds.patch_spec("st", {"exclude": ["/tmp"]})
-    assert "status" not in builds.get("st")
-    patch = lambda s: builds.custom.patch_namespaced_custom_object_status(
-        "initramfs.dev", "v1alpha1", builds.namespace, "initramfsbuilds", "st", {"status": s})
+    # The main resource ignores status (only its default, for kstatus, is there): it is a subresource.
+    builds.custom.patch_namespaced_custom_object("initramfs.dev", "v1alpha1", builds.namespace, "initramfsbuilds",
+                                                 "st", {"spec": {"exclude": ["/tmp"]}, "status": status})
+    assert builds.get("st")["status"] == {"observedGeneration": 0} and builds.get("st")["spec"]["exclude"] == ["/tmp"]
+    def patch(s):
+        return builds.custom.patch_namespaced_custom_object_status(
+            "initramfs.dev", "v1alpha1", builds.namespace, "initramfsbuilds", "st", {"status": s})
     patch(status)
     bad = {**status, "conditions": [{**status["conditions"][0], "reason": "not a reason!"}]}
     assert "conditions[0].reason" in json.loads(api_error(lambda: patch(bad)).body)["message"]
 
+    [version] = yaml.safe_load(CRD.read_text())["spec"]["versions"]
+    columns = version["additionalPrinterColumns"]
+    default = ["NAME"] + [c["name"].upper() for c in columns if not c.get("priority")]
+    assert default[:6] == ["NAME", "IMAGE", "READY", "REASON", "DIGEST", "SIZE"] and "MESSAGE" not in default
     out = kube.kubectl("get", "irb", "st", "-n", builds.namespace).stdout.splitlines()
-    assert out[0].split() == ["NAME", "IMAGE", "READY", "REASON", "DIGEST", "SIZE", "AGE"]
+    assert out[0].split() == default
     assert out[1].split()[:6] == ["st", "registry.example.com/app:1.0", "True", "Succeeded", "abababababab", "4096"]
+    # The Ready condition's message only with -o wide (priority 1), after every other column.
+    assert columns[-1] == {"name": "Message", "type": "string", "priority": 1,
+                           "jsonPath": '.status.conditions[?(@.type=="Ready")].message'}
+    wide = kube.kubectl("get", "irb", "st", "-n", builds.namespace, "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME"] + [c["name"].upper() for c in columns]
+    assert wide[1].split()[:6] == out[1].split()[:6] and wide[1].rstrip().endswith("  built app.cpio.gz, 4096 bytes")
+
+
+# --- descriptions ----------------------------------------------------------------------------------
+
+def schema_fields(node: dict, path: str) -> Iterator[tuple[str, dict]]:
+    """Every field below `node` with its dotted path ([] for list items, {} for map values)."""
+    for name, child in (node.get("properties") or {}).items():
+        yield f"{path}.{name}", child
+        yield from schema_fields(child, f"{path}.{name}")
+    if "items" in node:
+        yield from schema_fields(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from schema_fields(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_every_field_has_a_description():
+    crd = yaml.safe_load(CRD.read_text())
+    for version in crd["spec"]["versions"]:
+        fields = dict(schema_fields(version["schema"]["openAPIV3Schema"], ""))
+        assert len(fields) > 80  # the walk reached the leaves
+        # The API server refuses anything but the type on metadata.
+        undescribed = [path for path, node in fields.items() if not node.get("description") and path != ".metadata"]
+        assert not undescribed, f"{version['name']}: fields without a description: {undescribed}"
+
+
+def test_kubectl_explain_shows_the_descriptions(kube, crd):
+    claim = kube.kubectl("explain", "initramfsbuilds.spec.output.pvc.claimName").stdout
+    assert "Name of a PersistentVolumeClaim in the build's namespace." in claim
+    tolerations = kube.kubectl("explain", "irb.spec.tolerations", "--recursive").stdout
+    assert "Taints the build pod tolerates" in tolerations and "tolerationSeconds" in tolerations
