@@ -1,16 +1,19 @@
 # One image for the operator (`initramfs-operator`, the default command) and for the build
 # pods it starts (`initramfs-builder`). Build: docker build -t initramfs-operator .
-FROM python:3.11-slim-bookworm AS wheels
+# BASE: any Python 3.11+ image whose `pip` installs for its `python` (the tests build a Debian stand-in).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE} AS wheels
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator]'
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 COPY --from=wheels /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels initramfs-operator \
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'initramfs-operator[operator]' \
     && rm -rf /wheels \
-    && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin builder
+    && groupadd --gid 65532 builder \
+    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin builder
 # Build pods run with a read-only root filesystem: scratch space is an emptyDir at /scratch.
 ENV TMPDIR=/scratch PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 65532:65532

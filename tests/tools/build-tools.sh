@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the real control plane (kube-apiserver, kube-controller-manager, kubectl, etcd)
-# and helm from the Go module proxy into a cache outside the checkout, keyed by version,
+# Builds the real control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, etcd), the node (kubelet, kube-proxy, and the pod sandbox's `pause` from the same
+# Kubernetes source) and helm from the Go module proxy into a cache outside the checkout, keyed by version,
 # so only the first run pays for the compile. Prints the bin directory.
 set -euo pipefail
 
@@ -11,7 +12,8 @@ CACHE=${INITRAMFS_TOOLS_CACHE:-$HOME/.cache/initramfs-operator}
 BIN="$CACHE/bin-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 
 export GOMODCACHE="$CACHE/gomod" GOCACHE="$CACHE/gocache" GOFLAGS=-mod=mod CGO_ENABLED=0
-tools=(kube-apiserver kube-controller-manager kubectl etcd helm)
+k8s_tools=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+tools=("${k8s_tools[@]}" pause etcd helm)
 missing=0
 for t in "${tools[@]}"; do [[ -x "$BIN/$t" ]] || missing=1; done
 if ((missing == 0)); then echo "$BIN"; exit 0; fi
@@ -22,7 +24,9 @@ mkdir -p "$BIN"
 work="$CACHE/src-k8s-$K8S_VERSION"
 mkdir -p "$work"
 minor=${K8S_VERSION#v1.}
-gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+module=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION")
+gomod=$(sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' <<<"$module")
+k8s_src=$(sed -n 's/.*"Dir": "\(.*\)".*/\1/p' <<<"$module")
 {
   echo "module initramfs-operator/k8s-tools"
   echo "go 1.24.0"
@@ -37,13 +41,18 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
 (cd "$work" && go mod tidy >&2)
-for t in kube-apiserver kube-controller-manager kubectl; do
+for t in "${k8s_tools[@]}"; do
   [[ -x "$BIN/$t" ]] || (cd "$work" && go build -trimpath -ldflags=-s -o "$BIN/$t" "k8s.io/kubernetes/cmd/$t" >&2)
 done
+# Static: the pause image holds this one file.
+[[ -x "$BIN/pause" ]] || gcc -Os -static -DVERSION="$K8S_VERSION" -o "$BIN/pause" "$k8s_src/build/pause/linux/pause.c"
 
 etcd_work="$CACHE/src-etcd-$ETCD_VERSION"
 mkdir -p "$etcd_work"
