@@ -1,12 +1,12 @@
 """The Helm chart (charts/initramfs-operator), for real: `helm lint`, `helm template` checked by the real
-API server (server-side dry run), the values schema against values.yaml and the README, the CRD the
+API server (server-side dry run), the values schema against values.yaml and the README, the CRDs the
 chart templates from crds/ (byte for byte, upgraded by `helm upgrade`, kept by `helm uninstall`), the
 roles it adds for the cluster's users, and the RBAC proof: the chart's ServiceAccount and
-(Cluster)Roles installed with `helm install`, a token minted for that ServiceAccount, and the operator
-run with it through real builds (node agent, real registries), then what that token must not be able
-to do. The Deployment is installed with replicaCount 0 (there is no kubelet to run the operator's own
-pod); the operator runs as a host process with the Deployment's environment and the ServiceAccount's
-token. Every helm command a test runs must print nothing on stderr (fixtures/helm.py).
+(Cluster)Roles installed with `helm install` (replicaCount 0 where only the API objects matter), a
+token minted for that ServiceAccount and what it must not be able to do. On the real node
+(fixtures/node.py) the operator runs as the chart's Deployment pod, from the image built from the
+Dockerfile: real builds with nothing but the chart's RBAC, `helm test`, and the user and group IDs
+the pods run as. Every helm command a test runs must print nothing on stderr (fixtures/helm.py).
 """
 
 import copy
@@ -445,9 +445,9 @@ def test_user_roles_aggregate_into_the_built_in_ones(static_helm: Helm):
         {aggregate + r for r in ("view", "edit", "admin")}
     assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregate)} == \
         {aggregate + r for r in ("edit", "admin")}
-    # Neither reaches the status, which is the operator's.
-    for role in (view, edit):
-        assert [r["resources"] for r in role["rules"]] == [["initramfsbuilds"]]
+    # Neither reaches the status, which is the operator's, nor writes the delivery agents' reports.
+    assert [r["resources"] for r in view["rules"]] == [["initramfsbuilds", "initramfsdeliveries"]]
+    assert [r["resources"] for r in edit["rules"]] == [["initramfsbuilds"]]
     assert not find(static_helm.render("r", "ops", {"rbac": {"aggregateClusterRoles": False}}), "ClusterRole",
                     name="r-initramfs-operator-view")
 
