@@ -421,6 +421,12 @@ class Pass:
         pods = self.r.cache.pods_of(job["metadata"]["uid"])
         found = diagnosis.of_pod(diagnosis.newest(pods)) if pods else None
         found = found or self.from_events(job, pods)
+        if found is None and not pods and self.status.get("jobName") == job["metadata"]["name"] and \
+                conditions.find(self.status, READY).get("reason") in diagnosis.REASONS:
+            # Its pod is gone (the deadline, an eviction) and the Job has not said why yet: what held
+            # it up stands until then, so the Job's verdict can still name it.
+            self.write(self.fields, None)
+            return
         if found:
             state = conditions.retrying(found.reason, found.message, BUILDING)
         else:
