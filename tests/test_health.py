@@ -158,14 +158,6 @@ def image(node_registry, tmp_path):
     return push
 
 
-@pytest.fixture
-def slow_registry(node_registry, cluster_network):
-    """A proxy in front of the node's registry, where pods reach it, that can hold a download back."""
-    proxy = FaultProxy(node_registry, address=cluster_network.host_ip)
-    yield proxy
-    proxy.close()
-
-
 def hold_next_blob(proxy: FaultProxy, repo: str) -> None:
     """The next blob download from `repo` through the proxy waits HOLD_SECONDS: the build pod runs meanwhile
     (the operator only asks for manifests)."""

@@ -43,14 +43,6 @@ def image(node_registry, busybox_static, tmp_path):
     return push
 
 
-@pytest.fixture
-def slow_registry(node_registry, cluster_network):
-    """A proxy in front of the node's registry (where pods reach it) that can hold a request back."""
-    proxy = FaultProxy(node_registry, address=cluster_network.host_ip)
-    yield proxy
-    proxy.close()
-
-
 def pvc(builds, name: str) -> None:
     builds.core.create_namespaced_persistent_volume_claim(builds.namespace, {
         "metadata": {"name": name},
