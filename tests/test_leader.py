@@ -1,18 +1,24 @@
 """Two operator replicas (issue 11, item 7), installed by the chart with replicaCount 2: they elect a
 leader on a coordination.k8s.io Lease and only the leader acts. SIGKILL the leader's process in the
-middle of 50 builds: the other takes over within the lease duration, never more build pods run than
-there are slots, no build gets a second Job, and every build ends Ready with its output on the volume."""
+middle of 50 builds: a new leader takes over within the lease duration, never more build pods run than
+there are slots, no build gets a second Job, and every build ends Ready with its output on the volume.
+
+The new leader is whichever process asks first once the Lease runs out: the standby replica, or the
+killed one restarted by the kubelet in the same pod (a new process, so a new identity). Both are right;
+what must never happen is two leaders, or none."""
 
 import os
 import signal
 import threading
 import time
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import kubernetes
 import pytest
+from kubernetes.client.rest import ApiException
 
 from fixtures.fleet import Fleet
 from fixtures.helm import Helm, find
@@ -41,11 +47,21 @@ class PodWatch(threading.Thread):
             self.see("ADDED", pod)
         version = listed.metadata.resource_version
         while not self.stopping.is_set():
-            for event in kubernetes.watch.Watch().stream(self.core.list_namespaced_pod, self.namespace,
-                                                         label_selector=BUILD_PODS, resource_version=version,
-                                                         timeout_seconds=5):
-                version = event["object"].metadata.resource_version
-                self.see(event["type"], event["object"])
+            try:
+                for event in kubernetes.watch.Watch().stream(self.core.list_namespaced_pod, self.namespace,
+                                                             label_selector=BUILD_PODS, resource_version=version,
+                                                             timeout_seconds=5):
+                    version = event["object"].metadata.resource_version
+                    self.see(event["type"], event["object"])
+            except ApiException as error:
+                if error.status != 410:
+                    raise
+                # Too old to resume (etcd compacted): list again. A pod that ended unseen meanwhile
+                # is dropped by the new list; the most-at-once seen so far stands.
+                listed = self.core.list_namespaced_pod(self.namespace, label_selector=BUILD_PODS)
+                self.live = {p.metadata.uid for p in listed.items if p.status.phase not in ("Succeeded", "Failed")}
+                self.most = max(self.most, len(self.live))
+                version = listed.metadata.resource_version
 
     def see(self, kind: str, pod) -> None:
         if kind == "DELETED" or pod.status.phase in ("Succeeded", "Failed"):
@@ -110,13 +126,21 @@ def test_the_other_replica_takes_over_when_the_leader_is_killed(kube, k8s_bin, p
     killed = time.time()
     wait_until(lambda: lease()["holder_identity"] != holder, timeout=LEASE_SECONDS * 3, what="a new leader")
     taken = lease()
-    assert taken["holder_identity"].startswith(standby.metadata.name + "_") and taken["lease_transitions"] >= 1
-    # The Lease runs out LEASE_SECONDS after the last renewal the standby saw (before the kill), and the
-    # standby looks every RETRY_SECONDS.
+    assert taken["lease_transitions"] >= 1
+    winner = taken["holder_identity"].rsplit("_", 1)[0]
+    print(f"new leader {taken['holder_identity']} ({'standby' if winner == standby.metadata.name else 'restarted'})")
+    [new_leader] = [p for p in core.list_namespaced_pod(fleet.namespace, label_selector=OPERATOR_PODS).items
+                    if p.metadata.name == winner]
+    # The Lease runs out LEASE_SECONDS after the last renewal (before the kill), and candidates look
+    # every RETRY_SECONDS.
     takeover = seconds(taken["acquire_time"]) - killed
     print(f"takeover {takeover:.1f} s after the kill")
     assert takeover <= LEASE_SECONDS + 2 * RETRY_SECONDS + 1
-    assert leads(standby)
+    wait_until(lambda: leads(new_leader), what="the new leader's metrics")
+    # One leader: the other replica does not lead (the killed one may not answer yet while it restarts).
+    other = leader if winner == standby.metadata.name else standby
+    with suppress(httpx.TransportError):
+        assert not leads(other)
 
     for name in names:
         status = fleet.builds.wait_reason(name, "Succeeded", timeout=900)["status"]
