@@ -55,13 +55,7 @@ sed "s|image: docker.io/library/busybox:1.36|image: $image\n  registry: {insecur
 kubectl wait --namespace demo --for=condition=Ready irb/busybox --timeout=300s
 kubectl get irb --namespace demo
 
-kernel=$(ls ~/.cache/initramfs-operator/kernel/boot/vmlinuz-* 2>/dev/null | tail -n1 || true)
-if [[ -z "$kernel" ]]; then
-  mkdir -p ~/.cache/initramfs-operator/kernel && cd ~/.cache/initramfs-operator/kernel
-  apt-get download "$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')" >/dev/null
-  dpkg-deb -x linux-image-[0-9]*.deb . && cd - >/dev/null
-  kernel=$(ls ~/.cache/initramfs-operator/kernel/boot/vmlinuz-* | tail -n1)
-fi
+kernel=$(examples/kernel.sh)  # Debian's, fetched once into ~/.cache/initramfs-operator/kernel
 echo "booting $state/volume/busybox.cpio.gz, the file the build pod wrote, with $kernel (qemu, TCG) ..."
 timeout 120 qemu-system-x86_64 -M microvm -accel tcg -m 256 -nographic -no-reboot -kernel "$kernel" \
   -initrd "$state/volume/busybox.cpio.gz" -append "console=ttyS0 rdinit=/init panic=-1 quiet tsc_early_khz=2000000" \

@@ -11,13 +11,7 @@ mkdir -p out
 image=$(python3 examples/hello-image.py out/hello-image)
 initramfs-builder inspect "$image"
 initramfs-builder build "$image" -o out/hello.cpio.gz
-kernel=$(ls ~/.cache/initramfs-operator/kernel/boot/vmlinuz-* 2>/dev/null | tail -n1 || true)
-if [[ -z "$kernel" ]]; then
-  mkdir -p ~/.cache/initramfs-operator/kernel && cd ~/.cache/initramfs-operator/kernel
-  apt-get download "$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')" >/dev/null
-  dpkg-deb -x linux-image-[0-9]*.deb . && cd - >/dev/null
-  kernel=$(ls ~/.cache/initramfs-operator/kernel/boot/vmlinuz-* | tail -n1)
-fi
+kernel=$(examples/kernel.sh)  # Debian's, fetched once into ~/.cache/initramfs-operator/kernel
 echo "booting out/hello.cpio.gz with $kernel (qemu, TCG) ..."
 timeout 120 qemu-system-x86_64 -M microvm -accel tcg -m 256 -nographic -no-reboot -kernel "$kernel" \
   -initrd out/hello.cpio.gz -append "console=ttyS0 rdinit=/init panic=-1 quiet tsc_early_khz=2000000" </dev/null | grep -m1 "hello from"

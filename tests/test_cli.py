@@ -82,8 +82,8 @@ def test_inject_modes_and_escapes(image, tmp_path):
             "--init", __file__)
     assert p.returncode == 0, p.stderr
     listing = subprocess.run(["bsdtar", "-tvf", str(out)], capture_output=True, text=True).stdout
-    assert "-rw-------" in next(l for l in listing.splitlines() if l.endswith("etc/app/plain.conf"))
-    assert "-rwxr-xr-x" in next(l for l in listing.splitlines() if l.endswith("etc/weird2"))
+    assert "-rw-------" in next(line for line in listing.splitlines() if line.endswith("etc/app/plain.conf"))
+    assert "-rwxr-xr-x" in next(line for line in listing.splitlines() if line.endswith("etc/weird2"))
     assert "etc/weird" in listing
 
 

@@ -9,8 +9,8 @@ from fixtures.images import E, Layout
 from fixtures.tools import need
 from initramfs_operator import build
 from initramfs_operator.archive import cpio
-from initramfs_operator.oci import layout
 from initramfs_operator.errors import InvalidImageError
+from initramfs_operator.oci import layout
 
 IMAGE = [E("etc", "dir"), E("etc/hosts", data=b"127.0.0.1 localhost\n"), E("usr", "dir"), E("usr/bin", "dir"),
          E("usr/bin/ping", data=b"p" * 4097, mode=0o4755, uid=0, gid=0),
@@ -40,7 +40,8 @@ def archive(tmp_path):
     init = tmp_path / "init"
     init.write_bytes(b"#!/bin/sh\necho hi\n")
     out = tmp_path / "initrd.cpio"
-    build.build_file(layout.load(f"{lay.root}:latest"), str(out), build.BuildOptions(compression="none", init=str(init)))
+    options = build.BuildOptions(compression="none", init=str(init))
+    build.build_file(layout.load(f"{lay.root}:latest"), str(out), options)
     return out
 
 
@@ -52,10 +53,11 @@ def test_bsdtar_lists_exactly_the_expected_entries(archive):
     for line in listing:
         fields = line.split(" -> ")[0].split(" link to ")[0].split()
         name = fields[-1]
-        size = fields[4] if fields[0][0] not in "cb" else fields[4] + fields[5] if fields[4].endswith(",") else fields[4]
+        device = fields[0][0] in "cb" and fields[4].endswith(",")  # "major, minor" is two fields
+        size = fields[4] + fields[5] if device else fields[4]
         seen[name] = (fields[0], int(fields[2]), int(fields[3]), size)
     assert seen.keys() == EXPECTED.keys()
-    assert any(l.endswith("usr/bin/ping link to sbin/hard") for l in listing)
+    assert any(line.endswith("usr/bin/ping link to sbin/hard") for line in listing)
     for name, (mode, uid, gid, size) in EXPECTED.items():
         assert seen[name][:3] == (mode, uid, gid), name
         if size is not None:
@@ -64,19 +66,21 @@ def test_bsdtar_lists_exactly_the_expected_entries(archive):
 
 def test_gnu_cpio_reads_order_hardlinks_and_devices(archive, tmp_path):
     need("cpio")
-    listing = subprocess.run(["cpio", "-itv", "--numeric-uid-gid"], stdin=open(archive, "rb"), capture_output=True,
-                             text=True, check=True).stdout.splitlines()
+    with archive.open("rb") as stream:
+        listing = subprocess.run(["cpio", "-itv", "--numeric-uid-gid"], stdin=stream, capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
     names = [line.split()[-3] if line.startswith("l") else line.split()[-1] for line in listing]
     assert set(names) == EXPECTED.keys() and len(names) == len(EXPECTED)
     for i, name in enumerate(names):  # every parent is listed before its children
         parent = name.rpartition("/")[0]
         assert not parent or parent in names[:i], name
     assert names == sorted(names, key=lambda n: n.split("/"))
-    hard = [l for l in listing if l.endswith((" sbin/hard", " usr/bin/ping"))]
-    assert all(l.split()[1] == "2" for l in hard)  # both names, one inode
+    hardlinked = [line for line in listing if line.endswith((" sbin/hard", " usr/bin/ping"))]
+    assert len(hardlinked) == 2 and all(line.split()[1] == "2" for line in hardlinked)  # both names, one inode
     out = tmp_path / "x"
     out.mkdir()
-    subprocess.run(["cpio", "-idu", "--quiet"], stdin=open(archive, "rb"), cwd=out, check=True)
+    with archive.open("rb") as stream:
+        subprocess.run(["cpio", "-idu", "--quiet"], stdin=stream, cwd=out, check=True)
     ping, hard = (out / "usr/bin/ping").stat(), (out / "sbin/hard").stat()
     assert ping.st_ino == hard.st_ino and ping.st_size == 4097
     assert (out / "init").read_bytes() == b"#!/bin/sh\necho hi\n"
