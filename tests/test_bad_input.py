@@ -1,8 +1,10 @@
 """Bad images get a clear error that names what is wrong, and leave nothing behind."""
 
 import json
+import random
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,3 +323,33 @@ def test_malformed_documents_are_clean_errors(tmp_path, capsys, case):
     assert err.startswith("initramfs-builder: error: ") and "Traceback" not in err
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def limit_file_size(limit: int):
+    """For a child process: files may not grow past `limit` bytes, and a write that would is refused with
+    EFBIG (SIGXFSZ ignored): a disk that fills up while the output is written."""
+    def apply() -> None:
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_output_that_cannot_be_written_is_an_output_error_and_leaves_no_file(tmp_path, compression):
+    """The compressed bytes are written on a thread of their own: its failure still ends the build with
+    the output error (exit 5), a message naming the file, no traceback, and no file left behind."""
+    lay = Layout(tmp_path / "l")
+    incompressible = random.Random(0).randbytes(4 << 20)
+    lay.tag(lay.image([[E("init", data=incompressible, mode=0o755)]]), "t")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    # The contents stay in memory (--memory-budget), so only the output meets the limit.
+    proc = subprocess.run([sys.executable, "-m", "initramfs_operator.cli", "build", "-q", f"oci:{lay.root}:t",
+                           "-c", compression, "--memory-budget", "64MiB", "-o", str(out_dir / "initrd.img")],
+                          capture_output=True, text=True, preexec_fn=limit_file_size(64 << 10))
+    assert proc.returncode == OutputError.exit_code, proc.stderr
+    assert "initrd.img" in proc.stderr and "File too large" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(out_dir.iterdir()) == []

@@ -2,8 +2,10 @@
 
 import hashlib
 import os
+import queue
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -25,18 +27,48 @@ class Digests:
 
 
 class HashingWriter:
+    """Counts, hashes and writes the compressed bytes on a thread of its own: hashlib and file writes
+    release the GIL, so they overlap with building the records and feeding the compressor. `write`
+    queues (a few pieces at most, to bound memory); `close` waits for the rest and raises what the
+    thread met (a full disk, say)."""
+
+    DEPTH = 8
+
     def __init__(self, out: BinaryIO):
         self._out = out
         self.digests = Digests()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="output")
+        self._thread.start()
 
     def write(self, data: bytes, /) -> int:
-        self.digests.size += len(data)
-        self.digests.sha256.update(data)
-        self.digests.sha512.update(data)
-        return self._out.write(data)
+        if self._error is not None:
+            raise self._error
+        self._queue.put(bytes(data))  # a copy only if it is not bytes: a writer may reuse its buffer
+        return len(data)
 
     def flush(self) -> None:
-        self._out.flush()
+        pass  # ordering is kept by the queue; close() is where everything is known to be written
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self) -> None:
+        d = self.digests
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking pieces, so that a writer waiting for room is not stuck
+            try:
+                d.size += len(data)
+                d.sha256.update(data)
+                d.sha512.update(data)
+                self._out.write(data)
+            except BaseException as e:  # noqa: BLE001  handed to the writing thread at its next call
+                self._error = e
 
 
 def check_target(path: str) -> None:
@@ -70,7 +102,10 @@ def atomic(path: str, create_dirs: bool = False) -> Iterator[HashingWriter]:
     try:
         with os.fdopen(fd, "wb") as f:
             out = HashingWriter(f)
-            yield out
+            try:
+                yield out
+            finally:
+                out.close()
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

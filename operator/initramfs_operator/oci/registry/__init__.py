@@ -8,10 +8,26 @@
 - push: the initramfs as an OCI artifact; artifact: reading one back.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .keychain import Credentials, Keychain
 from .options import RegistryOptions, read_ca_file
-from .pull import current_digest, head, load
-from .push import ARTIFACT_TYPE, push_artifact
+
+if TYPE_CHECKING:
+    from .pull import current_digest, head, load
+    from .push import ARTIFACT_TYPE, push_artifact
+
+# pull and push bring httpx (~50 ms to import): they load on first use, so a build from an OCI layout
+# or a docker archive, which only needs RegistryOptions, starts without them.
+_LAZY = {"current_digest": "pull", "head": "pull", "load": "pull", "ARTIFACT_TYPE": "push", "push_artifact": "push"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+
 
 __all__ = ["ARTIFACT_TYPE", "Credentials", "Keychain", "RegistryOptions", "current_digest", "head", "load",
            "push_artifact", "read_ca_file"]

@@ -4,12 +4,14 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import httpx
+from typing import TYPE_CHECKING
 
 from ...errors import UsageError
 from ..reference import Reference
 from .keychain import Keychain
+
+if TYPE_CHECKING:  # httpx loads in ~50 ms: a build from a local image never needs it
+    import httpx
 
 RETRIES = 4
 
@@ -34,10 +36,11 @@ class RegistryOptions:
     scratch_dir: str | None = None       # where layers wait until read (default: $TMPDIR)
     jobs: int = 4                        # parallel layer downloads
     on_bytes: Callable[[int], None] | None = None
-    transport: httpx.BaseTransport | None = None
-    # How long to wait on a registry. The CLI is patient; the operator, with other builds to look
-    # after, gives up fast and retries on its own schedule (kube/lookup.py).
-    timeout: httpx.Timeout = field(default_factory=lambda: httpx.Timeout(60.0, connect=15.0))
+    transport: "httpx.BaseTransport | None" = None
+    # How long to wait on a registry; None is the CLI's patience (transport.DEFAULT_TIMEOUT). The
+    # operator, with other builds to look after, gives up fast and retries on its own schedule
+    # (kube/lookup.py).
+    timeout: "httpx.Timeout | None" = None
     retries: int = RETRIES               # of a transient failure, after the first attempt, with backoff
 
 

@@ -33,6 +33,7 @@ MAX_RETRY_AFTER = 60.0    # a registry asking for longer is better reported than
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MAX_REDIRECTS = 5
 READ_SIZE = 1 << 20
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=15.0)  # RegistryOptions.timeout None: the CLI is patient
 
 T = TypeVar("T")
 # A request body: bytes, or a callable returning a fresh stream for each attempt.
@@ -156,10 +157,11 @@ class Transport:
 
 
 def _client(options: RegistryOptions) -> httpx.Client:
+    timeout = options.timeout or DEFAULT_TIMEOUT
     if options.transport is not None:
-        return httpx.Client(transport=options.transport, trust_env=False, timeout=options.timeout)
+        return httpx.Client(transport=options.transport, trust_env=False, timeout=timeout)
     # trust_env: proxies from HTTP(S)_PROXY/NO_PROXY.
-    return httpx.Client(verify=ssl_context(options.ca_certs), trust_env=True, timeout=options.timeout,
+    return httpx.Client(verify=ssl_context(options.ca_certs), trust_env=True, timeout=timeout,
                         limits=httpx.Limits(max_connections=max(1, options.jobs) + 2))
 
 
