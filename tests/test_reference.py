@@ -1,6 +1,9 @@
+import json
+
 import pytest
 
-from initramfs_operator.errors import UsageError
+from initramfs_operator.errors import InvalidImageError, UsageError
+from initramfs_operator.oci.image import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform, at_digest, for_platform
 from initramfs_operator.oci.reference import parse
 
 D = "sha256:" + "a" * 64
@@ -57,3 +60,28 @@ def test_invalid_references_are_usage_errors(text, why):
     with pytest.raises(UsageError, match="invalid image reference") as e:
         parse(text)
     assert why in str(e.value)
+
+
+DIGEST = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("reg.example/app:1", f"reg.example/app:1@{DIGEST}"),
+    (f"reg.example/app:1@{DIGEST}", f"reg.example/app:1@{DIGEST}"),  # pinned already: not twice
+    ("reg.example/app@sha256:" + "b" * 64, f"reg.example/app@{DIGEST}"),  # an index's digest: the child's shown
+    ("oci:/home/me@work/layout:t", f"oci:/home/me@work/layout:t@{DIGEST}"),  # an @ that pins nothing stays
+])
+def test_a_name_at_a_digest_shows_one_digest(name, shown):
+    assert at_digest(name, DIGEST) == shown
+
+
+def test_a_platform_missing_from_a_pinned_index_is_named_with_one_digest():
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "c" * 64, "size": 2,
+         "platform": {"os": "linux", "architecture": "arm64"}}]}).encode()
+    top = Descriptor(OCI_INDEX, DIGEST, len(index))
+    with pytest.raises(InvalidImageError) as refused:
+        for_platform(f"reg.example/app:1@{DIGEST}", top, index, fetch=lambda d: b"",
+                     platform=Platform("linux", "amd64"), layer=lambda d: None)
+    assert str(refused.value) == (f"reg.example/app:1@{DIGEST}: no manifest for platform linux/amd64; "
+                                  f"available: linux/arm64")

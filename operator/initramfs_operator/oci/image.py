@@ -178,10 +178,19 @@ class Image:
     @property
     def pinned(self) -> str:
         """The name with the manifest digest, for messages that must say exactly which image."""
-        return self.name if self.name.endswith("@" + self.digest) else f"{self.name}@{self.digest}"
+        return at_digest(self.name, self.digest)
 
 
 Fetch = Callable[[Descriptor], bytes]
+
+
+def at_digest(name: str, digest: str) -> str:
+    """`name@digest`, once: a name already pinned (`app@sha256:...`, as the operator passes them) has its
+    own digest replaced, so a message shows the document it is about and no digest twice."""
+    base, at, pin = name.rpartition("@")
+    if at and pin.partition(":")[0] in ("sha256", "sha512"):
+        name = base
+    return f"{name}@{digest}"
 
 
 def parse_json(data: bytes, where: str) -> dict[str, Any]:
@@ -227,20 +236,20 @@ def for_platform(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, pla
     desc, data, index_digest = top, top_bytes, None
     offered: list[Platform] = []
     for _ in range(8):  # nesting bound: an index pointing at itself must not loop forever
-        doc = parse_json(data, f"{name}@{desc.digest}")
+        doc = parse_json(data, at_digest(name, desc.digest))
         if kind(doc, desc.media_type) == "manifest":
             break
         index_digest = index_digest or desc.digest
         manifests = doc.get("manifests") or []
         if not isinstance(manifests, list):
-            raise InvalidImageError(f"{name}@{desc.digest}: manifests must be a list")
+            raise InvalidImageError(f"{at_digest(name, desc.digest)}: manifests must be a list")
         entries = [Descriptor.parse(m, f"{name}: index entry") for m in manifests]
         offered = offered or [Platform.of(d.platform) for d in entries if d.platform]
-        desc = pick_platform(entries, platform, f"{name}@{desc.digest}")
+        desc = pick_platform(entries, platform, at_digest(name, desc.digest))
         data = fetch(_document(desc, f"{name}: manifest"))
     else:
         raise InvalidImageError(f"{name}: image index nested too deeply")
-    where = f"{name}@{desc.digest}"
+    where = at_digest(name, desc.digest)
     if not isinstance(doc.get("config"), dict) or not isinstance(doc.get("layers"), list):
         raise InvalidImageError(f"{where}: manifest has no config or layers")
     config_desc = Descriptor.parse(doc["config"], f"{where}: config")
