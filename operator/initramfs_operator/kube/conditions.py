@@ -6,7 +6,9 @@
   output in status, until the new one lands.
 - `Reconciling`: True while work is in flight (Resolving, Queued, Building, Refreshing),
   retries of a retryable failure included; removed otherwise (kstatus: absent means False).
-- `Stalled`: True with the failure's reason on a terminal failure; removed otherwise.
+- `Stalled`: True with the failure's reason on a failure someone must act on; removed otherwise.
+  A failed lookup or Job creation is still looked at again with backoff (the message says when),
+  so fixing the cause heals the build without a spec change.
 
 Reconciling and Stalled are never True together: kstatus reads the first of them it finds.
 """
@@ -57,7 +59,7 @@ def retrying(reason: str, message: str, phase: str) -> State:
 
 
 def failed(reason: str, message: str) -> State:
-    """A terminal failure of the current generation and digest."""
+    """A failure of the current generation and digest that someone must act on."""
     return State(False, Reason(reason, message), stalled=Reason(reason, message), problem=Reason(reason, message))
 
 
@@ -68,8 +70,16 @@ def over_previous_output(state: State, previous: str) -> State:
     kept = Reason(SUCCEEDED, previous)
     if state.stalled:
         return State(True, kept, stalled=state.stalled, problem=state.problem)
-    detail = f"{state.problem.reason}: {state.problem.message}" if state.problem else state.summary.message
+    detail = explained(state.problem.reason, state.problem.message) if state.problem else state.summary.message
     return State(True, kept, reconciling=Reason(REFRESHING, detail), problem=state.problem)
+
+
+def explained(reason: str, message: str) -> str:
+    """`reason: message`, for text that names a reason outside a condition's own reason field; the reason once,
+    also when the message already starts with it."""
+    if not message or message == reason:
+        return reason
+    return message if message.startswith(f"{reason}: ") else f"{reason}: {message}"
 
 
 def conditions(old: list[dict] | None, state: State, generation: int, now: str) -> list[dict]:

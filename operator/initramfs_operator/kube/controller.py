@@ -226,9 +226,10 @@ async def report_event(namespace: str | None, body: kopf.Body, memo: Any, **_) -
         memo.operator.delivery.queue.add((namespace, build))
 
 
-async def node_event(memo: Any, **_) -> None:
+async def node_event(name: str, labels: Mapping[str, str], event: Mapping[str, Any], memo: Any, **_) -> None:
+    """Every Node event, status updates included: delivery sorts out the few that change labels."""
     if memo.operator.delivery:
-        memo.operator.delivery.node_changed()
+        memo.operator.delivery.node_changed(name, None if event.get("type") == "DELETED" else labels)
 
 
 def register_delivery() -> None:
@@ -334,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     prometheus_client.disable_created_metrics()  # *_created series only double what the counters say
     prometheus_client.start_http_server(args.metrics_port)
     # Replicas elect a leader on a Lease (leader.py); kopf's own peering is not needed.
+    # kopf's identity (its documented POD_ID) defaults to the Lease's: otherwise kopf asks the passwd
+    # database for the user's name, which a platform-assigned UID (OpenShift's, say) is missing from.
+    os.environ.setdefault("POD_ID", operator.elector.identity)
     kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True,
              liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz", memo=kopf.Memo(operator=operator))
 

@@ -61,6 +61,12 @@ def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, s
                                                                       digest))
 
 
+def _selects(build: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
+    """Whether the build delivers to a node with these labels (None: no such node)."""
+    delivery = build["spec"].get("delivery")
+    return delivery is not None and labels is not None and matches(delivery.get("nodeSelector"), labels)
+
+
 def _condition(selected: list[str], ready: list[str], failed: list[str], waiting: list[str],
                phases: Mapping[str, tuple[str, str]], digest: str | None) -> tuple[str, str, str]:
     if not selected:
@@ -82,9 +88,10 @@ class DeliveryStatus:
     """Keeps `status.delivery` and the `Delivered` condition of every build with spec.delivery current.
 
     Fed by two more indexes (controller.py registers them when delivery is on): the agents'
-    reports by build UID, and every node's labels. A report, a node or a build changing queues
-    the builds it concerns; one worker writes a build's status only when the summary changed,
-    with the resourceVersion it read (a conflict is retried on the next event).
+    reports by build UID, and every node's labels. A report or a build changing queues that
+    build; a node queues the builds whose selector it enters or leaves. One worker writes a
+    build's status only when the summary changed, with the resourceVersion it read (a conflict
+    is retried on the next event).
     """
 
     def __init__(self, kube: api.Kube, builds: Cache, leading: Callable[[], bool]):
@@ -92,13 +99,27 @@ class DeliveryStatus:
         self.queue = WorkQueue()
         self._reports: Mapping[Hashable, Any] = {}
         self._nodes: Mapping[Hashable, Any] = {}
+        # The labels each node had at its last event, to tell a relabelling from a status update. Only
+        # node_changed (kopf's event loop) touches it; the index has the new labels before the handler runs.
+        self._labels_seen: dict[str, dict[str, str]] = {}
 
     def bind(self, reports: Mapping[Hashable, Any], nodes: Mapping[Hashable, Any]) -> None:
         self._reports, self._nodes = reports, nodes
 
-    def node_changed(self) -> None:
+    def node_changed(self, name: str, labels: Mapping[str, str] | None) -> None:
+        """A Node event; `labels` None when it was deleted. Only labels feed the selectors: a status update
+        (kubelet heartbeats, every few seconds per node) queues nothing, a node added, deleted or relabelled
+        queues the builds whose selector it enters or leaves."""
+        before = self._labels_seen.pop(name, None)
+        after = dict(labels) if labels is not None else None
+        if after is not None:
+            self._labels_seen[name] = after
+        if before == after:
+            return
         for key in self.builds.build_keys():
-            self.queue.add(key)
+            build = self.builds.build(*key)  # type: ignore[misc]  # keys are (namespace, name)
+            if build is not None and _selects(build, before) != _selects(build, after):
+                self.queue.add(key)
 
     def run(self, stopping: Any) -> None:
         while not stopping.is_set():
@@ -135,12 +156,10 @@ class DeliveryStatus:
     def sync(self, key: Hashable) -> None:
         namespace, name = str(key[0]), str(key[1])  # type: ignore[index]
         build = self.builds.build(namespace, name)
-        if build is None:
-            return
-        labels = self.node_labels()
-        summary = summarize(build, labels, self._all(build["metadata"]["uid"]))
-        if summary is None:
-            return
+        if build is None or build["spec"].get("delivery") is None:
+            return  # deleted, or nothing to deliver: no need to read every node's labels
+        summary = summarize(build, self.node_labels(), self._all(build["metadata"]["uid"]))
+        assert summary is not None  # it has spec.delivery
         status = build.get("status") or {}
         generation = build["metadata"]["generation"]
         state, reason, message = summary.condition

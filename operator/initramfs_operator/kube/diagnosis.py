@@ -11,7 +11,7 @@ for a while. Each becomes a condition reason with the message Kubernetes gave.
 from dataclasses import dataclass
 from datetime import datetime
 
-from .conditions import parse_time
+from .conditions import explained, parse_time
 
 UNSCHEDULABLE = "Unschedulable"
 BUILDER_IMAGE_PULL_FAILED = "BuilderImagePullFailed"
@@ -51,12 +51,20 @@ def of_pod(pod: dict) -> Diagnosis | None:
     for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
-        detail = f"{reason}: {waiting.get('message') or container.get('image', '')}"
         if reason in IMAGE_PULL_WAITING:
-            return Diagnosis(BUILDER_IMAGE_PULL_FAILED, detail)
+            return _waiting(BUILDER_IMAGE_PULL_FAILED, reason, waiting, container)
         if reason in CONTAINER_CONFIG_WAITING:
-            return Diagnosis(CREATE_CONTAINER_CONFIG_ERROR, detail)
+            return _waiting(CREATE_CONTAINER_CONFIG_ERROR, reason, waiting, container)
     return None
+
+
+def _waiting(condition_reason: str, kubelet_reason: str, waiting: dict, container: dict) -> Diagnosis:
+    """The kubelet's message; its reason too where the condition's reason does not say it already
+    (ImagePullBackOff under BuilderImagePullFailed, not CreateContainerConfigError twice)."""
+    message = waiting.get("message") or container.get("image", "")
+    if kubelet_reason != condition_reason:
+        message = explained(kubelet_reason, message)
+    return Diagnosis(condition_reason, message)
 
 
 def _about_volumes(message: str) -> bool:
@@ -71,7 +79,7 @@ def of_events(events: list[dict]) -> Diagnosis | None:
         return None
     newest = max(relevant, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
     reason = VOLUME_FAILED if newest["reason"] in VOLUME_EVENTS else JOB_REJECTED
-    return Diagnosis(reason, f"{newest['reason']}: {newest.get('message') or ''}".strip())
+    return Diagnosis(reason, explained(newest["reason"], newest.get("message") or ""))
 
 
 def waiting_since(job: dict, pods: list[dict]) -> tuple[str, dict] | None:

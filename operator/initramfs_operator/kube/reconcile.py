@@ -27,7 +27,7 @@ from ..oci import registry
 from . import api, buildjob, cache, conditions, crd, diagnosis, lookup, metrics
 from .admission import Admission, Candidate, Rejection, failed_condition, finished, finishing
 from .conditions import BUILDING, QUEUED, READY, RECONCILING, RESOLVING, STALLED, SUCCEEDED
-from .workqueue import Backoff, Retries, WorkQueue
+from .workqueue import Backoff, Retries, Retry, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,15 @@ class Reconciler:
     def forget(self, key: KEY) -> None:
         self.lookups.forget(key)
         self.admission.withdraw_build(key)
-        self.lookup_retries.reset(key)
-        self.job_retries.reset(key)
+        self.forget_failures(key)
         self.overlay.drop(key)
         self.verified.pop(key, None)
         self.stuck.pop(key, None)
         self.headlines.pop(key, None)
+
+    def forget_failures(self, key: KEY) -> None:
+        self.lookup_retries.reset(key)
+        self.job_retries.reset(key)
 
     def prune(self) -> None:
         """Drop what the watches have caught up with."""
@@ -195,6 +198,8 @@ class Pass:
             ready.get("observedGeneration") == self.generation and self.status.get("output") else None
 
     def run(self) -> None:
+        if not self.same_generation:
+            self.r.forget_failures(self.key)  # a spec edit may be the fix: its generation starts afresh
         digest = self.target()
         if digest is None:
             return
@@ -277,19 +282,30 @@ class Pass:
 
     def lookup_failed(self, error: BuildError, ended) -> str | None:
         retry = self.r.lookup_retries.failed(self.key)
-        self.r.queue.add_after(self.key, retry.at - time.monotonic())
-        note = f"{error}; next attempt in {retry.delay:.0f}s ({retry.failures} failed in a row)"
         self.fields["resolvedTime"] = conditions.timestamp(ended)
         known = self.known_digest
-        if known:  # a refresh: what was built stays valid
-            self.event("Warning", "RefreshFailed", f"cannot resolve {self.spec['image']}: {note}")
+        if known:  # a refresh: what was built stays valid, and the tag is looked up again after the backoff
+            self.r.queue.add_after(self.key, retry.at - time.monotonic())
+            self.event("Warning", "RefreshFailed", retry_note(f"cannot resolve {self.spec['image']}: {error}", retry))
             return known
         # A registry that does not answer may come back; refused credentials or a bad spec need someone.
-        retried = error.reason == RegistryError.reason and retry.failures < self.r.settings.stall_after
-        state = conditions.retrying(error.reason, note, RESOLVING) if retried else conditions.failed(error.reason, note)
+        state = self.after_failure(error.reason, str(error), retry, RESOLVING,
+                                   transient=error.reason == RegistryError.reason)
         self.supersede(keep=None)
         self.write({**self.fields, **self.cleared()}, state)
         return None
+
+    def after_failure(self, reason: str, message: str, retry: Retry, phase: str, transient: bool) -> conditions.State:
+        """Reconciling in `phase` while a transient failure has attempts left; Stalled (kstatus Failed: someone
+        must act) once it has none, or at once when no retry alone could fix it (credentials, a missing
+        Secret). Either way the next attempt is scheduled and said, with backoff: as Flux re-checks its
+        stalled objects at their interval, fixing the cause (the Secret applied after the build, the quota
+        raised) heals the build without a spec change."""
+        self.r.queue.add_after(self.key, retry.at - time.monotonic())
+        note = retry_note(message, retry)
+        if transient and retry.failures < self.r.settings.stall_after:
+            return conditions.retrying(reason, note, phase)
+        return conditions.failed(reason, note)
 
     @staticmethod
     def cleared() -> dict:
@@ -343,12 +359,8 @@ class Pass:
                      f"the API server refused build job {rejection.job_name}: {rejection.message}", transient=True)
 
     def refused(self, reason: str, message: str, transient: bool) -> None:
-        """The Job cannot be created now: try again later, with backoff."""
-        retry = self.r.job_retries.failed(self.key)
-        self.r.queue.add_after(self.key, retry.at - time.monotonic())
-        note = f"{message}; next attempt in {retry.delay:.0f}s ({retry.failures} failed in a row)"
-        retried = transient and retry.failures < self.r.settings.stall_after
-        state = conditions.retrying(reason, note, QUEUED) if retried else conditions.failed(reason, note)
+        """The Job cannot be created now: tried again after a backoff while that may still help."""
+        state = self.after_failure(reason, message, self.r.job_retries.failed(self.key), QUEUED, transient)
         self.write({**self.fields, **self.job_cleared()}, self.over_output(state))
 
     def built(self, digest: str) -> bool | None:
@@ -458,10 +470,7 @@ class Pass:
     def ended(self, job: dict, result: str) -> None:
         failed = failed_condition(job)
         if failed and failed.get("reason") == diagnosis.DEADLINE_EXCEEDED:
-            message = f"build job {job['metadata']['name']}: {failed.get('message') or 'deadline exceeded'}"
-            before = conditions.find(self.status, READY)
-            if before.get("reason") in diagnosis.REASONS:
-                message += f" (it was {before['reason']}: {before.get('message')})"
+            message = deadline_message(job["metadata"]["name"], failed, conditions.find(self.status, READY))
             state = conditions.failed(diagnosis.DEADLINE_EXCEEDED, message)
         else:
             terminated = self.terminated(job, "Succeeded" if result == "Complete" else "Failed")
@@ -573,3 +582,19 @@ class Pass:
             self.r.kube.create(api.path("v1", "events", self.namespace), body)
         except ApiException as e:
             log.warning("cannot post event %s on %s/%s: %s", reason, self.namespace, self.name, e.reason)
+
+
+# --- what status messages say ------------------------------------------------------------------
+
+def retry_note(message: str, retry: Retry) -> str:
+    """A failure that is tried again: when, and how many failed before."""
+    return f"{message}; next attempt in {retry.delay:.0f}s ({retry.failures} failed in a row)"
+
+
+def deadline_message(job_name: str, failed: dict, before: dict) -> str:
+    """A build Job stopped by its deadline: the Job controller's words, and what held the build up, if known
+    (`before` is the Ready condition the last pass wrote)."""
+    message = f"build job {job_name}: {failed.get('message') or 'deadline exceeded'}"
+    if before.get("reason") in diagnosis.REASONS:
+        message += f" (it was {conditions.explained(before['reason'], before.get('message') or '')})"
+    return message

@@ -1,0 +1,193 @@
+"""What `kubectl get/describe`, Argo CD and Flux show of a build, without a cluster: each message says each
+piece once, a failure that may pass on a retry is Reconciling and one that needs someone is Stalled (both say
+when they are looked at again), and Node events requeue builds only when a selector's choice of nodes changes."""
+
+import asyncio
+
+import kopf
+import pytest
+
+from initramfs_operator.kube import conditions, controller, diagnosis
+from initramfs_operator.kube.cache import Cache
+from initramfs_operator.kube.reconcile import Pass, Reconciler, Settings, deadline_message
+from initramfs_operator.kube.workqueue import Backoff, WorkQueue
+
+RUNS_AS_ROOT = 'container has runAsNonRoot and image will run as root (pod: "b-x_ns(0a1b)", container: build)'
+BUILDER = "registry.example/initramfs-operator@sha256:" + "0" * 64
+
+
+def waiting_pod(reason: str, message: str | None) -> dict:
+    waiting = {"reason": reason, **({"message": message} if message is not None else {})}
+    return {"metadata": {"name": "p", "uid": "u", "creationTimestamp": "2024-01-01T00:00:00Z"},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "build", "image": BUILDER,
+                                                                  "state": {"waiting": waiting}}]}}
+
+
+# --- each piece of a message once -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kubelet_reason", "kubelet_message", "reason", "message"), [
+    # The condition's reason is the kubelet's: the message is the kubelet's alone.
+    ("CreateContainerConfigError", RUNS_AS_ROOT, "CreateContainerConfigError", RUNS_AS_ROOT),
+    # A different kubelet reason under the condition's: named once, before its message.
+    ("CreateContainerError", "failed to reserve container name", "CreateContainerConfigError",
+     "CreateContainerError: failed to reserve container name"),
+    ("ImagePullBackOff", f'Back-off pulling image "{BUILDER}"', "BuilderImagePullFailed",
+     f'ImagePullBackOff: Back-off pulling image "{BUILDER}"'),
+    # A kubelet message that starts with its reason already.
+    ("ErrImagePull", f"ErrImagePull: {BUILDER}: not found", "BuilderImagePullFailed",
+     f"ErrImagePull: {BUILDER}: not found"),
+    # No message: the image the pod waits for (its reference as the pod spec has it, digest once).
+    ("ErrImagePull", None, "BuilderImagePullFailed", f"ErrImagePull: {BUILDER}"),
+])
+def test_a_stuck_pod_message_says_each_piece_once(kubelet_reason, kubelet_message, reason, message):
+    assert diagnosis.of_pod(waiting_pod(kubelet_reason, kubelet_message)) == diagnosis.Diagnosis(reason, message)
+
+
+def test_messages_built_on_a_diagnosis_name_its_reason_once():
+    found = diagnosis.of_pod(waiting_pod("CreateContainerConfigError", RUNS_AS_ROOT))
+    assert found is not None
+    # A refresh rebuild stuck on it: Ready stays True, Reconciling (Refreshing) says what holds it up.
+    refresh = conditions.over_previous_output(conditions.retrying(found.reason, found.message, "Building"), "v1")
+    assert refresh.reconciling == conditions.Reason("Refreshing", f"CreateContainerConfigError: {RUNS_AS_ROOT}")
+    # Its deadline passed meanwhile: DeadlineExceeded says what it was.
+    ready = {"type": "Ready", "status": "False", "reason": found.reason, "message": found.message}
+    failed = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+              "message": "Job was active longer than specified deadline"}
+    assert deadline_message("b-1-abc", failed, ready) == (
+        "build job b-1-abc: Job was active longer than specified deadline "
+        f"(it was CreateContainerConfigError: {RUNS_AS_ROOT})")
+    assert deadline_message("b-1-abc", failed, {"reason": "Building", "message": "build job b-1-abc is running"}) \
+        == "build job b-1-abc: Job was active longer than specified deadline"
+
+
+@pytest.mark.parametrize(("reason", "message", "shown"), [
+    ("FailedMount", 'MountVolume.SetUp failed for volume "out": secret "push" not found',
+     'FailedMount: MountVolume.SetUp failed for volume "out": secret "push" not found'),
+    ("FailedCreate", "FailedCreate: exceeded quota: q", "FailedCreate: exceeded quota: q"),
+    ("FailedCreate", "", "FailedCreate"),
+])
+def test_an_event_message_names_its_reason_once(reason, message, shown):
+    event = {"type": "Warning", "reason": reason, "message": message, "lastTimestamp": "2024-01-01T00:00:05Z"}
+    found = diagnosis.of_events([event])
+    assert found is not None and found.message == shown
+
+
+# --- retried (Reconciling) or Stalled, never both, never a promise a Stalled build does not keep ---------------
+
+DIGEST = "sha256:" + "d" * 64
+KEY = ("ns", "b")
+
+
+def build(generation: int, status: dict, image: str = f"127.0.0.1:1/app@{DIGEST}") -> dict:
+    return {"metadata": {"namespace": "ns", "name": "b", "uid": "u1", "generation": generation,
+                         "resourceVersion": "7", "creationTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"image": image, "output": {"pvc": {"claimName": "c", "path": "x"}}}, "status": status}
+
+
+def stalled(reason: str, message: str, digest: str | None) -> dict:
+    """The status a pass wrote on giving up, before any Job (conditions as conditions.conditions writes them)."""
+    written = conditions.conditions(None, conditions.failed(reason, message), 1, "2024-01-01T00:00:09Z")
+    digests = {"imageDigest": digest, "shortDigest": digest.split(":")[-1][:12]} if digest else {}
+    return {"observedGeneration": 1, **digests, "conditions": written}
+
+
+@pytest.fixture
+def reconciler():
+    # A one-second backoff, no jitter: the next attempt's key comes out of the queue after a second.
+    settings = Settings("builder:1", 1, retry=Backoff(base=1.0, cap=1.0, jitter=0), stall_after=3)
+    r = Reconciler(None, Cache(), settings, WorkQueue())  # no API: none of these passes sends a request
+    yield r
+    r.lookups.shutdown()
+
+
+def next_key(r: Reconciler, within: float) -> object:
+    key = r.queue.get(timeout=within)
+    if key is not None:
+        r.queue.done(key)
+    return key
+
+
+def kstatus_shape(state: conditions.State) -> dict:
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in conditions.conditions(None, state, 1, "t")}
+
+
+def test_a_retried_failure_is_reconciling_and_says_when_it_is_tried_again(reconciler):
+    p = Pass(reconciler, build(1, {}))
+    state = p.after_failure("JobRejected", "exceeded quota: q", reconciler.job_retries.failed(KEY), "Queued",
+                            transient=True)
+    note = "exceeded quota: q; next attempt in 1s (1 failed in a row)"
+    assert kstatus_shape(state) == {"Ready": ("False", "JobRejected", note), "Reconciling": ("True", "Queued", note)}
+    assert next_key(reconciler, within=3) == KEY  # and it is tried again
+
+
+@pytest.mark.parametrize(("failures", "transient", "reason", "error", "message"), [
+    # A transient failure's last attempt (stall_after 3).
+    (3, True, "ImagePullFailed", "registry down", "registry down; next attempt in 1s (3 failed in a row)"),
+    # One no retry alone could fix: Stalled at once, but still looked at again (a Secret applied later heals it).
+    (1, False, "Unauthorized", "unauthorized", "unauthorized; next attempt in 1s (1 failed in a row)"),
+])
+def test_a_stalled_failure_is_still_tried_again_after_its_backoff(reconciler, failures, transient, reason, error,
+                                                                   message):
+    p = Pass(reconciler, build(1, {}))
+    for _ in range(failures - 1):
+        reconciler.lookup_retries.failed(KEY)
+    state = p.after_failure(reason, error, reconciler.lookup_retries.failed(KEY), "Resolving", transient)
+    assert kstatus_shape(state) == {"Ready": ("False", reason, message), "Stalled": ("True", reason, message)}
+    assert next_key(reconciler, within=3) == KEY
+
+
+def test_a_spec_edit_forgets_the_backoff_of_earlier_failures(reconciler):
+    status = stalled("JobRejected", "exceeded quota: q; next attempt in 1s (3 failed in a row)", DIGEST)
+    for _ in range(3):
+        reconciler.job_retries.failed(KEY)
+    Pass(reconciler, build(2, status)).run()  # generation 2: offered for a Job at once
+    offered = reconciler.admission.offered("u1")
+    assert offered is not None and offered.generation == 2
+    assert reconciler.job_retries.get(KEY) is None
+
+
+# --- Node events: only a change in which nodes a selector picks queues a build --------------------------------
+
+SELECTORS = {"every-node": {}, "vm-only": {"matchLabels": {"vm": "yes"}}, "no-delivery": None}
+
+
+@pytest.fixture
+def operator():
+    """An Operator with delivery on, its build index holding one build per selector; no API server (a Node
+    event only queues builds: no request is sent) and no thread started."""
+    op = controller.Operator(None, Settings("builder:1", 1), ("ns", "lease"), 15.0, deliveries=True)
+    builds = {}
+    for name, selector in SELECTORS.items():
+        spec = build(1, {})["spec"]
+        if selector is not None:
+            spec["delivery"] = {"nodeSelector": selector, "directory": "d"}
+        builds[("ns", name)] = [{"metadata": {"namespace": "ns", "name": name, "uid": name}, "spec": spec}]
+    op.cache.bind(builds, {}, {})
+    return op
+
+
+def node(name: str, labels: dict, heartbeat: str) -> dict:
+    return {"metadata": {"name": name, "labels": labels},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}]}}
+
+
+def node_event(op, kind: str | None, body: dict) -> list[str]:
+    """Delivers one Node event as kopf does (kind None: the initial listing); the names of the builds it queued."""
+    asyncio.run(controller.node_event(name=body["metadata"]["name"], labels=body["metadata"]["labels"],
+                                      event={"type": kind, "object": body}, memo=kopf.Memo(operator=op)))
+    queued = []
+    while (key := op.delivery.queue.get(timeout=0.01)) is not None:
+        op.delivery.queue.done(key)
+        queued.append(key[1])
+    return sorted(queued)
+
+
+def test_node_events_queue_a_build_only_when_its_selector_gains_or_loses_the_node(operator):
+    assert node_event(operator, None, node("n1", {"vm": "yes"}, "t0")) == ["every-node", "vm-only"]
+    # kubelet heartbeats and other status updates: labels unchanged, nothing to recompute.
+    for beat in ("t1", "t2", "t3"):
+        assert node_event(operator, "MODIFIED", node("n1", {"vm": "yes"}, beat)) == []
+    assert node_event(operator, "MODIFIED", node("n1", {"vm": "no"}, "t4")) == ["vm-only"]  # left its selector
+    assert node_event(operator, "MODIFIED", node("n1", {"vm": "no", "zone": "a"}, "t5")) == []  # no selector cares
+    assert node_event(operator, "DELETED", node("n1", {"vm": "no", "zone": "a"}, "t5")) == ["every-node"]
+    assert node_event(operator, "ADDED", node("n2", {"vm": "yes"}, "t6")) == ["every-node", "vm-only"]
