@@ -7,12 +7,13 @@ Authorization. The same rules are exercised against real registries in test_regi
 
 import base64
 import json
+import threading
 from collections.abc import Callable
 
 import httpx
 import pytest
 
-from initramfs_operator.errors import AuthError, RegistryError
+from initramfs_operator.errors import AuthError, InvalidImageError, RegistryError
 from initramfs_operator.oci import digests, image
 from initramfs_operator.oci import registry as reg
 from initramfs_operator.oci.registry import transport
@@ -256,3 +257,101 @@ def test_the_injected_transport_stays_open_for_its_owner(tmp_path):
     assert reg.current_digest(REF, options) == digests.of(MANIFEST)
     assert pull(options)[1] == LAYER
     assert not mock.closed
+
+
+# -- layers read while they arrive
+
+BIG_LAYER = bytes(range(256)) * (3 << 12)  # 3 MiB: the client hands on what arrives in 1 MiB pieces
+FIRST = 1 << 20
+
+
+class ArrivingLayer:
+    """Serves an image whose one layer is BIG_LAYER, sent by `attempts` in turn: each a list of pieces,
+    and "pause" (wait for `go`) or "break" (the connection drops) between them."""
+
+    def __init__(self, *attempts: list):
+        self.attempts = list(attempts)
+        self.go = threading.Event()
+        self.requests = 0
+        manifest = json.loads(MANIFEST)
+        manifest["layers"][0].update(digest=digests.of(BIG_LAYER), size=len(BIG_LAYER))
+        self.manifest = json.dumps(manifest).encode()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/v2/app/manifests/"):
+            return httpx.Response(200, content=self.manifest, headers={"Content-Type": image.OCI_MANIFEST})
+        if path.endswith(digests.of(CONFIG)):
+            return httpx.Response(200, content=CONFIG)
+        self.requests += 1
+        return httpx.Response(200, content=self.body(self.attempts.pop(0), request))
+
+    def body(self, pieces: list, request: httpx.Request):
+        for piece in pieces:
+            if piece == "pause":
+                assert self.go.wait(10), "the test never let the rest of the layer go"
+            elif piece == "break":
+                raise httpx.ReadError("connection reset by peer", request=request)
+            else:
+                yield piece
+
+    def options(self, tmp_path) -> reg.RegistryOptions:
+        return reg.RegistryOptions(transport=httpx.MockTransport(self), scratch_dir=str(tmp_path))
+
+
+def read_exactly(reader, n: int) -> bytes:
+    data = b""
+    while len(data) < n and (more := reader.read(n - len(data))):
+        data += more
+    return data
+
+
+def test_a_layer_is_read_while_it_arrives(tmp_path):
+    served = ArrivingLayer([BIG_LAYER[:FIRST], "pause", BIG_LAYER[FIRST:]])
+    with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
+        reader = img.layers[0].open()
+        # The first MiB is read while the registry holds the rest back.
+        assert read_exactly(reader, FIRST) == BIG_LAYER[:FIRST] and not served.go.is_set()
+        served.go.set()
+        assert BIG_LAYER[:FIRST] + reader.read() == BIG_LAYER
+        reader.verify()
+        reader.close()
+
+
+def test_a_layer_read_while_it_arrives_survives_a_restarted_download(tmp_path, delays):
+    # The connection breaks after the first MiB, which was already read; the new attempt sends it all again.
+    served = ArrivingLayer([BIG_LAYER[:FIRST], "pause", "break"], [BIG_LAYER[:FIRST], BIG_LAYER[FIRST:]])
+    with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
+        reader = img.layers[0].open()
+        assert read_exactly(reader, FIRST) == BIG_LAYER[:FIRST]
+        served.go.set()
+        assert BIG_LAYER[:FIRST] + reader.read() == BIG_LAYER
+        reader.verify()
+        reader.close()
+    assert served.requests == 2 and delays == [transport.BACKOFF]
+
+
+def test_bytes_read_while_arriving_are_verified_themselves_not_only_the_final_download(tmp_path, delays):
+    # A first attempt sends a forged first MiB, which is read, then breaks; the second sends the real blob,
+    # which the download verifies. What was read is not what was verified: the reader refuses it.
+    forged = bytes(FIRST)
+    served = ArrivingLayer([forged, "pause", "break"], [BIG_LAYER])
+    with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
+        reader = img.layers[0].open()
+        assert read_exactly(reader, FIRST) == forged
+        served.go.set()
+        reader.read()
+        with pytest.raises(InvalidImageError, match="digest mismatch"):
+            reader.verify()
+        reader.close()
+
+
+def test_a_failed_download_fails_its_reader(tmp_path, delays):
+    served = ArrivingLayer(*[[BIG_LAYER[:FIRST], "pause", "break"]] * (transport.RETRIES + 1))
+    with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
+        reader = img.layers[0].open()
+        assert read_exactly(reader, FIRST) == BIG_LAYER[:FIRST]
+        served.go.set()
+        with pytest.raises(RegistryError, match="gave up after"):
+            reader.read()
+        reader.close()

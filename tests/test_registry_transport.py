@@ -118,7 +118,7 @@ def test_corrupt_blob_is_an_error_naming_the_digest(registry, fault_proxy, pushe
     with reg.load(fault_proxy.ref(repo, "t"), AMD64, fault_proxy.options()) as img:
         assert img.layers[0].open().read()  # the other layer is fine
         with pytest.raises(InvalidImageError, match=f"layer {digest}: {message}"):
-            img.layers[1].open()
+            img.layers[1].open().verify()  # when opening it, or reading it while it arrives
 
 
 def test_corrupt_config_and_pinned_manifest_are_errors_naming_the_digest(registry, fault_proxy, pushed):

@@ -1,9 +1,12 @@
 """A registry image's layer blobs, downloaded when wanted into files on disk.
 
 `RegistryLayer.prefetch()` starts a download in the background, `RegistryOptions.jobs` at a
-time; `open()` starts it if need be and waits for it. Each blob is verified against its digest
-and size while it arrives (a cached one, before it is used), and only its size while it is read:
-its bytes are hashed once. Files live in the layer cache when there
+time; `open()` starts it if need be. Each blob is verified against its digest and size while it
+arrives (a cached one, before it is used). A layer opened before its download is done is read as
+it arrives, so inflating and parsing overlap with the transfer; those bytes are hashed again as
+they are read, because they are the ones used (a download restarted after a broken connection
+writes the file again from the start). A layer opened once its file is verified is read with
+only its size checked: its bytes are hashed once. Files live in the layer cache when there
 is one (written atomically, so a crash leaves no half blob behind), otherwise in a scratch
 directory that closing `Downloads` removes.
 """
@@ -40,6 +43,7 @@ class Downloads:
             else _scratch_dir(options.scratch_dir)
         self._slots = threading.Semaphore(max(1, options.jobs))
         self._futures: dict[str, Future[str]] = {}
+        self._arrivals: dict[str, _Arrival] = {}
         self._on_bytes = options.on_bytes
         self._lock = threading.Lock()  # guards the fields below, scratch files' creation and `on_bytes`
         self._closed = False
@@ -62,11 +66,18 @@ class Downloads:
             future = self._futures.get(d.digest)  # a manifest may list the same blob twice
             if future is None:
                 future = self._futures[d.digest] = Future()
+                arrival = self._arrivals[d.digest] = _Arrival()
+                future.add_done_callback(lambda _: arrival.changed())
                 # Daemon threads, not a ThreadPoolExecutor: a CLI that fails or is interrupted must
                 # exit at once, not after the downloads in flight (the executor joins them at exit).
                 threading.Thread(target=self._run, args=(future, d), daemon=True,
                                  name=f"download {d.digest[:19]}").start()
             return future
+
+    def arriving(self, d: image.Descriptor) -> "ArrivingBlob":
+        """The blob of `d` read as its download writes it."""
+        future = self.start(d)
+        return ArrivingBlob(self._arrivals[d.digest], future)
 
     def close(self) -> None:
         """Removes the scratch files; downloads in flight fail, and those not started never start."""
@@ -95,7 +106,8 @@ class Downloads:
 
     def _fetch_to_scratch(self, d: image.Descriptor) -> str:
         path = os.path.join(self._directory, d.digest.split(":", 1)[1])
-        _download(self._transport, d, lambda: self._create_scratch(path), self._progress)
+        _download(self._transport, d, path, lambda: self._create_scratch(path), self._progress,
+                  self._arrivals[d.digest])
         return path
 
     def _fetch_to_cache(self, d: image.Descriptor) -> str:
@@ -113,7 +125,7 @@ class Downloads:
         fd, tmp = tempfile.mkstemp(prefix=f".{hex_}.", dir=os.path.dirname(path))
         os.close(fd)
         try:
-            _download(self._transport, d, lambda: _create(tmp), self._progress)
+            _download(self._transport, d, tmp, lambda: _create(tmp), self._progress, self._arrivals[d.digest])
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -142,9 +154,81 @@ class RegistryLayer:
         self.downloads.start(self.descriptor)
 
     def open(self) -> VerifyingReader:
-        """Waits for the download, which verified the file's digest."""
-        path = self.downloads.start(self.descriptor).result()
-        return VerifyingReader(open(path, "rb"), self.descriptor.digest, self.descriptor.size, "layer", hashed=False)
+        """The verified file, or, while the download is in flight, the blob as it arrives (hashed as read)."""
+        d = self.descriptor
+        future = self.downloads.start(d)
+        if future.done():
+            return VerifyingReader(open(future.result(), "rb"), d.digest, d.size, "layer", hashed=False)
+        return VerifyingReader(self.downloads.arriving(d), d.digest, d.size, "layer")
+
+
+class _Arrival:
+    """What the download in flight of one blob has written to its file so far."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.path: str | None = None
+        self.written = 0  # by the current attempt, flushed: readable from the file
+
+    def restart(self, path: str) -> None:
+        """Before an attempt (re)creates the file: nothing in it may be read until it is written again."""
+        with self.condition:
+            self.path, self.written = path, 0
+
+    def grew(self, n: int) -> None:
+        with self.condition:
+            self.written += n
+            self.condition.notify_all()
+
+    def changed(self) -> None:
+        with self.condition:
+            self.condition.notify_all()
+
+
+class ArrivingBlob:
+    """A blob's file read while its download writes it: `read` waits for bytes, and ends where the
+    finished download ended; the download's failure is raised to the reader."""
+
+    def __init__(self, arrival: _Arrival, download: "Future[str]"):
+        self._arrival, self._download = arrival, download
+        self._fd: int | None = None
+        self._pos = 0
+        self._closed = False
+
+    def read(self, n: int = -1, /) -> bytes:
+        if n < 0:
+            return b"".join(iter(lambda: self.read(READ_SIZE), b""))
+        while True:
+            with self._arrival.condition:
+                while not (self._closed or self._download.done()
+                           or (self._arrival.path and self._arrival.written > self._pos)):
+                    self._arrival.condition.wait()
+                if self._closed:
+                    raise ValueError("read from a closed blob")
+                done = self._download.done()
+                path, end = self._arrival.path, self._arrival.written
+            if done:
+                path = self._download.result()  # the download's error, if it failed
+                if self._fd is None:
+                    self._fd = os.open(path, os.O_RDONLY)
+                data = os.pread(self._fd, n, self._pos)
+            else:
+                assert path is not None
+                if self._fd is None:
+                    self._fd = os.open(path, os.O_RDONLY)
+                data = os.pread(self._fd, min(n, end - self._pos), self._pos)
+                if not data:
+                    continue  # a new attempt truncated the file meanwhile: wait for it to get here again
+            self._pos += len(data)
+            return data
+
+    def close(self) -> None:
+        with self._arrival.condition:
+            self._closed = True
+            self._arrival.condition.notify_all()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _scratch_dir(parent: str | None) -> str:
@@ -158,9 +242,10 @@ def _create(path: str) -> BinaryIO:
     return open(path, "wb")  # noqa: SIM115 (the caller closes it)
 
 
-def _download(transport: Transport, d: image.Descriptor, create: Callable[[], BinaryIO],
-              on_bytes: Callable[[int], None]) -> None:
-    """Stream a blob into the file `create()` opens, verifying it; a broken connection restarts the download."""
+def _download(transport: Transport, d: image.Descriptor, path: str, create: Callable[[], BinaryIO],
+              on_bytes: Callable[[int], None], arrival: _Arrival) -> None:
+    """Stream a blob into the file at `path` that `create()` opens, verifying it; a broken connection
+    restarts the download. Each chunk is flushed, for a reader of the file meanwhile (`ArrivingBlob`)."""
     what = f"{transport.ref.name}: layer {d.digest}"
 
     def once() -> None:
@@ -168,9 +253,12 @@ def _download(transport: Transport, d: image.Descriptor, create: Callable[[], Bi
             if resp.status_code != 200:
                 fail(resp, what)
             reader = VerifyingReader(Body(resp), d.digest, d.size, "layer")
+            arrival.restart(path)
             with create() as f:
                 while chunk := reader.read(READ_SIZE):
                     f.write(chunk)
+                    f.flush()
+                    arrival.grew(len(chunk))
                     on_bytes(len(chunk))
 
     transport.attempts(what, once)
