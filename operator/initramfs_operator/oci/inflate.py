@@ -29,7 +29,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_MAX_WINDOW = 1 << 27  # zstd's own default: a frame asking for a larger window is refused
 CHUNK = 1 << 20   # inflated bytes per chunk handed over
-DEPTH = 4         # chunks in flight: bounds the memory between the threads
+DEPTH = 2         # chunks in flight: bounds the memory between the threads
 # What the decompressors raise on bytes that are not a valid stream (igzip: BadGzipFile is an OSError).
 _CORRUPT: tuple[type[BaseException], ...] = (OSError, EOFError, cast(type[BaseException], IsalError),
                                               zstandard.ZstdError)
