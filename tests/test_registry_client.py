@@ -9,6 +9,7 @@ import base64
 import json
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from initramfs_operator.errors import AuthError, InvalidImageError, RegistryError
 from initramfs_operator.oci import digests, image
 from initramfs_operator.oci import registry as reg
-from initramfs_operator.oci.registry import transport
+from initramfs_operator.oci.registry import downloads, transport
 
 HOST = "registry.test"
 REF = f"{HOST}/app:v1"
@@ -355,3 +356,18 @@ def test_a_failed_download_fails_its_reader(tmp_path, delays):
         with pytest.raises(RegistryError, match="gave up after"):
             reader.read()
         reader.close()
+
+
+def test_a_blob_moved_into_the_cache_before_its_reader_opens_it_is_read_from_the_cache(tmp_path):
+    # The download wrote the whole blob to its temp file and renamed it into the cache just before the
+    # reader first opened the temp file's name: the reader waits for the download's result and reads that.
+    cached = tmp_path / "blob"
+    cached.write_bytes(LAYER)
+    arrival, download = downloads._Arrival(), Future()
+    download.add_done_callback(lambda _: arrival.changed())
+    arrival.restart(str(tmp_path / ".blob.tmp"))  # gone: renamed to `cached`
+    arrival.grew(len(LAYER))
+    reader = downloads.ArrivingBlob(arrival, download)
+    threading.Timer(0.2, download.set_result, args=(str(cached),)).start()
+    assert reader.read() == LAYER
+    reader.close()

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import closing
 from dataclasses import dataclass
 from types import TracebackType
@@ -209,13 +209,18 @@ class ArrivingBlob:
                 path, end = self._arrival.path, self._arrival.written
             if done:
                 path = self._download.result()  # the download's error, if it failed
-                if self._fd is None:
+            if self._fd is None:
+                assert path is not None
+                try:
                     self._fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    if done:
+                        raise
+                    wait([self._download])  # it just ended: its file renamed into the cache, or removed
+                    continue
+            if done:
                 data = os.pread(self._fd, n, self._pos)
             else:
-                assert path is not None
-                if self._fd is None:
-                    self._fd = os.open(path, os.O_RDONLY)
                 data = os.pread(self._fd, min(n, end - self._pos), self._pos)
                 if not data:
                     continue  # a new attempt truncated the file meanwhile: wait for it to get here again
