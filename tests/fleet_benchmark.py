@@ -45,7 +45,17 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from fixtures.images import E, Layout
-from fixtures.kube import Cluster, Processes, free_port, issue_cert, make_pki, wait_ready, wait_until, write_kubeconfig
+from fixtures.kube import (
+    Cluster,
+    Processes,
+    free_port,
+    issue_cert,
+    make_pki,
+    start_etcd,
+    wait_ready,
+    wait_until,
+    write_kubeconfig,
+)
 from fixtures.registry import start_registry
 from fixtures.tools import REPO
 from initramfs_operator.kube import buildjob, crd
@@ -129,14 +139,8 @@ def start_control_plane(bin_dir: Path, work: Path, procs: Processes) -> ControlP
     issue_cert(pki, "operator", f"/O=system:masters/CN={OPERATOR_USER}", "extendedKeyUsage=clientAuth\n")
     (work / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY))
     audit_log = work / "audit.log"
-    etcd_port, peer_port, api_port, kcm_port = (free_port() for _ in range(4))
-    etcd_url = f"http://127.0.0.1:{etcd_port}"
-    procs.start("etcd", [
-        str(bin_dir / "etcd"), "--name", "bench", "--data-dir", str(work / "etcd"),
-        "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-        "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-        "--initial-cluster", f"bench=http://127.0.0.1:{peer_port}", "--unsafe-no-fsync"])
+    etcd_url = start_etcd(procs, bin_dir, work)
+    api_port, kcm_port = free_port(), free_port()
     server = f"https://127.0.0.1:{api_port}"
     apiserver = procs.start("kube-apiserver", [
         str(bin_dir / "kube-apiserver"),

@@ -18,7 +18,7 @@ import pytest
 from fixtures.boot import boot
 from fixtures.helm import Helm
 from fixtures.images import E, Layout, busybox_entries
-from fixtures.kube import Cluster, wait_until
+from fixtures.kube import Cluster, fresh_namespace, wait_until
 from fixtures.node import Node
 from fixtures.operator import RELEASE, Builds, operator_values
 from fixtures.registry import Registry, unique_repo
@@ -34,13 +34,8 @@ AGENT = "app.kubernetes.io/component=delivery-agent"
 @pytest.fixture
 def release_namespace(kube: Cluster, namespace: str) -> Iterator[str]:
     """Where the release goes: privileged, apart from the restricted namespace the builds run in."""
-    name = f"{namespace}-system"
-    core = kubernetes.client.CoreV1Api(kube.api_client())
-    core.create_namespace({"metadata": {"name": name, "labels": PRIVILEGED}})
-    wait_until(lambda: core.list_namespaced_service_account(name, field_selector="metadata.name=default").items,
-               what=f"the default ServiceAccount in {name}", interval=0.1)
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(kube, f"{namespace}-system", PRIVILEGED) as name:
+        yield name
 
 
 @pytest.fixture
