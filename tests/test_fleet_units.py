@@ -138,13 +138,13 @@ def test_events_explain_volumes_and_pods_the_job_could_not_create():
 
 def test_events_are_read_only_for_a_job_without_pods_or_a_pod_never_created():
     job = {"metadata": {"name": "j", "uid": "j"}}
-    assert diagnosis.waiting_since(job, []) == ("Job", job)
+    assert diagnosis.stuck_object(job, []) is job
     scheduled = {"type": "PodScheduled", "status": "True"}
     creating = pod({"phase": "Pending", "conditions": [scheduled], "containerStatuses": [
         {"name": "build", "state": {"waiting": {"reason": "ContainerCreating"}}}]})
-    assert diagnosis.waiting_since(job, [creating]) == ("Pod", creating)
+    assert diagnosis.stuck_object(job, [creating]) is creating
     running = pod({"phase": "Running", "conditions": [scheduled]})
-    assert diagnosis.waiting_since(job, [running]) is None
+    assert diagnosis.stuck_object(job, [running]) is None
 
 
 # --- the kstatus shape of every state --------------------------------------------------------

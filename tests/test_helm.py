@@ -670,7 +670,7 @@ OPERATOR_RULES = {
     "pods": {"list", "watch"},
     "persistentvolumeclaims": {"get"},
     "configmaps": {"get"},
-    "events": {"create", "list"},
+    "events": {"create", "list", "watch"},
 }
 REGISTRY_SECRET_RULES = {"secrets": {"get"}}
 # In the release's namespace: the leader election Lease (get and update only the one named after the release).

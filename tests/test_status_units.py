@@ -7,7 +7,7 @@ import asyncio
 import kopf
 import pytest
 
-from initramfs_operator.kube import conditions, controller, diagnosis
+from initramfs_operator.kube import buildjob, conditions, controller, diagnosis
 from initramfs_operator.kube.cache import Cache
 from initramfs_operator.kube.reconcile import Pass, Reconciler, Settings, deadline_message
 from initramfs_operator.kube.workqueue import Backoff, WorkQueue
@@ -162,7 +162,7 @@ def operator():
         if selector is not None:
             spec["delivery"] = {"nodeSelector": selector, "directory": "d"}
         builds[("ns", name)] = [{"metadata": {"namespace": "ns", "name": name, "uid": name}, "spec": spec}]
-    op.cache.bind(builds, {}, {})
+    op.cache.bind(builds, {}, {}, {})
     return op
 
 
@@ -191,3 +191,33 @@ def test_node_events_queue_a_build_only_when_its_selector_gains_or_loses_the_nod
     assert node_event(operator, "MODIFIED", node("n1", {"vm": "no", "zone": "a"}, "t5")) == []  # no selector cares
     assert node_event(operator, "DELETED", node("n1", {"vm": "no", "zone": "a"}, "t5")) == ["every-node"]
     assert node_event(operator, "ADDED", node("n2", {"vm": "yes"}, "t6")) == ["every-node", "vm-only"]
+
+
+# --- Warning Events: indexed by what they are about, and queueing that object's build -------------------------
+
+def warning(reason: str, uid: str, kind: str = "Warning") -> dict:
+    return {"type": kind, "reason": reason, "message": f"{reason} about {uid}", "lastTimestamp": "2024-01-01T00:00:05Z",
+            "involvedObject": {"kind": "Pod", "uid": uid}, "metadata": {"name": "e", "managedFields": [{}]}}
+
+
+def test_only_warnings_that_explain_a_stuck_build_are_indexed_trimmed():
+    index = asyncio.run(controller.build_warnings(body=warning("FailedMount", "pod-1")))
+    assert index == {"pod-1": {"type": "Warning", "reason": "FailedMount", "message": "FailedMount about pod-1",
+                               "lastTimestamp": "2024-01-01T00:00:05Z"}}
+    for ignored in (warning("BackOff", "pod-1"), warning("FailedMount", "pod-1", kind="Normal"),
+                    warning("FailedMount", "")):
+        assert asyncio.run(controller.build_warnings(body=ignored)) is None
+
+
+def test_a_warning_about_a_build_job_or_its_pod_queues_that_build(operator):
+    job = {"metadata": {"namespace": "ns", "name": "vm-only-1", "uid": "job-1",
+                        "annotations": {buildjob.BUILD_NAME: "vm-only"}}}
+    pod = {"metadata": {"namespace": "ns", "name": "vm-only-1-x", "uid": "pod-1"}}
+    operator.cache.bind({}, {"vm-only": [job]}, {"job-1": [pod]}, {})
+    queued = []
+    for about in ("pod-1", "job-1", "someone-else"):
+        asyncio.run(controller.warning_event(body=warning("FailedCreate", about), memo=kopf.Memo(operator=operator)))
+        while (key := operator.queue.get(timeout=0.01)) is not None:
+            operator.queue.done(key)
+            queued.append((about, key))
+    assert queued == [("pod-1", ("ns", "vm-only")), ("job-1", ("ns", "vm-only"))]

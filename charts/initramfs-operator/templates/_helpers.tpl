@@ -142,11 +142,11 @@ optional; the CRD is installed before the operator), kopf peering objects (it ru
 - apiGroups: [""]
   resources: [persistentvolumeclaims, configmaps]
   verbs: [get]
-# One Event per state change of a build (kopf's own event posting is off); the Events of a build pod
-# or Job stuck for a while are read for why (FailedMount, FailedCreate).
+# One Event per state change of a build (kopf's own event posting is off); Warning Events are
+# watched (the API server filters on type) for why a build pod or Job is stuck (FailedMount, FailedCreate).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, list]
+  verbs: [create, list, watch]
 {{- if .Values.rbac.registrySecrets }}
 # imagePullSecrets and output.oci.pushSecret: read by name to resolve digests (the build pod mounts
 # them itself). By name only: never list, watch or create.

@@ -1,9 +1,13 @@
 """What the operator knows of the cluster: kopf indexes fed by the watch streams it holds.
 
-controller.py registers three indexes, and kopf keeps them current from its watches:
+controller.py registers four indexes, and kopf keeps them current from its watches:
 - `builds`: (namespace, name) -> the InitramfsBuild;
 - `build_jobs`: build uid -> its build Jobs;
-- `build_pods`: Job uid -> its build pods.
+- `build_pods`: Job uid -> its build pods;
+- `build_warnings`: uid of a Job or pod -> the Warning Events about it that say why a pod cannot be
+  created or started (FailedCreate, FailedMount, ...): the watch is of Warning Events only (the
+  API server filters them), and the index keeps only those reasons; Kubernetes expires Events
+  (an hour by default), and their deletion removes them from the index.
 Every read of the reconciler and of the admission comes from here, so a pass costs no
 request to look at anything. The values are trimmed to what is read (no managedFields), and
 never changed once stored.
@@ -14,7 +18,7 @@ dictionary changed size between the snapshot's start and end.
 """
 
 import threading
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from copy import deepcopy
 from typing import Any, TypeVar
 
@@ -48,6 +52,15 @@ def pod_entry(body: Mapping) -> dict:
                        if k in status}}
 
 
+def warning_entry(body: Mapping, reasons: Collection[str]) -> tuple[str, dict] | None:
+    """(uid of the object it is about, the Event trimmed) for a Warning Event with one of `reasons`."""
+    involved = body.get("involvedObject") or {}
+    if body.get("type") != "Warning" or body.get("reason") not in reasons or not involved.get("uid"):
+        return None
+    return involved["uid"], {k: body[k] for k in ("type", "reason", "message", "lastTimestamp", "eventTime")
+                             if body.get(k) is not None}
+
+
 def job_uid_of_pod(labels: Mapping) -> str | None:
     return labels.get(JOB_UID) or labels.get("controller-uid")
 
@@ -69,10 +82,11 @@ class Cache:
         self._builds: Mapping[Hashable, Any] = {}
         self._jobs: Mapping[Hashable, Any] = {}
         self._pods: Mapping[Hashable, Any] = {}
+        self._warnings: Mapping[Hashable, Any] = {}
 
-    def bind(self, builds: Mapping, jobs: Mapping, pods: Mapping) -> None:
+    def bind(self, builds: Mapping, jobs: Mapping, pods: Mapping, warnings: Mapping) -> None:
         """The kopf indexes (kopf.Index: key -> a store of values), once kopf has made them."""
-        self._builds, self._jobs, self._pods = builds, jobs, pods
+        self._builds, self._jobs, self._pods, self._warnings = builds, jobs, pods, warnings
 
     @staticmethod
     def _values(index: Mapping, key: Hashable) -> list[dict]:
@@ -88,6 +102,20 @@ class Cache:
 
     def pods_of(self, job_uid: str) -> list[dict]:
         return self._values(self._pods, job_uid)
+
+    def warnings_about(self, uid: str) -> list[dict]:
+        return self._values(self._warnings, uid)
+
+    def build_of(self, uid: str) -> tuple[str, str] | None:
+        """(namespace, build name) of the build Job or build pod with this uid. A scan: it runs for the
+        rare Warning Event about a build's Job or pod, not per pass."""
+        jobs = {job["metadata"]["uid"]: job for job in self.all_jobs()}
+        job = jobs.get(uid)
+        if job is None:
+            job = next((jobs.get(str(job_uid)) for job_uid, pods in self.pods_by_job()
+                        if any(pod["metadata"]["uid"] == uid for pod in pods)), None)
+        name = build_name_of(job["metadata"].get("annotations") or {}) if job else None
+        return (job["metadata"]["namespace"], name) if job and name else None
 
     def build_keys(self) -> list[Hashable]:
         return snapshot(lambda: self._builds)

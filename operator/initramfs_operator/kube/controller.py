@@ -1,7 +1,8 @@
 """The operator process: kopf's watches feed indexes and a work queue; a few threads do the work.
 
-- kopf indexes (cache.py) over InitramfsBuilds, build Jobs and build pods (the last two
-  label-selected by the API server) hold everything a pass reads;
+- kopf indexes (cache.py) over InitramfsBuilds, build Jobs and build pods (label-selected by
+  the API server) and the Warning Events that say why a pod is not created or started hold
+  everything a pass reads;
 - kopf event handlers only queue the build an event is about, and wake the admission (a
   Job or pod event may have freed a slot); kopf replays every object at startup, which is
   how a restarted operator adopts running Jobs;
@@ -26,7 +27,7 @@ import kopf
 import kubernetes
 import prometheus_client
 
-from . import api, buildjob, cache, crd, delivery, metrics
+from . import api, buildjob, cache, crd, delivery, diagnosis, metrics
 from .leader import LeaderElector
 from .reconcile import Reconciler, Settings
 from .workqueue import Backoff, Retries, WorkQueue
@@ -136,6 +137,7 @@ class Operator:
 
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
+EVENTS = ("", "v1", "events")
 BUILD_OBJECTS = {buildjob.MANAGED_BY: buildjob.OPERATOR}
 
 
@@ -156,6 +158,12 @@ async def build_pods(body: kopf.Body, labels: Mapping[str, str], **_) -> dict | 
     return {uid: cache.pod_entry(body)} if uid else None
 
 
+@kopf.index(*EVENTS)
+async def build_warnings(body: kopf.Body, **_) -> dict | None:
+    found = cache.warning_entry(body, diagnosis.WARNING_REASONS)
+    return {found[0]: found[1]} if found else None
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes) -> None:
     settings.posting.enabled = False  # the reconciler posts one event per state change, kopf's would be noise
@@ -165,8 +173,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes) -> None
     # Only the operator's own Jobs and pods travel: the API server filters them.
     settings.watching.label_selectors[JOBS] = buildjob.SELECTOR
     settings.watching.label_selectors[PODS] = buildjob.SELECTOR
+    settings.watching.field_selectors[EVENTS] = "type=Warning"
     operator: Operator = memo.operator
-    operator.cache.bind(indexes["builds"], indexes["build_jobs"], indexes["build_pods"])
+    operator.cache.bind(indexes["builds"], indexes["build_jobs"], indexes["build_pods"], indexes["build_warnings"])
     if operator.delivery:
         operator.delivery.bind(indexes["delivery_reports"], indexes["node_labels"])
     operator.start()
@@ -193,6 +202,15 @@ async def job_event(namespace: str | None, annotations: Mapping[str, str], memo:
 @kopf.on.event(*PODS, labels=BUILD_OBJECTS)
 async def pod_event(namespace: str | None, annotations: Mapping[str, str], memo: Any, **_) -> None:
     dependent_event(memo.operator, namespace, annotations)
+
+
+@kopf.on.event(*EVENTS)
+async def warning_event(body: kopf.Body, memo: Any, **_) -> None:
+    """A Warning that may say why a build is stuck: its build needs a pass."""
+    found = cache.warning_entry(body, diagnosis.WARNING_REASONS)
+    build = memo.operator.cache.build_of(found[0]) if found else None
+    if build:
+        memo.operator.queue.add(build)
 
 
 def dependent_event(operator: Operator, namespace: str | None, annotations: Mapping[str, str]) -> None:

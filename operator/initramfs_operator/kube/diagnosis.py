@@ -4,8 +4,9 @@ A build pod can wait forever without failing: it cannot be scheduled, the builde
 cannot be pulled, its container cannot be configured, its volumes cannot be attached or
 mounted; or the Job controller cannot even create it (quota, admission). The pod's status
 says the first three; only Events say the others (FailedMount, FailedAttachVolume on the
-pod, FailedCreate on the Job), so those are read, rarely, for a build that has been stuck
-for a while. Each becomes a condition reason with the message Kubernetes gave.
+pod, FailedCreate on the Job), so the operator watches those (Warning Events with these
+reasons, cache.py) and looks at them for a build stuck for a while. Each becomes a condition
+reason with the message Kubernetes gave.
 """
 
 from dataclasses import dataclass
@@ -28,11 +29,11 @@ IMAGE_PULL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "E
 CONTAINER_CONFIG_WAITING = {"CreateContainerConfigError", "CreateContainerError"}
 VOLUME_EVENTS = {"FailedMount", "FailedAttachVolume", "FailedMapVolume"}
 POD_CREATE_EVENTS = {"FailedCreate"}
+WARNING_REASONS = VOLUME_EVENTS | POD_CREATE_EVENTS  # the Events kept in the operator's index
 
-# How long a pod may sit in ContainerCreating, or a Job without any pod, before its Events are read;
-# and how often they are read again while it stays so.
+# How long a pod may sit in ContainerCreating, or a Job without any pod, before its Events count: a
+# volume that mounts at the second try, or a quota freed a moment later, is not worth a status.
 EVENTS_AFTER_SECONDS = 15.0
-EVENTS_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,7 @@ def _about_volumes(message: str) -> bool:
 
 def of_events(events: list[dict]) -> Diagnosis | None:
     """The newest Warning Event about volumes or pod creation, if any."""
-    wanted = VOLUME_EVENTS | POD_CREATE_EVENTS
-    relevant = [e for e in events if e.get("type") == "Warning" and e.get("reason") in wanted]
+    relevant = [e for e in events if e.get("type") == "Warning" and e.get("reason") in WARNING_REASONS]
     if not relevant:
         return None
     newest = max(relevant, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
@@ -82,11 +82,11 @@ def of_events(events: list[dict]) -> Diagnosis | None:
     return Diagnosis(reason, explained(newest["reason"], newest.get("message") or ""))
 
 
-def waiting_since(job: dict, pods: list[dict]) -> tuple[str, dict] | None:
-    """("Job", job) when the Job has no pod yet, or ("Pod", pod) when its newest pod is scheduled but its
-    container was never created: the object whose Events explain it, if any. None when neither applies."""
+def stuck_object(job: dict, pods: list[dict]) -> dict | None:
+    """The Job when it has no pod yet, or its newest pod when that is scheduled but its container was
+    never created: the object whose Events explain it, if any. None when neither applies."""
     if not pods:
-        return "Job", job
+        return job
     pod = newest(pods)
     status = pod.get("status") or {}
     scheduled = any(c.get("type") == "PodScheduled" and c.get("status") == "True"
@@ -94,7 +94,7 @@ def waiting_since(job: dict, pods: list[dict]) -> tuple[str, dict] | None:
     created = any(((c.get("state") or {}).get("waiting") or {}).get("reason") != "ContainerCreating"
                   for c in status.get("containerStatuses") or [])
     if status.get("phase") == "Pending" and scheduled and not created:
-        return "Pod", pod
+        return pod
     return None
 
 

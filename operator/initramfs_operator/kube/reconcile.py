@@ -60,7 +60,6 @@ class Reconciler:
         self.overlay = cache.Overlay()
         # Per build, what this process learnt: no need to ask again (lost on restart, asked again then).
         self.verified: dict[Hashable, tuple] = {}      # outputs confirmed present: (generation, digest, proof)
-        self.stuck: dict[Hashable, tuple[str, float, diagnosis.Diagnosis | None]] = {}  # events read: uid, when, what
         self.deleted: dict[str, float] = {}            # Job uids deleted, until the watch shows it
         self.claims: dict[tuple[str, str], tuple[str | None, float]] = {}  # claim -> (uid, when read)
         self.headlines: dict[Hashable, str] = {}       # what the last Event about each build was about
@@ -78,7 +77,6 @@ class Reconciler:
         self.forget_failures(key)
         self.overlay.drop(key)
         self.verified.pop(key, None)
-        self.stuck.pop(key, None)
         self.headlines.pop(key, None)
 
     def forget_failures(self, key: KEY) -> None:
@@ -166,14 +164,6 @@ class Reconciler:
                 uid = None
             self.claims[key] = (uid, time.monotonic())
         return {"claimUID": uid} if uid else {}
-
-    def events_about(self, namespace: str, uid: str) -> list[dict]:
-        try:
-            return self.kube.get(api.path("v1", "events", namespace),
-                                 {"fieldSelector": f"involvedObject.uid={uid}"})["items"]
-        except ApiException as e:
-            log.warning("cannot read the events of %s in %s: %s", uid, namespace, e.reason)
-            return []
 
 
 class Pass:
@@ -447,25 +437,16 @@ class Pass:
         self.write(self.fields, self.over_output(state))
 
     def from_events(self, job: dict, pods: list[dict]) -> diagnosis.Diagnosis | None:
-        """Why a Job has no pod, or its pod no container, after a while: what their Events say. Read
-        only for builds in that state, and then once a minute."""
-        waiting = diagnosis.waiting_since(job, pods)
-        if waiting is None:
-            self.r.stuck.pop(self.key, None)
+        """Why a Job has no pod, or its pod no container, after a while: what the Warning Events about them
+        say (from the index; a new one queues the build, see controller.warning_event)."""
+        stuck = diagnosis.stuck_object(job, pods)
+        if stuck is None:
             return None
-        _, obj = waiting
-        uid = obj["metadata"]["uid"]
-        age = diagnosis.stuck_for(obj, self.now)
+        age = diagnosis.stuck_for(stuck, self.now)
         if age < diagnosis.EVENTS_AFTER_SECONDS:
             self.r.queue.add_after(self.key, diagnosis.EVENTS_AFTER_SECONDS - age + 0.5)
             return None
-        read = self.r.stuck.get(self.key)
-        if read and read[0] == uid and time.monotonic() - read[1] < diagnosis.EVENTS_EVERY_SECONDS:
-            return read[2]
-        found = diagnosis.of_events(self.r.events_about(self.namespace, uid))
-        self.r.stuck[self.key] = (uid, time.monotonic(), found)
-        self.r.queue.add_after(self.key, diagnosis.EVENTS_EVERY_SECONDS)
-        return found
+        return diagnosis.of_events(self.r.cache.warnings_about(stuck["metadata"]["uid"]))
 
     def ended(self, job: dict, result: str) -> None:
         failed = failed_condition(job)
