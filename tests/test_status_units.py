@@ -195,9 +195,9 @@ def test_node_events_queue_a_build_only_when_its_selector_gains_or_loses_the_nod
 
 # --- Warning Events: indexed by what they are about, and queueing that object's build -------------------------
 
-def warning(reason: str, uid: str, kind: str = "Warning") -> dict:
+def warning(reason: str, uid: str, kind: str = "Warning", about: str = "Pod") -> dict:
     return {"type": kind, "reason": reason, "message": f"{reason} about {uid}", "lastTimestamp": "2024-01-01T00:00:05Z",
-            "involvedObject": {"kind": "Pod", "uid": uid}, "metadata": {"name": "e", "managedFields": [{}]}}
+            "involvedObject": {"kind": about, "uid": uid}, "metadata": {"name": "e", "managedFields": [{}]}}
 
 
 def test_only_warnings_that_explain_a_stuck_build_are_indexed_trimmed():
@@ -205,7 +205,7 @@ def test_only_warnings_that_explain_a_stuck_build_are_indexed_trimmed():
     assert index == {"pod-1": {"type": "Warning", "reason": "FailedMount", "message": "FailedMount about pod-1",
                                "lastTimestamp": "2024-01-01T00:00:05Z"}}
     for ignored in (warning("BackOff", "pod-1"), warning("FailedMount", "pod-1", kind="Normal"),
-                    warning("FailedMount", "")):
+                    warning("FailedMount", ""), warning("FailedCreate", "rs-1", about="ReplicaSet")):
         assert asyncio.run(controller.build_warnings(body=ignored)) is None
 
 
@@ -215,8 +215,9 @@ def test_a_warning_about_a_build_job_or_its_pod_queues_that_build(operator):
     pod = {"metadata": {"namespace": "ns", "name": "vm-only-1-x", "uid": "pod-1"}}
     operator.cache.bind({}, {"vm-only": [job]}, {"job-1": [pod]}, {})
     queued = []
-    for about in ("pod-1", "job-1", "someone-else"):
-        asyncio.run(controller.warning_event(body=warning("FailedCreate", about), memo=kopf.Memo(operator=operator)))
+    for about, kind in (("pod-1", "Pod"), ("job-1", "Job"), ("someone-else", "Pod")):
+        asyncio.run(controller.warning_event(body=warning("FailedCreate", about, about=kind),
+                                             memo=kopf.Memo(operator=operator)))
         while (key := operator.queue.get(timeout=0.01)) is not None:
             operator.queue.done(key)
             queued.append((about, key))

@@ -53,9 +53,11 @@ def pod_entry(body: Mapping) -> dict:
 
 
 def warning_entry(body: Mapping, reasons: Collection[str]) -> tuple[str, dict] | None:
-    """(uid of the object it is about, the Event trimmed) for a Warning Event with one of `reasons`."""
+    """(uid of the object it is about, the Event trimmed) for a Warning Event with one of `reasons` about
+    a Job or a pod (a ReplicaSet's FailedCreate, say, is none of a build's business)."""
     involved = body.get("involvedObject") or {}
-    if body.get("type") != "Warning" or body.get("reason") not in reasons or not involved.get("uid"):
+    if body.get("type") != "Warning" or body.get("reason") not in reasons or not involved.get("uid") or \
+            involved.get("kind") not in ("Job", "Pod"):
         return None
     return involved["uid"], {k: body[k] for k in ("type", "reason", "message", "lastTimestamp", "eventTime")
                              if body.get(k) is not None}
