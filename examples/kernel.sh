@@ -2,7 +2,7 @@
 # Prints the path of a kernel to boot initramfs images with: /boot/vmlinuz-* of the package Debian's
 # linux-image-amd64 currently depends on, fetched from the configured Debian mirror with
 # `apt-get download` and unpacked with `dpkg-deb -x` (never installed), once, into the cache that
-# examples/run.sh, examples/operator-demo.sh and the boot tests (tests/fixtures/boot.py) share.
+# examples/boot.sh and the boot tests (tests/fixtures/boot.py) share.
 set -euo pipefail
 shopt -s nullglob
 cache=${INITRAMFS_TOOLS_CACHE:-$HOME/.cache/initramfs-operator}/kernel

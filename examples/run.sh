@@ -11,7 +11,4 @@ mkdir -p out
 image=$(python3 examples/hello-image.py out/hello-image)
 initramfs-builder inspect "$image"
 initramfs-builder build "$image" -o out/hello.cpio.gz
-kernel=$(examples/kernel.sh)  # Debian's, fetched once into ~/.cache/initramfs-operator/kernel
-echo "booting out/hello.cpio.gz with $kernel (qemu, TCG) ..."
-timeout 120 qemu-system-x86_64 -M microvm -accel tcg -m 256 -nographic -no-reboot -kernel "$kernel" \
-  -initrd out/hello.cpio.gz -append "console=ttyS0 rdinit=/init panic=-1 quiet tsc_early_khz=2000000" </dev/null | grep -m1 "hello from"
+examples/boot.sh out/hello.cpio.gz  # Debian's kernel, fetched once into ~/.cache/initramfs-operator/kernel

@@ -1,9 +1,13 @@
 """The proof that "bootable" is true: Debian's kernel boots what we built and runs its /init."""
 
+import re
+import subprocess
+
 import pytest
 
 from fixtures.boot import boot
 from fixtures.images import E, Layout, busybox_entries
+from fixtures.tools import REPO, need
 from initramfs_operator import build
 from initramfs_operator.oci import layout
 
@@ -27,3 +31,14 @@ def test_boots_in_qemu(compression, kernel, busybox_static, tmp_path):
     console = boot(kernel, initrd, MARKER)
     assert f"{MARKER} uid=0 console=/dev/console" in console
     assert "motd from the top layer" in console
+
+
+def test_the_readme_quick_start_builds_the_example_and_boots_it(kernel, busybox_static):
+    """`examples/run.sh`, the README's first command, as a user runs it (qemu and busybox are checked
+    first, so that it does not install them): the example image becomes out/hello.cpio.gz, which
+    boots, and its generated /init runs the Entrypoint as the image's User."""
+    need("qemu-system-x86_64")
+    done = subprocess.run([str(REPO / "examples/run.sh")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(r"^hello from Linux \S+ as hello in /srv/hello: it boots$", done.stdout, re.M), done.stdout[-2000:]
+    assert (REPO / "out/hello.cpio.gz").stat().st_size > 0
