@@ -115,3 +115,21 @@ def test_missing_image_and_unreachable_registry(registry, tmp_path):
     p = run("build", "127.0.0.1:1/app:v1", "--insecure-registry", "127.0.0.1:1", "-o", tmp_path / "y")
     assert p.returncode == 3 and "127.0.0.1:1" in p.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_users_docker_config_credential_helper_logs_in(auth_registry, credential_helper, tmp_path, monkeypatch):
+    """As after `docker login` with a credential store: config.json names a helper, the helper holds the password."""
+    ref, _ = pushed(auth_registry, tmp_path)
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker/config.json").write_text(json.dumps({"auths": {auth_registry.host: {}},
+                                                             "credHelpers": {auth_registry.host: "test"}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    credential_helper.answers = {auth_registry.host: [auth_registry.username, auth_registry.password]}
+    credential_helper.save()
+    p = run("build", ref, "-o", tmp_path / "ok", "--insecure-registry", auth_registry.host)
+    assert p.returncode == 0, p.stderr
+    credential_helper.answers = {auth_registry.host: [auth_registry.username, "wrong-password-XYZ"]}
+    credential_helper.save()
+    p = run("build", ref, "-o", tmp_path / "bad", "--insecure-registry", auth_registry.host)
+    assert p.returncode == 3 and "wrong-password-XYZ" not in p.stderr and auth_registry.host in p.stderr
+    assert credential_helper.asked == [auth_registry.host, auth_registry.host]

@@ -3,6 +3,7 @@
 import base64
 import json
 import logging
+import re
 
 import pytest
 
@@ -180,3 +181,58 @@ def test_malformed_auth_files_are_usage_errors_without_content(tmp_path, content
 def test_missing_auth_file_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match=f"cannot read auth file {tmp_path}/nope.json: No such file"):
         reg.Keychain.from_file(str(tmp_path / "nope.json"))
+
+
+# --- credential helpers of the user's docker config ---------------------------------------------
+
+def docker_config(path, doc: dict) -> str:
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def test_credential_helpers_answer_for_their_registries_once_each(credential_helper, tmp_path):
+    helper = credential_helper
+    helper.answers = {"ghcr.io": ["ghcr-user", "ghcr-secret"], "https://index.docker.io/v1/": ["<token>", "refresh"]}
+    helper.save()
+    other = base64.b64encode(b"file-user:file-secret").decode()
+    path = docker_config(tmp_path / "config.json", {"auths": {"other.example": {"auth": other}},
+                                                    "credHelpers": {"https://ghcr.io": "test"}, "credsStore": "test"})
+    keychain = reg.Keychain.from_file(path, helpers=True)
+    for _ in range(2):
+        assert keychain.resolve("ghcr.io") == reg.Credentials("ghcr-user", "ghcr-secret")  # credHelpers
+        assert keychain.resolve("docker.io") == reg.Credentials(identity_token="refresh")  # credsStore, "<token>"
+        assert keychain.resolve("other.example") == reg.Credentials("file-user", "file-secret")  # the store has none
+        assert keychain.resolve("nowhere.example") is None
+    assert sorted(helper.asked) == ["ghcr.io", "https://index.docker.io/v1/", "nowhere.example", "other.example"]
+    assert "secret" not in repr(keychain) and "refresh" not in repr(keychain)
+
+
+def test_only_the_users_docker_config_runs_helpers(credential_helper, tmp_path):
+    """--registry-config files and Kubernetes Secrets are read as the kubelet reads them: auths only."""
+    credential_helper.answers = {"ghcr.io": ["u", "p"]}
+    credential_helper.save()
+    doc = {"auths": {}, "credHelpers": {"ghcr.io": "test"}, "credsStore": "test"}
+    assert reg.Keychain.from_file(docker_config(tmp_path / "config.json", doc)).resolve("ghcr.io") is None
+    assert reg.Keychain.from_docker_config(doc, "secret s").resolve("ghcr.io") is None
+    assert credential_helper.asked == []
+
+
+@pytest.mark.parametrize("answer, words", [
+    ("crash", "credential helper docker-credential-test failed for ghcr.io (exit status 3)"),
+    ("garbage", "did not answer for ghcr.io with a Username and a Secret"),
+])
+def test_a_helper_that_fails_is_an_authentication_error(credential_helper, tmp_path, answer, words):
+    credential_helper.answers = {"ghcr.io": answer}
+    credential_helper.save()
+    keychain = reg.Keychain.from_file(docker_config(tmp_path / "c.json", {"credsStore": "test"}), helpers=True)
+    with pytest.raises(AuthError, match=re.escape(words)):
+        keychain.resolve("ghcr.io")
+
+
+def test_a_missing_or_unsafe_helper_is_named(tmp_path):
+    keychain = reg.Keychain.from_file(docker_config(tmp_path / "c.json", {"credsStore": "absent-xyz"}), helpers=True)
+    with pytest.raises(AuthError, match="credential helper docker-credential-absent-xyz, which is not on PATH"):
+        keychain.resolve("ghcr.io")
+    for bad in ({"credsStore": "../../bin/sh"}, {"credHelpers": {"ghcr.io": "a b"}}, {"credHelpers": ["x"]}):
+        with pytest.raises(UsageError):
+            reg.Keychain.from_file(docker_config(tmp_path / "c.json", bad), helpers=True)

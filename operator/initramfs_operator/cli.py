@@ -86,12 +86,14 @@ def _registry_options(args: argparse.Namespace, progress: Progress | None = None
 
 
 def _keychain(username: str | None, password: str | None, config_files: list[str]) -> registry.Keychain:
-    """--username/--password-stdin for every registry, else the docker config files' entries (for each
-    registry, the first file that has it wins)."""
+    """--username/--password-stdin for every registry, else the --registry-config files' entries (for each
+    registry, the first file that has it wins), else the user's docker config with its credential helpers."""
     if username:
         return registry.Keychain(fallback=registry.Credentials(username, password or ""))
-    paths = config_files or [p for p in [_default_docker_config()] if p]
-    return registry.Keychain.first_match([registry.Keychain.from_file(p) for p in paths])
+    if config_files:
+        return registry.Keychain.first_match([registry.Keychain.from_file(p) for p in config_files])
+    default = _default_docker_config()
+    return registry.Keychain.from_file(default, helpers=True) if default else registry.Keychain()
 
 
 def _default_docker_config() -> str | None:
@@ -259,9 +261,10 @@ def parser() -> argparse.ArgumentParser:
         g.add_argument("--username", "-u", help="registry user name (with --password-stdin)")
         g.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
         g.add_argument("--registry-config", "--authfile", action="append", default=[], metavar="FILE",
-                       help="docker config.json or Kubernetes .dockerconfigjson with registry credentials; "
-                            "repeatable, the first file with an entry for a registry wins "
-                            "(default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
+                       help="docker config.json or Kubernetes .dockerconfigjson with registry credentials "
+                            "(its auths only, as the kubelet reads it); repeatable, the first file with an entry "
+                            "for a registry wins (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json, "
+                            "with its credential helpers, as docker runs them)")
         g.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                        help="talk plain HTTP to this registry (repeatable)")
         g.add_argument("--ca-file", metavar="FILE", help="extra CA certificates (PEM) to trust for registries")

@@ -2,6 +2,11 @@
 
 A keychain is filled from a docker config.json document (read from a file, or a Kubernetes
 Secret's `.dockerconfigjson` already in memory), or from an explicit user name and password.
+The user's own docker config may also name credential helpers (`credHelpers` per registry,
+`credsStore` for the rest): they are run as docker and crane run them, once per registry and
+only for a registry actually contacted. Documents from anywhere else are read as the kubelet
+reads a `.dockerconfigjson`, their `auths` only, so a Secret can never make the operator or a
+build pod run a program.
 Secrets live only in `Credentials`, whose repr hides them, and no message built here quotes one.
 """
 
@@ -9,13 +14,20 @@ import base64
 import json
 import os
 import re
+import subprocess
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ...errors import UsageError
+from ...errors import AuthError, UsageError
 from ..reference import DOCKER_HUB
 
 DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", DOCKER_HUB)
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # how docker and its helpers name Docker Hub
+HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # docker-credential-NAME, found on PATH
+HELPER_SECONDS = 60      # ecr-login or gcloud may ask the network for a token
+HELPER_OUTPUT = 1 << 20  # bytes of an answer read at most
+TOKEN_USER = "<token>"   # a helper's user name for an identity token
 
 
 @dataclass(frozen=True)
@@ -34,14 +46,22 @@ class Credentials:
 
 
 class Keychain:
-    """Credentials by registry (`docker.io`, `quay.io`, `host:5000`); `fallback` answers for the others."""
+    """Credentials by registry (`docker.io`, `quay.io`, `host:5000`); `fallback` answers for the others.
+    `helpers` names the credential helper of some registries and `store` the one for every other: a
+    helper's answer wins over the entry of `auths`, which answers when the helper has none."""
 
     def __init__(self, by_registry: Mapping[str, Credentials] | None = None, *,
-                 fallback: Credentials | None = None):
+                 fallback: Credentials | None = None, helpers: Mapping[str, str] | None = None,
+                 store: str = "", source: str = ""):
         self._by_registry: dict[str, Credentials] = {}
         for key, credentials in (by_registry or {}).items():
             self._by_registry.setdefault(registry_of(key), credentials)  # the first spelling of a registry wins
         self._fallback = fallback
+        self._helpers = {registry_of(key): name for key, name in (helpers or {}).items()}
+        self._store = store
+        self._source = source
+        self._answers: dict[str, Credentials | None] = {}  # helpers' answers, by registry
+        self._lock = threading.Lock()  # one helper run per registry, whichever thread asks first
 
     @classmethod
     def from_docker_config(cls, doc: object, source: str) -> "Keychain":
@@ -56,9 +76,10 @@ class Keychain:
                     if isinstance(entry, dict)})
 
     @classmethod
-    def from_file(cls, path: str) -> "Keychain":
+    def from_file(cls, path: str, helpers: bool = False) -> "Keychain":
         """Docker's config.json, or a Kubernetes `.dockerconfigjson` saved to a file; a file named
-        `.dockercfg` (as a legacy kubernetes.io/dockercfg Secret mounts) has the entries without "auths"."""
+        `.dockercfg` (as a legacy kubernetes.io/dockercfg Secret mounts) has the entries without "auths".
+        With `helpers` (the user's own docker config), its credential helpers are used too."""
         try:
             with open(path, "rb") as f:
                 doc = json.load(f)
@@ -69,7 +90,15 @@ class Keychain:
             raise UsageError(f"auth file {path} is not a docker config.json ({type(e).__name__})") from None
         if os.path.basename(path) == ".dockercfg" and isinstance(doc, dict):
             doc = {"auths": doc}
-        return cls.from_docker_config(doc, f"auth file {path}")
+        source = f"auth file {path}"
+        keychain = cls.from_docker_config(doc, source)
+        if not helpers:
+            return keychain
+        assert isinstance(doc, dict)  # from_docker_config refused anything else
+        by_registry = _object(doc, "credHelpers", source)
+        return cls(keychain._by_registry, source=source,
+                   helpers={key: _helper_name(name, source) for key, name in by_registry.items()},
+                   store=_helper_name(doc["credsStore"], source) if doc.get("credsStore") else "")
 
     @classmethod
     def first_match(cls, keychains: Iterable["Keychain"]) -> "Keychain":
@@ -82,17 +111,73 @@ class Keychain:
 
     def resolve(self, registry: str) -> Credentials | None:
         """The credentials for `registry` (as references spell it), or None for anonymous access."""
-        return self._by_registry.get(registry_of(registry), self._fallback)
+        host = registry_of(registry)
+        helper = self._helpers.get(host) or self._store
+        if helper:
+            with self._lock:
+                if host not in self._answers:
+                    self._answers[host] = _from_helper(helper, host, self._source)
+            if self._answers[host] is not None:
+                return self._answers[host]
+        return self._by_registry.get(host, self._fallback)
 
     def __repr__(self) -> str:
         fallback = ", with fallback credentials" if self._fallback else ""
-        return f"Keychain({sorted(self._by_registry)}{fallback})"
+        helpers = f", helpers {sorted(set(self._helpers.values()) | {self._store} - {''})}" \
+            if self._helpers or self._store else ""
+        return f"Keychain({sorted(self._by_registry)}{fallback}{helpers})"
 
 
 def registry_of(key: str) -> str:
     """`https://index.docker.io/v1/` -> `docker.io`; `https://host:5000/v2/` -> `host:5000`."""
     host = re.sub(r"^[a-z]+://", "", key.strip().lower()).split("/", 1)[0]
     return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
+
+
+def _from_helper(name: str, host: str, source: str) -> Credentials | None:
+    """`docker-credential-NAME get` as docker runs it: the server on stdin, JSON on stdout; None when the
+    helper has no credentials for it. Neither its answer nor anything it printed goes into a message."""
+    program = f"docker-credential-{name}"
+    server = DOCKER_HUB_SERVER if host == DOCKER_HUB else host
+    try:
+        done = subprocess.run([program, "get"], input=server.encode(), capture_output=True, timeout=HELPER_SECONDS)
+    except FileNotFoundError:
+        raise AuthError(f"{source} names the credential helper {program}, which is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"credential helper {program} gave no answer for {server} in {HELPER_SECONDS} s") from None
+    except OSError as e:
+        raise AuthError(f"cannot run credential helper {program}: {e.strerror}") from None
+    if done.returncode:
+        if b"credentials not found" in (done.stdout + done.stderr).lower():  # docker-credential-helpers' words
+            return None
+        raise AuthError(f"credential helper {program} failed for {server} (exit status {done.returncode})")
+    try:
+        if len(done.stdout) > HELPER_OUTPUT:
+            raise ValueError
+        answer = json.loads(done.stdout)
+        user, secret = answer["Username"], answer["Secret"]
+        if not (isinstance(user, str) and isinstance(secret, str)):
+            raise ValueError
+    except (ValueError, TypeError, KeyError):
+        raise AuthError(f"credential helper {program} did not answer for {server} with a Username and a "
+                        f"Secret") from None
+    if user == TOKEN_USER:
+        return Credentials(identity_token=secret)
+    return Credentials(user, secret) if user or secret else None
+
+
+def _helper_name(name: object, source: str) -> str:
+    if not isinstance(name, str) or not HELPER_NAME.fullmatch(name):
+        raise UsageError(f"{source}: {str(name)[:60]!r} is not a credential helper name "
+                         f"(docker-credential-NAME, NAME of letters, digits, '.', '_' and '-')")
+    return name
+
+
+def _object(doc: dict[str, object], name: str, source: str) -> dict[str, object]:
+    value = doc.get(name) or {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{source}: {name!r} is not an object")
+    return value
 
 
 def _credentials(entry: dict[str, object], key: str, source: str) -> Credentials:
