@@ -26,7 +26,7 @@ DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", DOCKER_HUB)
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # how docker and its helpers name Docker Hub
 HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # docker-credential-NAME, found on PATH
 HELPER_SECONDS = 60      # ecr-login or gcloud may ask the network for a token
-HELPER_OUTPUT = 1 << 20  # bytes of an answer read at most
+HELPER_OUTPUT = 1 << 20  # a longer answer is refused (the helper is the user's own program, trusted with the password)
 TOKEN_USER = "<token>"   # a helper's user name for an identity token
 
 
