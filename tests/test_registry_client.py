@@ -8,6 +8,7 @@ Authorization. The same rules are exercised against real registries in test_regi
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -371,3 +372,37 @@ def test_a_blob_moved_into_the_cache_before_its_reader_opens_it_is_read_from_the
     threading.Timer(0.2, download.set_result, args=(str(cached),)).start()
     assert reader.read() == LAYER
     reader.close()
+
+
+def test_a_cached_layer_is_hashed_once_even_when_opened_during_its_check(tmp_path, monkeypatch):
+    served = ArrivingLayer([BIG_LAYER], [BIG_LAYER])
+    options = reg.RegistryOptions(transport=httpx.MockTransport(served), cache_dir=str(tmp_path / "cache"))
+    with reg.load(REF, image.DEFAULT_PLATFORM, options) as img:
+        img.layers[0].open().verify()  # downloaded into the cache
+    hashed: list[int] = []
+    real, layer = digests.hasher, digests.of(BIG_LAYER)
+
+    class Counting:
+        """The real hash, counting the layer's bytes; the cache check (on a download thread) starts slowly, so
+        that the layer is opened while its cached file is being checked."""
+
+        def __init__(self, digest: str) -> None:
+            self._hash, self._counted = real(digest), digest == layer
+
+        def update(self, data: bytes) -> None:
+            if self._counted:
+                if not hashed and threading.current_thread().name.startswith("download"):
+                    time.sleep(0.3)
+                hashed.append(len(data))
+            self._hash.update(data)
+
+        def __getattr__(self, name: str):
+            return getattr(self._hash, name)
+
+    monkeypatch.setattr(digests, "hasher", Counting)
+    with reg.load(REF, image.DEFAULT_PLATFORM, options) as img:
+        reader = img.layers[0].open()
+        assert reader.read() == BIG_LAYER
+        reader.verify()
+        reader.close()
+    assert sum(hashed) == len(BIG_LAYER) and served.requests == 1  # checked once, never downloaded again

@@ -5,9 +5,10 @@ time; `open()` starts it if need be. Each blob is verified against its digest an
 arrives (a cached one, before it is used). A layer opened before its download is done is read as
 it arrives, so inflating and parsing overlap with the transfer; those bytes are hashed again as
 they are read, because they are the ones used (a download restarted after a broken connection
-writes the file again from the start). A layer opened once its file is verified is read with
-only its size checked: its bytes are hashed once. Files live in the layer cache when there
-is one (written atomically, so a crash leaves no half blob behind), otherwise in a scratch
+writes the file again from the start). A layer opened once its file is verified, or found in the
+cache (read once its check is done), is read with only its size checked: its bytes are hashed
+once. Files live in the layer cache when there is one (written atomically, so a crash leaves no
+half blob behind), otherwise in a scratch
 directory that closing `Downloads` removes.
 """
 
@@ -110,9 +111,15 @@ class Downloads:
                   self._arrivals[d.digest])
         return path
 
+    def in_cache(self, d: image.Descriptor) -> bool:
+        """Whether the layer cache has a file for `d` (checked against its digest before it is used)."""
+        return self._cached and os.path.exists(self._cache_path(d))
+
+    def _cache_path(self, d: image.Descriptor) -> str:
+        return os.path.join(self._directory, *d.digest.split(":", 1))
+
     def _fetch_to_cache(self, d: image.Descriptor) -> str:
-        alg, hex_ = d.digest.split(":", 1)
-        path = os.path.join(self._directory, alg, hex_)
+        path = self._cache_path(d)
         if os.path.exists(path):
             try:
                 with open(path, "rb") as f:
@@ -122,7 +129,7 @@ class Downloads:
             except InvalidImageError as e:
                 log.warning("%s; downloading it again", e)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{hex_}.", dir=os.path.dirname(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
         os.close(fd)
         try:
             _download(self._transport, d, tmp, lambda: _create(tmp), self._progress, self._arrivals[d.digest])
@@ -154,10 +161,11 @@ class RegistryLayer:
         self.downloads.start(self.descriptor)
 
     def open(self) -> VerifyingReader:
-        """The verified file, or, while the download is in flight, the blob as it arrives (hashed as read)."""
+        """The verified file, or, while the download is in flight, the blob as it arrives (hashed as read).
+        A cached blob is read once its check is done: read while being checked, it would be hashed twice."""
         d = self.descriptor
         future = self.downloads.start(d)
-        if future.done():
+        if future.done() or self.downloads.in_cache(d):
             return VerifyingReader(open(future.result(), "rb"), d.digest, d.size, "layer", hashed=False)
         return VerifyingReader(self.downloads.arriving(d), d.digest, d.size, "layer")
 
