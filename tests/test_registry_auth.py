@@ -220,8 +220,11 @@ def test_only_the_users_docker_config_runs_helpers(credential_helper, tmp_path):
 @pytest.mark.parametrize("answer, words", [
     ("crash", "credential helper docker-credential-test failed for ghcr.io (exit status 3)"),
     ("garbage", "did not answer for ghcr.io with a Username and a Secret"),
+    ("flood", "answered for ghcr.io with more than 1 MiB"),  # read no further than that
+    ("hang", "gave no answer for ghcr.io in 1 s"),
 ])
-def test_a_helper_that_fails_is_an_authentication_error(credential_helper, tmp_path, answer, words):
+def test_a_helper_that_fails_is_an_authentication_error(credential_helper, tmp_path, monkeypatch, answer, words):
+    monkeypatch.setattr("initramfs_operator.oci.registry.keychain.HELPER_SECONDS", 1)
     credential_helper.answers = {"ghcr.io": answer}
     credential_helper.save()
     keychain = reg.Keychain.from_file(docker_config(tmp_path / "c.json", {"credsStore": "test"}), helpers=True)

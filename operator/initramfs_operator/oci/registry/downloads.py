@@ -8,8 +8,7 @@ they are read, because they are the ones used (a download restarted after a brok
 writes the file again from the start). A layer opened once its file is verified, or found in the
 cache (read once its check is done), is read with only its size checked: its bytes are hashed
 once. Files live in the layer cache when there is one (written atomically, so a crash leaves no
-half blob behind), otherwise in a scratch
-directory that closing `Downloads` removes.
+half blob behind), otherwise in a scratch directory that closing `Downloads` removes.
 """
 
 import logging

@@ -17,6 +17,7 @@ import re
 import subprocess
 import threading
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from ...errors import AuthError, UsageError
@@ -26,7 +27,7 @@ DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", DOCKER_HUB)
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # how docker and its helpers name Docker Hub
 HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # docker-credential-NAME, found on PATH
 HELPER_SECONDS = 60      # ecr-login or gcloud may ask the network for a token
-HELPER_OUTPUT = 1 << 20  # a longer answer is refused (the helper is the user's own program, trusted with the password)
+HELPER_OUTPUT = 1 << 20  # bytes of an answer read at most: a longer one is refused
 TOKEN_USER = "<token>"   # a helper's user name for an identity token
 
 
@@ -64,16 +65,24 @@ class Keychain:
         self._lock = threading.Lock()  # one helper run per registry, whichever thread asks first
 
     @classmethod
-    def from_docker_config(cls, doc: object, source: str) -> "Keychain":
-        """A docker config.json document, parsed (a Secret's `.dockerconfigjson` has the same format).
+    def from_docker_config(cls, doc: object, source: str, helpers: bool = False) -> "Keychain":
+        """A docker config.json document, parsed (a Secret's `.dockerconfigjson` has the same format);
+        with `helpers` (the user's own docker config only), its credential helpers too.
 
         `source` names the document in errors ("auth file PATH", "secret NAME").
         """
         entries = (doc.get("auths") or {}) if isinstance(doc, dict) else None
         if not isinstance(entries, dict):
             raise UsageError(f"{source} is not a docker config.json ('auths' is not an object)")
-        return cls({key: _credentials(entry, key, source) for key, entry in entries.items()
-                    if isinstance(entry, dict)})
+        assert isinstance(doc, dict)
+        by_registry = {key: _credentials(entry, key, source) for key, entry in entries.items()
+                       if isinstance(entry, dict)}
+        if not helpers:
+            return cls(by_registry)
+        per_registry = _object(doc, "credHelpers", source)
+        return cls(by_registry, source=source,
+                   helpers={key: _helper_name(name, source) for key, name in per_registry.items()},
+                   store=_helper_name(doc["credsStore"], source) if doc.get("credsStore") else "")
 
     @classmethod
     def from_file(cls, path: str, helpers: bool = False) -> "Keychain":
@@ -90,15 +99,7 @@ class Keychain:
             raise UsageError(f"auth file {path} is not a docker config.json ({type(e).__name__})") from None
         if os.path.basename(path) == ".dockercfg" and isinstance(doc, dict):
             doc = {"auths": doc}
-        source = f"auth file {path}"
-        keychain = cls.from_docker_config(doc, source)
-        if not helpers:
-            return keychain
-        assert isinstance(doc, dict)  # from_docker_config refused anything else
-        by_registry = _object(doc, "credHelpers", source)
-        return cls(keychain._by_registry, source=source,
-                   helpers={key: _helper_name(name, source) for key, name in by_registry.items()},
-                   store=_helper_name(doc["credsStore"], source) if doc.get("credsStore") else "")
+        return cls.from_docker_config(doc, f"auth file {path}", helpers)
 
     @classmethod
     def first_match(cls, keychains: Iterable["Keychain"]) -> "Keychain":
@@ -139,23 +140,17 @@ def _from_helper(name: str, host: str, source: str) -> Credentials | None:
     helper has no credentials for it. Neither its answer nor anything it printed goes into a message."""
     program = f"docker-credential-{name}"
     server = DOCKER_HUB_SERVER if host == DOCKER_HUB else host
-    try:
-        done = subprocess.run([program, "get"], input=server.encode(), capture_output=True, timeout=HELPER_SECONDS)
-    except FileNotFoundError:
-        raise AuthError(f"{source} names the credential helper {program}, which is not on PATH") from None
-    except subprocess.TimeoutExpired:
-        raise AuthError(f"credential helper {program} gave no answer for {server} in {HELPER_SECONDS} s") from None
-    except OSError as e:
-        raise AuthError(f"cannot run credential helper {program}: {e.strerror}") from None
-    if done.returncode:
-        if b"credentials not found" in (done.stdout + done.stderr).lower():  # docker-credential-helpers' words
+    answer, status = _run_helper(program, server, source)
+    if len(answer) > HELPER_OUTPUT:
+        raise AuthError(f"credential helper {program} answered for {server} with more than "
+                        f"{HELPER_OUTPUT >> 20} MiB")
+    if status:
+        if b"credentials not found" in answer.lower():  # docker-credential-helpers' words, on stdout
             return None
-        raise AuthError(f"credential helper {program} failed for {server} (exit status {done.returncode})")
+        raise AuthError(f"credential helper {program} failed for {server} (exit status {status})")
     try:
-        if len(done.stdout) > HELPER_OUTPUT:
-            raise ValueError
-        answer = json.loads(done.stdout)
-        user, secret = answer["Username"], answer["Secret"]
+        parsed = json.loads(answer)
+        user, secret = parsed["Username"], parsed["Secret"]
         if not (isinstance(user, str) and isinstance(secret, str)):
             raise ValueError
     except (ValueError, TypeError, KeyError):
@@ -164,6 +159,40 @@ def _from_helper(name: str, host: str, source: str) -> Credentials | None:
     if user == TOKEN_USER:
         return Credentials(identity_token=secret)
     return Credentials(user, secret) if user or secret else None
+
+
+def _run_helper(program: str, server: str, source: str) -> tuple[bytes, int]:
+    """(what `PROGRAM get` printed, its exit status), reading at most HELPER_OUTPUT + 1 bytes (then it is
+    killed) and waiting at most HELPER_SECONDS."""
+    try:
+        proc = subprocess.Popen([program, "get"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise AuthError(f"{source} names the credential helper {program}, which is not on PATH") from None
+    except OSError as e:
+        raise AuthError(f"cannot run credential helper {program}: {e.strerror}") from None
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(HELPER_SECONDS, expire)
+    timer.start()
+    try:
+        with proc:  # waits for it on the way out
+            assert proc.stdin is not None and proc.stdout is not None
+            with suppress(BrokenPipeError):  # a helper may exit without reading
+                proc.stdin.write(server.encode())
+                proc.stdin.close()
+            answer = proc.stdout.read(HELPER_OUTPUT + 1)
+            if len(answer) > HELPER_OUTPUT:
+                proc.kill()
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise AuthError(f"credential helper {program} gave no answer for {server} in {HELPER_SECONDS} s")
+    return answer, proc.returncode
 
 
 def _helper_name(name: object, source: str) -> str:
