@@ -33,7 +33,6 @@ import fleet_benchmark as fleet
 from fixtures.kube import Processes, issue_cert, write_kubeconfig
 from fixtures.registry import start_registry
 from initramfs_operator.kube import crd
-from initramfs_operator.kube.agent import DELIVERY_PLURAL
 from initramfs_operator.kube.delivery import summarize
 from initramfs_operator.oci.registry import RegistryOptions, push
 
@@ -117,7 +116,8 @@ def main() -> int:
         done_at = None
         while time.monotonic() - started < args.timeout:
             builds = custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, "fleet", crd.PLURAL)["items"]
-            reports = custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, "fleet", DELIVERY_PLURAL)["items"]
+            reports = custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, "fleet",
+                                                           crd.DELIVERY_PLURAL)["items"]
             summaries = [summarize(b, labels, reports) for b in builds]
             ready = sum(s.ready for s in summaries if s)
             desired = sum(s.desired for s in summaries if s)

@@ -18,7 +18,7 @@ import pytest
 from fixtures.kube import Cluster, wait_until
 from fixtures.registry import FaultProxy, unique_repo
 from initramfs_operator.kube import crd
-from initramfs_operator.kube.agent import DELIVERY_PLURAL, Agent, report_name
+from initramfs_operator.kube.agent import Agent, report_name
 from initramfs_operator.oci.registry import push
 
 CPIO_GZ = "application/vnd.initramfs.v1.cpio+gzip"
@@ -86,7 +86,7 @@ class Builds:
     def report(self, name: str, node: str) -> dict | None:
         try:
             return self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace,
-                                                            DELIVERY_PLURAL, report_name(name, node))
+                                                            crd.DELIVERY_PLURAL, report_name(name, node))
         except kubernetes.client.ApiException as e:
             if e.status == 404:
                 return None

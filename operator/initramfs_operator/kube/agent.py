@@ -37,11 +37,7 @@ from .workqueue import Backoff, Retries, WorkQueue
 
 log = logging.getLogger(__name__)
 
-DELIVERY_PLURAL = "initramfsdeliveries"
-DELIVERY_KIND = "InitramfsDelivery"
 FIELD_MANAGER = "initramfs-delivery-agent"
-NODE_LABEL = "initramfs.dev/node"
-BUILD_UID_LABEL = "initramfs.dev/build-uid"
 DEFAULT_KEEP = 3
 BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
@@ -119,9 +115,9 @@ class Agent:
 
     def load_reports(self) -> None:
         """This node's reports as they are, so a restarted agent neither rewrites nor forgets them."""
-        query = {"labelSelector": f"{NODE_LABEL}={self.node}"}
+        query = {"labelSelector": f"{crd.NODE_LABEL}={self.node}"}
         items = [item for namespace in self.namespaces or (None,)
-                 for item in self.kube.get(api.path(crd.API_VERSION, DELIVERY_PLURAL, namespace), query)["items"]]
+                 for item in self.kube.get(api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, namespace), query)["items"]]
         for item in items:
             key = (item["metadata"]["namespace"], item["spec"]["buildName"])
             self.reported[key] = {**(item.get("status") or {}), "name": item["metadata"]["name"]}
@@ -237,7 +233,7 @@ class Agent:
         reported = self.reported.pop(key, None)
         if reported is not None:
             try:
-                self.kube.delete(api.path(crd.API_VERSION, DELIVERY_PLURAL, key[0], reported["name"]))
+                self.kube.delete(api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, key[0], reported["name"]))
             except ApiException as e:
                 if e.status != 404:
                     raise
@@ -259,16 +255,16 @@ class Agent:
         status["lastTransitionTime"] = previous["lastTransitionTime"] \
             if previous.get("phase") == phase and "lastTransitionTime" in previous else _now()
         body = {
-            "apiVersion": crd.API_VERSION, "kind": DELIVERY_KIND,
+            "apiVersion": crd.API_VERSION, "kind": crd.DELIVERY_KIND,
             "metadata": {"name": name, "namespace": meta["namespace"],
-                         "labels": {BUILD_UID_LABEL: meta["uid"], NODE_LABEL: self.node},
+                         "labels": {crd.BUILD_UID_LABEL: meta["uid"], crd.NODE_LABEL: self.node},
                          "ownerReferences": [{"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": meta["name"],
                                               "uid": meta["uid"]}]},
             "spec": {"buildName": meta["name"], "buildUID": meta["uid"], "nodeName": self.node},
             "status": status,
         }
         try:
-            self.kube.call("PATCH", api.path(crd.API_VERSION, DELIVERY_PLURAL, meta["namespace"], name),
+            self.kube.call("PATCH", api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, meta["namespace"], name),
                            query={"fieldManager": FIELD_MANAGER, "force": "true"}, body=body,
                            content_type="application/apply-patch+yaml")
         except ApiException as e:

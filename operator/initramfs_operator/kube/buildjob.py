@@ -16,7 +16,6 @@ from .diagnosis import OOM_KILLED
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR = "initramfs-operator"
-BUILD_UID = "initramfs.dev/build-uid"        # label: Jobs and pods of one InitramfsBuild
 GENERATION = "initramfs.dev/generation"      # label: the spec generation a Job builds
 BUILD_NAME = "initramfs.dev/build-name"      # annotation: names can be longer than label values
 IMAGE_DIGEST = "initramfs.dev/image-digest"  # annotation: the digest a Job builds
@@ -123,7 +122,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
     meta, spec = build["metadata"], build["spec"]
     name = job_name(build, digest)
     labels = {MANAGED_BY: OPERATOR, "app.kubernetes.io/name": "initramfs-builder",
-              BUILD_UID: meta["uid"], GENERATION: str(meta["generation"])}
+              crd.BUILD_UID_LABEL: meta["uid"], GENERATION: str(meta["generation"])}
     args, mounts, volumes = builder_arguments(spec, digest, registry_secrets)
     security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
                 **({"runAsUser": ids.run_as_user} if ids.run_as_user is not None else {}),

@@ -148,7 +148,7 @@ async def builds(body: kopf.Body, namespace: str | None, name: str, **_) -> dict
 
 @kopf.index(*JOBS, labels=BUILD_OBJECTS)
 async def build_jobs(body: kopf.Body, labels: Mapping[str, str], **_) -> dict | None:
-    uid = labels.get(buildjob.BUILD_UID)
+    uid = labels.get(crd.BUILD_UID_LABEL)
     return {uid: cache.job_entry(body)} if uid else None
 
 
@@ -224,7 +224,7 @@ def dependent_event(operator: Operator, namespace: str | None, annotations: Mapp
 
 # --- delivery: the agents' reports and the nodes' labels, only when the agents run -------------
 
-DELIVERIES = (crd.GROUP, crd.VERSION, "initramfsdeliveries")
+DELIVERIES = (crd.GROUP, crd.VERSION, crd.DELIVERY_PLURAL)
 NODES = ("", "v1", "nodes")
 
 

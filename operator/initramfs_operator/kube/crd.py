@@ -1,4 +1,8 @@
-"""The identity of the InitramfsBuild API: one place for what the CRD, the Jobs and the handlers name."""
+"""The identity of the project's API: one place for what the CRDs, the Jobs, the handlers and the agents name."""
 
 GROUP, VERSION, KIND, PLURAL = "initramfs.dev", "v1alpha1", "InitramfsBuild", "initramfsbuilds"
 API_VERSION = f"{GROUP}/{VERSION}"
+DELIVERY_KIND, DELIVERY_PLURAL = "InitramfsDelivery", "initramfsdeliveries"  # one per (build, node), by the agents
+
+BUILD_UID_LABEL = f"{GROUP}/build-uid"  # on build Jobs and pods, and on delivery reports: the build they serve
+NODE_LABEL = f"{GROUP}/node"            # on delivery reports: the node that wrote it
