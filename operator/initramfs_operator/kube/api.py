@@ -8,15 +8,17 @@ authentication (client certificates, refreshed ServiceAccount tokens) and TLS.
 
 import json
 import time
+from collections.abc import Callable
 from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from . import metrics
-
 TIMEOUT = (5.0, 30.0)  # connect, read: a request that hangs must not hold a worker for long
 MERGE_PATCH = "application/merge-patch+json"
+
+# Told of every request: its verb, its HTTP status code ("error" if none came back) and its duration in seconds.
+Observer = Callable[[str, str, float], None]
 
 
 def path(group_version: str, plural: str, namespace: str | None = None, name: str | None = None,
@@ -41,8 +43,9 @@ def verb(method: str, named: bool) -> str:
 
 
 class Kube:
-    def __init__(self, client: kubernetes.client.ApiClient):
+    def __init__(self, client: kubernetes.client.ApiClient, observe: Observer | None = None):
         self.client = client
+        self.observe = observe
 
     def get(self, url: str, query: dict | None = None) -> dict:
         return self.call("GET", url, query=query)
@@ -74,7 +77,8 @@ class Kube:
             response.read()
             code = str(response.status)
         finally:
-            metrics.API_LATENCY.labels(verb(method, _named(url)), code).observe(time.perf_counter() - started)
+            if self.observe is not None:
+                self.observe(verb(method, _named(url)), code, time.perf_counter() - started)
         text = response.data.decode()
         if not 200 <= response.status <= 299:
             raise ApiException(http_resp=response, body=text)

@@ -27,7 +27,7 @@ import kopf
 import kubernetes
 import prometheus_client
 
-from . import api, buildjob, cache, crd, delivery, diagnosis, metrics
+from . import api, buildjob, cache, conditions, crd, delivery, diagnosis, metrics
 from .leader import LeaderElector
 from .reconcile import Reconciler, Settings
 from .workqueue import Backoff, Retries, WorkQueue
@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(args.builder_image, args.max_concurrent_builds,
                         buildjob.PodIds(args.build_run_as_user, args.build_run_as_group, args.build_fs_group),
                         buildjob.Limits(args.build_deadline, args.job_ttl))
-    operator = Operator(api.Kube(kubernetes.client.ApiClient()), settings,
+    metrics.known_results((conditions.SUCCEEDED, *sorted(buildjob.REASONS | diagnosis.REASONS)))
+    operator = Operator(api.Kube(kubernetes.client.ApiClient(), metrics.observe_request), settings,
                         (args.lease_namespace, args.lease_name), args.lease_duration, deliveries=args.delivery)
     if args.delivery:
         register_delivery()
