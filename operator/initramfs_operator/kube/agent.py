@@ -13,7 +13,6 @@ deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
 """
 
 import argparse
-import base64
 import hashlib
 import logging
 import os
@@ -30,8 +29,7 @@ from kubernetes.client.rest import ApiException
 from ..archive.versions import Expected, VersionStore
 from ..errors import BuildError, UsageError
 from ..oci.registry import artifact
-from ..oci.registry.options import RegistryOptions
-from . import api, buildjob, crd, lookup, selector
+from . import api, crd, registry_access, selector
 from .informer import Informer, Key, Obj
 from .workqueue import Backoff, Retries, WorkQueue
 
@@ -41,6 +39,8 @@ FIELD_MANAGER = "initramfs-delivery-agent"
 DEFAULT_KEEP = 3
 BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
+# The chart grants the agent get on both in the namespaces it serves (deliveryNamespacedRules).
+READ_HINT = " (the chart's delivery agent Role allows get on secrets and configmaps in served namespaces)"
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ def report_name(build_name: str, node: str) -> str:
 class Agent:
     def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = ()):
         self.kube = api.Kube(client)
+        self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
+                                                 {"secrets": READ_HINT, "configmaps": READ_HINT})
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.core = kubernetes.client.CoreV1Api(client)
         self.node, self.root, self.namespaces = node, root, namespaces
@@ -186,39 +188,13 @@ class Agent:
 
     def fetch(self, build: Obj, want: Wanted, store: VersionStore) -> str:
         assert want.reference is not None and want.expected is not None
-        options = self.registry_options(build)
+        options = registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"])
         layer = artifact.layer_of(want.reference, options)
         if layer.digest != f"sha256:{want.expected.sha256}" or layer.size != want.expected.size:
             raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
                              f"output sha256:{want.expected.sha256} ({want.expected.size} bytes)")
         expected = want.expected
         return artifact.read_layer(want.reference, layer, options, lambda stream: store.install(stream, expected))
-
-    def registry_options(self, build: Obj) -> RegistryOptions:
-        """The build's own registry settings: its push Secret (which also pulls), pull Secrets, CA, plain HTTP."""
-        spec, namespace = build["spec"], build["metadata"]["namespace"]
-        configs = []
-        for name in buildjob.registry_secret_names(spec):
-            secret = self._read(lambda n=name: self.core.read_namespaced_secret(n, namespace), "Secret", name)
-            data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-            configs.append(buildjob.docker_config_of(secret.type, data, name))
-        ca = None
-        if (spec.get("registry") or {}).get("caConfigMap"):
-            ref = spec["registry"]["caConfigMap"]
-            config_map = self._read(lambda: self.core.read_namespaced_config_map(ref["name"], namespace),
-                                    "ConfigMap", ref["name"])
-            ca = ((config_map.data or {}).get(ref.get("key", "ca.crt")) or "").encode() or None
-        return lookup.registry_options(spec, buildjob.merge_docker_configs(configs) if configs else None, ca)
-
-    @staticmethod
-    def _read(call: Any, kind: str, name: str) -> Any:
-        try:
-            return call()
-        except ApiException as e:
-            if e.status in (403, 404):
-                raise UsageError(f"{kind} {name}: {'not found' if e.status == 404 else 'the agent may not read it'}"
-                                 ) from None
-            raise
 
     def release(self, key: Key, build: Obj | None) -> None:
         """The node no longer serves the build: delete the report; keep or remove the files as the build's
