@@ -4,7 +4,7 @@ It follows the InitramfsBuilds whose `spec.delivery.nodeSelector` matches its ow
 labels (both from watches: no request per pass), and for each one keeps
 `<root>/<namespace>/<directory>/current` pointing at the build's latest output, pulled from
 the registry by digest and verified against the layer digest and `status.output.sha512`
-(see archive/versions.py for the placement rules). What it holds it reports in one small
+(see store.py for the placement rules). What it holds it reports in one small
 InitramfsDelivery object per build, which only the operator reads.
 
 A failed download or a mismatch leaves `current` where it was and is retried with
@@ -26,12 +26,12 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from ..archive.versions import Expected, VersionStore
 from ..errors import BuildError, UsageError
+from ..kube import api, crd, registry_access, selector
+from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci.registry import artifact
-from . import api, crd, registry_access, selector
 from .informer import Informer, Key, Obj
-from .workqueue import Backoff, Retries, WorkQueue
+from .store import Expected, VersionStore
 
 log = logging.getLogger(__name__)
 

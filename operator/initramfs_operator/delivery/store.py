@@ -20,8 +20,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from ..archive.compress import EXTENSIONS
 from ..errors import InvalidImageError, OutputError, UsageError
-from .compress import EXTENSIONS
 
 CURRENT = "current"
 READ_SIZE = 1 << 20
