@@ -78,11 +78,9 @@ def report_name(build_name: str, node: str) -> str:
 
 class Agent:
     def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = ()):
-        self.kube = api.Kube(client)
+        self.kube = api.Kube(client)  # the one client style of this process: the API's JSON as it is
         self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
                                                  {"secrets": READ_HINT, "configmaps": READ_HINT})
-        self.custom = kubernetes.client.CustomObjectsApi(client)
-        self.core = kubernetes.client.CoreV1Api(client)
         self.node, self.root, self.namespaces = node, root, namespaces
         self.queue = WorkQueue()
         self.retries = Retries(BACKOFF)
@@ -93,17 +91,16 @@ class Agent:
         self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
         self.stopping = threading.Event()
         self.builds = self._build_informers(namespaces)
-        self.nodes = Informer("node", self.core.list_node, self._node_changed,
-                              field_selector=f"metadata.name={node}")
+        self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
+                              {"fieldSelector": f"metadata.name={node}"})
 
     def _build_informers(self, namespaces: tuple[str, ...]) -> list[Informer]:
         """One watch over the cluster, or one per served namespace (all a namespaced install may do)."""
         def changed(key: Key, old: Obj | None, new: Obj | None) -> None:
             self.queue.add(key)
-        what = {"group": crd.GROUP, "version": crd.VERSION, "plural": crd.PLURAL}
         if not namespaces:
-            return [Informer("builds", self.custom.list_cluster_custom_object, changed, **what)]
-        return [Informer(f"builds in {ns}", self.custom.list_namespaced_custom_object, changed, namespace=ns, **what)
+            return [Informer("builds", self.kube, api.path(crd.API_VERSION, crd.PLURAL), changed)]
+        return [Informer(f"builds in {ns}", self.kube, api.path(crd.API_VERSION, crd.PLURAL, ns), changed)
                 for ns in namespaces]
 
     def build(self, key: Key) -> Obj | None:
