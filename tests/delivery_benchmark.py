@@ -12,7 +12,7 @@ here to run build pods, and the operator and the agents meet only through that s
 
 Printed: the agents' requests by verb and resource and per node per delivery; the time from the
 outputs appearing until every node holds every build (ready == desired, summed by the operator's
-own `delivery.summarize`); the agents' peak RSS; and that every file on every "host" matches.
+own `delivery_status.summarize`); the agents' peak RSS; and that every file on every "host" matches.
 """
 
 import argparse
@@ -33,7 +33,7 @@ import fleet_benchmark as fleet
 from fixtures.kube import Processes, issue_cert, write_kubeconfig
 from fixtures.registry import start_registry
 from initramfs_operator.kube import crd
-from initramfs_operator.kube.delivery import summarize
+from initramfs_operator.kube.delivery_status import summarize
 from initramfs_operator.oci.registry import RegistryOptions, push
 
 AGENT_USER = "initramfs-delivery-agent"
@@ -83,7 +83,7 @@ def main() -> int:
             root = work / "roots" / name
             root.mkdir(parents=True)
             log = open(work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-            agents.append(subprocess.Popen([sys.executable, "-m", "initramfs_operator.kube.agent",
+            agents.append(subprocess.Popen([sys.executable, "-m", "initramfs_operator.delivery.agent",
                                             "--node-name", name, "--root", str(root)],
                                            env={**os.environ, "KUBECONFIG": str(agent_kubeconfig)},
                                            stdout=log, stderr=subprocess.STDOUT))

@@ -17,8 +17,8 @@ import pytest
 
 from fixtures.kube import Cluster, wait_until
 from fixtures.registry import FaultProxy, unique_repo
+from initramfs_operator.delivery.agent import Agent, report_name
 from initramfs_operator.kube import crd
-from initramfs_operator.kube.agent import Agent, report_name
 from initramfs_operator.oci.registry import push
 
 CPIO_GZ = "application/vnd.initramfs.v1.cpio+gzip"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from initramfs_operator.kube.delivery import summarize
+from initramfs_operator.kube.delivery_status import summarize
 
 SHA = "a" * 64
 BUILD = {"metadata": {"uid": "u1"}, "spec": {"delivery": {"nodeSelector": {"matchLabels": {"vm": "yes"}}}},

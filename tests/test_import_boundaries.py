@@ -3,7 +3,10 @@
 errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/
 (the cpio format, compression, output) beside each other, archive knowing nothing of images or trees;
 rootfs/ (the flattened tree) on both; build and cli on top. kube/ (the operator) sits beside the engine:
-it may use all of it, and nothing in the engine imports kube/ or the operator's libraries.
+it may use all of it, and nothing in the engine imports kube/ or the operator's libraries. kube/api.py
+and kube/metrics.py, at the bottom of kube/, import nothing of the package. delivery/ (the agent on each
+VM host) uses the engine and the few parts of kube/ both programs share (the API client, the API's
+names, selectors, registry access, the work queue); kube/ never imports delivery/, nor the engine either.
 """
 
 import ast
@@ -32,7 +35,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "rootfs": ("errors", "oci", "archive.cpio", "rootfs"),
     "build": ("errors", "oci", "archive", "rootfs"),
     "cli": ("", "errors", "oci", "archive", "rootfs", "build"),
-    "kube": ("", "errors", "oci", "archive", "rootfs", "build", "cli", "kube"),
+    # the entry points that need the [operator] extra
+    "extra": (),
+    "kube": ("", "errors", "oci", "archive", "rootfs", "build", "cli", "extra", "kube"),
+    # the lowest level of the operator: the API client and the metrics know nothing of the domain
+    "kube.api": (),
+    "kube.metrics": (),
+    "delivery": ("errors", "oci", "archive", "extra", "kube.api", "kube.crd", "kube.selector",
+                 "kube.registry_access", "kube.workqueue", "delivery"),
 }
 # Third-party imports (by top-level name) and the layers allowed to use them; anything else that is
 # not in the standard library is refused.
@@ -42,7 +52,7 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "zlib_ng": ("oci", "archive"),
     "isal": ("oci",),
     "kopf": ("kube",),
-    "kubernetes": ("kube",),
+    "kubernetes": ("kube", "delivery"),
     "prometheus_client": ("kube",),
 }
 
@@ -164,7 +174,7 @@ def test_the_cli_needs_only_base_dependencies_and_the_operator_its_extra():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     base = _requirement_names(project["dependencies"])
     extra = _requirement_names(project["optional-dependencies"]["operator"])
-    operator_only = {name for name, layers in THIRD_PARTY.items() if layers == ("kube",)}
+    operator_only = {name for name, layers in THIRD_PARTY.items() if set(layers) <= {"kube", "delivery"}}
     assert extra == operator_only == {"kopf", "kubernetes", "prometheus_client"}
     assert base == set(THIRD_PARTY) - operator_only
 
@@ -191,7 +201,11 @@ PLANTED = {
     "build.py": "from .kube import crd\nimport yaml\n",
     "kube/__init__.py": "",
     "kube/crd.py": "import kubernetes\nfrom .. import errors\n",
-    "cli.py": "from . import __version__, build\n",
+    "kube/buildjob.py": "from ..delivery import store\n",
+    "delivery/__init__.py": "",
+    "delivery/store.py": "from ..archive import cpio\nimport kubernetes\n",
+    "delivery/agent.py": "from ..kube import crd, buildjob\nimport prometheus_client\n",
+    "cli.py": "from . import __version__, build\nfrom .delivery import agent\n",
     "tools/helper.py": "",
 }
 EXPECTED = [
@@ -202,6 +216,10 @@ EXPECTED = [
     "rootfs.tree:2 imports httpx: only ('oci.registry', 'kube') may use it",
     "build:1 imports kube.crd: layer build may import only",
     "build:2 imports yaml: not a dependency",
+    "cli:2 imports delivery.agent: layer cli may import only",
+    "kube.buildjob:1 imports delivery.store: layer kube may import only",
+    "delivery.agent:1 imports kube.buildjob: layer delivery may import only",
+    "delivery.agent:2 imports prometheus_client: only ('kube',) may use it",
     "tools.helper: in no layer",
     "import cycle: archive.cpio -> rootfs.tree -> archive.cpio",
     "import cycle: oci.registry.client -> oci.source -> oci.registry.client",

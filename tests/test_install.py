@@ -77,8 +77,9 @@ def test_the_cli_builds_a_local_layout(venv_bin, tmp_path):
     assert archive.read_bytes() == (tmp_path / "tree.cpio.gz").read_bytes()
 
 
+@pytest.mark.parametrize("command", ["initramfs-operator", "initramfs-delivery-agent"])
 @pytest.mark.parametrize("args", [[], ["--help"]])
-def test_the_operator_names_the_extra_it_needs(venv_bin, args):
-    p = subprocess.run([str(venv_bin / "initramfs-operator"), *args], capture_output=True, text=True)
+def test_the_operator_names_the_extra_it_needs(venv_bin, command, args):
+    p = subprocess.run([str(venv_bin / command), *args], capture_output=True, text=True)
     assert p.returncode == 1 and p.stdout == "", (p.stdout, p.stderr)
     assert "pip install 'initramfs-operator[operator]'" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -118,23 +118,6 @@ def test_every_option_reaches_the_builder_and_the_cli_accepts_it():
     assert "ttlSecondsAfterFinished" not in manifest["spec"]
 
 
-def test_push_secret_comes_first_so_it_wins_for_the_push_registry():
-    spec = {"image": "a.example.com/x", "imagePullSecrets": [{"name": "pull"}, {"name": "push"}],
-            "output": {"oci": {"repository": "a.example.com/y", "tag": "t", "pushSecret": {"name": "push"}}}}
-    assert buildjob.registry_secret_names(spec) == ["push", "pull"]
-    merged = buildjob.merge_docker_configs([{"auths": {"a.example.com": {"auth": "cHVzaA=="}}},
-                                       {"auths": {"a.example.com": {"auth": "cHVsbA=="}, "b": {"auth": "Yg=="}}}])
-    assert merged == {"auths": {"a.example.com": {"auth": "cHVzaA=="}, "b": {"auth": "Yg=="}}}
-
-
-def test_docker_config_errors_do_not_quote_the_secret():
-    with pytest.raises(Exception) as info:
-        buildjob.docker_config_of("kubernetes.io/dockerconfigjson", {".dockerconfigjson": b'{"auths": hunter2'}, "pull")
-    assert info.value.reason == "InvalidSpec" and "hunter2" not in str(info.value)
-    assert buildjob.docker_config_of("kubernetes.io/dockercfg", {".dockercfg": b'{"h": {"auth": "eDp5"}}'}, "old") == \
-        {"auths": {"h": {"auth": "eDp5"}}}
-
-
 PVC_SPEC = build()["spec"]
 
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from initramfs_operator.archive.versions import CURRENT, Expected, VersionStore
+from initramfs_operator.delivery.store import CURRENT, Expected, VersionStore
 from initramfs_operator.errors import InvalidImageError, OutputError, UsageError
 
 

@@ -27,7 +27,6 @@ from .oci.layer import Limits
 from .rootfs.edit import Injection
 from .rootfs.scratch import MEMORY_BUDGET
 
-EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
 CREATED = "org.opencontainers.image.created"
@@ -166,11 +165,11 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     with source.load(args.image, _platform(args), reg) as image:
         try:
             if not args.push:
-                out = args.output or "initramfs" + EXTENSIONS[args.compression]
+                out = args.output or "initramfs" + compress.EXTENSIONS[args.compression]
                 result = build.build_file(image, out, options, progress.report, args.create_dirs, _warn)
                 return {"output": os.path.abspath(out), **_result(result)}
             with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
-                path = os.path.join(tmp, "initramfs" + EXTENSIONS[args.compression])
+                path = os.path.join(tmp, "initramfs" + compress.EXTENSIONS[args.compression])
                 result = build.build_file(image, path, options, progress.report, warn=_warn)
                 progress.report("pushing")
                 media_type = registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression]

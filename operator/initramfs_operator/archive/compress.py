@@ -14,6 +14,7 @@ from . import blockgzip
 
 FORMATS = {"gzip": (1, 9, 6), "zstd": (1, 19, 3), "none": (0, 0, 0)}  # (min level, max level, default)
 MEDIA_SUFFIX = {"gzip": "+gzip", "zstd": "+zstd", "none": ""}
+EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}  # of an initramfs file
 
 
 def default_threads() -> int:

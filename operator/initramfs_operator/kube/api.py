@@ -8,15 +8,18 @@ authentication (client certificates, refreshed ServiceAccount tokens) and TLS.
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from . import metrics
-
 TIMEOUT = (5.0, 30.0)  # connect, read: a request that hangs must not hold a worker for long
+WATCH_SLACK = 30.0     # a watch is quiet until its timeoutSeconds at most: silent longer, the connection is dead
 MERGE_PATCH = "application/merge-patch+json"
+
+# Told of every request: its verb, its HTTP status code ("error" if none came back) and its duration in seconds.
+Observer = Callable[[str, str, float], None]
 
 
 def path(group_version: str, plural: str, namespace: str | None = None, name: str | None = None,
@@ -41,8 +44,9 @@ def verb(method: str, named: bool) -> str:
 
 
 class Kube:
-    def __init__(self, client: kubernetes.client.ApiClient):
+    def __init__(self, client: kubernetes.client.ApiClient, observe: Observer | None = None):
         self.client = client
+        self.observe = observe
 
     def get(self, url: str, query: dict | None = None) -> dict:
         return self.call("GET", url, query=query)
@@ -59,6 +63,28 @@ class Kube:
     def delete(self, url: str, body: dict | None = None) -> dict:
         return self.call("DELETE", url, body=body)
 
+    def watch(self, url: str, resource_version: str, timeout_seconds: int, query: dict | None = None) -> Iterator[dict]:
+        """The events of a collection from `resource_version` on, bookmarks included, as the API server streams
+        them ({"type": ADDED, MODIFIED, DELETED, BOOKMARK or ERROR, "object": ...}), until it ends the watch
+        after `timeout_seconds`. Not observed: a watch's duration says nothing of the API server's speed."""
+        query = {**(query or {}), "watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(timeout_seconds)}
+        request = self.client.param_serialize(method="GET", resource_path=url,
+                                              header_params={"Accept": "application/json"},
+                                              query_params=list(query.items()), auth_settings=["BearerToken"])
+        # The REST client does not preload what it receives: the body is read line by line as it arrives.
+        response = self.client.call_api(*request, _request_timeout=(TIMEOUT[0], timeout_seconds + WATCH_SLACK))
+        try:
+            if not 200 <= response.status <= 299:
+                raise ApiException(http_resp=response, body=response.read().decode())
+            for line in response.response:  # one JSON event a line
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            # Closed, not drained: a watch left early would otherwise be read to its end first.
+            response.response.close()
+            response.response.release_conn()
+
     def call(self, method: str, url: str, *, query: dict | None = None, body: dict | None = None,
              content_type: str = "application/json") -> dict:
         headers = {"Accept": "application/json"}
@@ -74,7 +100,8 @@ class Kube:
             response.read()
             code = str(response.status)
         finally:
-            metrics.API_LATENCY.labels(verb(method, _named(url)), code).observe(time.perf_counter() - started)
+            if self.observe is not None:
+                self.observe(verb(method, _named(url)), code, time.perf_counter() - started)
         text = response.data.decode()
         if not 200 <= response.status <= 299:
             raise ApiException(http_resp=response, body=text)

@@ -6,13 +6,14 @@ without a cluster and the controller only moves objects between here and the API
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import AuthError, BuildError, InvalidImageError, LimitExceeded, OutputError, RegistryError, UsageError
 from ..oci import reference
 from . import crd
 from .diagnosis import OOM_KILLED
+from .registry_access import DEFAULT_CA_KEY, registry_hosts
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR = "initramfs-operator"
@@ -26,7 +27,6 @@ UID = 65532  # the conventional "nonroot" user of distroless images, and the pro
 TERMINATION_LOG = "/dev/termination-log"
 SCRATCH, OUTPUT = "/scratch", "/output"
 CONFIG_DIR = "/var/run/initramfs"
-DOCKER_CONFIG_KEYS = (".dockerconfigjson", ".dockercfg")  # of kubernetes.io/dockerconfigjson and legacy Secrets
 MAX_NAME = 63  # Job names end up in the job-name label of their pods
 
 # The builder's exit codes when it could not write its JSON result (see cli.py).
@@ -43,50 +43,6 @@ def job_name(build: dict, digest: str) -> str:
     key = hashlib.sha256(f"{meta['uid']}/{meta['generation']}/{digest}".encode()).hexdigest()[:10]
     suffix = f"-{meta['generation']}-{key}"
     return meta["name"][: MAX_NAME - len(suffix)].rstrip("-.") + suffix
-
-
-def registry_hosts(spec: dict) -> list[str]:
-    """The registries a build talks to: the image's, and the push destination's."""
-    hosts = [reference.parse(spec["image"]).registry]
-    if "oci" in spec["output"]:
-        hosts.append(reference.parse(spec["output"]["oci"]["repository"]).registry)
-    return list(dict.fromkeys(hosts))
-
-
-def registry_secret_names(spec: dict) -> list[str]:
-    """Docker config Secrets the build needs, the push secret first: its entry wins for the push registry."""
-    push = (spec["output"].get("oci") or {}).get("pushSecret")
-    names = ([push["name"]] if push else []) + [s["name"] for s in spec.get("imagePullSecrets") or []]
-    return list(dict.fromkeys(names))
-
-
-def merge_docker_configs(configs: list[dict]) -> dict:
-    """One docker config.json from several, for the operator's own lookups; the first entry for a key wins,
-    as in the builder (which reads the Secrets' files in the same order)."""
-    auths: dict = {}
-    for config in configs:
-        for key, entry in (config.get("auths") or {}).items():
-            auths.setdefault(key, entry)
-    return {"auths": auths}
-
-
-def docker_config_key(secret_type: str, keys: Iterable[str], name: str) -> str:
-    """The key of a registry Secret holding its docker config: .dockerconfigjson, or a legacy .dockercfg."""
-    key = next((k for k in DOCKER_CONFIG_KEYS if k in keys), None)
-    if key is None:
-        raise UsageError(f"secret {name} (type {secret_type}) has no .dockerconfigjson key")
-    return key
-
-
-def docker_config_of(secret_type: str, data: dict[str, bytes], name: str) -> dict:
-    """The docker config.json inside a kubernetes.io/dockerconfigjson (or legacy dockercfg) Secret."""
-    key = docker_config_key(secret_type, data, name)
-    try:
-        config = json.loads(data[key])
-    except ValueError:
-        # The decoder's message would quote the document, which holds secrets.
-        raise UsageError(f"secret {name}: its docker config is not valid JSON") from None
-    return config if key == ".dockerconfigjson" else {"auths": config}
 
 
 @dataclass(frozen=True)
@@ -220,7 +176,7 @@ def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[
     if registry.get("caConfigMap"):
         ca = registry["caConfigMap"]
         mount("ca", f"{CONFIG_DIR}/ca", {"configMap": {
-            "name": ca["name"], "items": [{"key": ca.get("key", "ca.crt"), "path": "ca.crt"}]}})
+            "name": ca["name"], "items": [{"key": ca.get("key", DEFAULT_CA_KEY), "path": "ca.crt"}]}})
         args += ["--ca-file", f"{CONFIG_DIR}/ca/ca.crt"]
     if spec.get("init"):
         ref = spec["init"]["configMapKeyRef"]

@@ -27,7 +27,7 @@ import kopf
 import kubernetes
 import prometheus_client
 
-from . import api, buildjob, cache, crd, delivery, diagnosis, metrics
+from . import api, buildjob, cache, conditions, crd, delivery_status, diagnosis, metrics
 from .leader import LeaderElector
 from .reconcile import Reconciler, Settings
 from .workqueue import Backoff, Retries, WorkQueue
@@ -61,7 +61,7 @@ class Operator:
             [self.thread(self.work, f"worker-{i}") for i in range(WORKERS)] + \
             [self.thread(self.admit, "admitter"), self.thread(self.tick, "ticker")]
         # status.delivery and Delivered, when the delivery agents run (register_delivery below).
-        self.delivery = delivery.DeliveryStatus(kube, self.cache, lambda: self.leading) if deliveries else None
+        self.delivery = delivery_status.DeliveryStatus(kube, self.cache, lambda: self.leading) if deliveries else None
         if self.delivery is not None:
             self.threads.append(self.thread(partial(self.delivery.run, self.stopping), "delivery"))
 
@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(args.builder_image, args.max_concurrent_builds,
                         buildjob.PodIds(args.build_run_as_user, args.build_run_as_group, args.build_fs_group),
                         buildjob.Limits(args.build_deadline, args.job_ttl))
-    operator = Operator(api.Kube(kubernetes.client.ApiClient()), settings,
+    metrics.known_results((conditions.SUCCEEDED, *sorted(buildjob.REASONS | diagnosis.REASONS)))
+    operator = Operator(api.Kube(kubernetes.client.ApiClient(), metrics.observe_request), settings,
                         (args.lease_namespace, args.lease_name), args.lease_duration, deliveries=args.delivery)
     if args.delivery:
         register_delivery()

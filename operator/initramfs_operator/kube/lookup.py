@@ -22,7 +22,6 @@ import httpx
 
 from ..errors import BuildError
 from ..oci import reference, registry
-from . import buildjob
 from .conditions import now
 
 log = logging.getLogger(__name__)
@@ -32,14 +31,6 @@ log = logging.getLogger(__name__)
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 RETRIES = 1
 SHARED_SECONDS = 5.0  # how long one lookup's answer serves other builds asking the same
-
-def registry_options(spec: dict, docker_config: dict | None, ca_pem: bytes | None) -> registry.RegistryOptions:
-    """Client options for the build's registries, credentials and CA held in memory only."""
-    keychain = registry.Keychain.from_docker_config(docker_config, "the registry secrets") if docker_config \
-        else registry.Keychain()
-    insecure = tuple(buildjob.registry_hosts(spec)) if (spec.get("registry") or {}).get("insecure") else ()
-    return registry.RegistryOptions(insecure=insecure, ca_certs=ca_pem, keychain=keychain)
-
 
 def pinned_digest(spec: dict) -> str | None:
     """The digest the image reference pins, if it does: nothing to ask a registry then.

@@ -1,9 +1,12 @@
-"""Prometheus metrics of the operator process, served on /metrics."""
+"""Prometheus metrics of the operator process, served on /metrics.
+
+Nothing of the domain is imported here: the operator names the label values it knows at start-up
+(`known_results`), and the API client reports its requests through `observe_request`.
+"""
+
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
-
-from . import buildjob, diagnosis
-from .conditions import SUCCEEDED
 
 BUILDS = Counter("initramfs_builds", "Builds that reached a final state, by result (Succeeded or a failure reason)",
                  ["result"])
@@ -17,10 +20,17 @@ API_LATENCY = Histogram("initramfs_api_request_duration_seconds",
                         ["verb", "code"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LEADER = Gauge("initramfs_operator_leader", "1 while this replica holds the leader Lease, else 0")
 
-# Known results start at 0, so rates and alerts work before the first build of each kind.
-for result in (SUCCEEDED, *sorted(buildjob.REASONS | diagnosis.REASONS)):
-    BUILDS.labels(result)
-    DURATION.labels(result)
+
+def known_results(results: Iterable[str]) -> None:
+    """Starts each result's series at 0, so rates and alerts work before the first build of each kind."""
+    for result in results:
+        BUILDS.labels(result)
+        DURATION.labels(result)
+
+
+def observe_request(verb: str, code: str, seconds: float) -> None:
+    """One request of the operator to the API server (an `api.Kube` observer)."""
+    API_LATENCY.labels(verb, code).observe(seconds)
 
 
 def finished(result: str, seconds: float | None) -> None:

@@ -12,7 +12,6 @@ view fails with a conflict instead of overwriting newer news, and the watch even
 made its view stale queues the build again.
 """
 
-import base64
 import json
 import logging
 import socket
@@ -22,9 +21,9 @@ from dataclasses import dataclass
 
 from kubernetes.client.rest import ApiException
 
-from ..errors import AccessDenied, BuildError, RegistryError, UsageError
+from ..errors import BuildError, RegistryError, UsageError
 from ..oci import registry
-from . import api, buildjob, cache, conditions, crd, diagnosis, lookup, metrics
+from . import api, buildjob, cache, conditions, crd, diagnosis, lookup, metrics, registry_access
 from .admission import Admission, Candidate, Rejection, failed_condition, finished, finishing
 from .conditions import BUILDING, QUEUED, READY, RECONCILING, RESOLVING, STALLED, SUCCEEDED
 from .workqueue import Backoff, Retries, Retry, WorkQueue
@@ -93,46 +92,19 @@ class Reconciler:
 
     # --- reads that need the API: objects the spec names, only when needed ---------------------
 
-    def referenced(self, plural: str, namespace: str, name: str, hint: str = "") -> dict:
-        """An object the spec names: missing is a spec error, unreadable is the operator's RBAC."""
-        kind = plural.rstrip("s")
-        try:
-            return self.kube.get(api.path("v1", plural, namespace, name))
-        except ApiException as e:
-            if e.status == 404:
-                raise UsageError(f"{kind} {name} not found") from None
-            if e.status == 403:
-                raise AccessDenied(f"the operator may not read {kind} {name}{hint}") from None
-            raise
-
-    def secret(self, namespace: str, name: str) -> dict:
-        return self.referenced("secrets", namespace, name,
-                               " (installed with the Helm value rbac.registrySecrets=false?)")
+    def referenced(self, plural: str, namespace: str, name: str) -> dict:
+        """An object the spec names (a registry_access.Reader): missing is a spec error, unreadable is the
+        operator's RBAC."""
+        hints = {"secrets": " (installed with the Helm value rbac.registrySecrets=false?)"}
+        return registry_access.ObjectReader(self.kube.get, "the operator", hints)(plural, namespace, name)
 
     def secret_keys(self, namespace: str, spec: dict) -> list[tuple[str, str]]:
         """The build's registry Secrets and the key of each holding the docker config, push secret first."""
-        keys = []
-        for name in buildjob.registry_secret_names(spec):
-            secret = self.secret(namespace, name)
-            keys.append((name, buildjob.docker_config_key(secret.get("type", ""), secret.get("data") or {}, name)))
-        return keys
+        return registry_access.secret_keys(self.referenced, namespace, spec)
 
     def registry_options(self, namespace: str, spec: dict) -> registry.RegistryOptions:
         """Credentials and CA for the operator's own registry lookups, in memory."""
-        configs = []
-        for name in buildjob.registry_secret_names(spec):
-            secret = self.secret(namespace, name)
-            data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
-            configs.append(buildjob.docker_config_of(secret.get("type", ""), data, name))
-        ca_pem = None
-        ca = (spec.get("registry") or {}).get("caConfigMap")
-        if ca:
-            texts = self.referenced("configmaps", namespace, ca["name"]).get("data") or {}
-            key = ca.get("key", "ca.crt")
-            if key not in texts:
-                raise UsageError(f"configmap {ca['name']} has no key {key}")
-            ca_pem = texts[key].encode()
-        return lookup.registry_options(spec, buildjob.merge_docker_configs(configs) if configs else None, ca_pem)
+        return registry_access.registry_options(self.referenced, namespace, spec)
 
     def ask_image(self, key: KEY, question: tuple, spec: dict) -> None:
         same = ("image", spec["image"], *self.access(key[0], spec))
@@ -146,8 +118,8 @@ class Reconciler:
     @staticmethod
     def access(namespace: str, spec: dict) -> tuple:
         """What decides how a build reaches registries: builds alike in it may share a lookup's answer."""
-        return namespace, tuple(buildjob.registry_secret_names(spec)), json.dumps(spec.get("registry") or {},
-                                                                                  sort_keys=True)
+        return namespace, tuple(registry_access.registry_secret_names(spec)), \
+            json.dumps(spec.get("registry") or {}, sort_keys=True)
 
     def claim_uid(self, namespace: str, spec: dict) -> dict:
         """{"claimUID": uid} of the output claim, {} if it has none (or it does not exist)."""

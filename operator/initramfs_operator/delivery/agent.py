@@ -4,7 +4,7 @@ It follows the InitramfsBuilds whose `spec.delivery.nodeSelector` matches its ow
 labels (both from watches: no request per pass), and for each one keeps
 `<root>/<namespace>/<directory>/current` pointing at the build's latest output, pulled from
 the registry by digest and verified against the layer digest and `status.output.sha512`
-(see archive/versions.py for the placement rules). What it holds it reports in one small
+(see store.py for the placement rules). What it holds it reports in one small
 InitramfsDelivery object per build, which only the operator reads.
 
 A failed download or a mismatch leaves `current` where it was and is retried with
@@ -13,7 +13,6 @@ deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
 """
 
 import argparse
-import base64
 import hashlib
 import logging
 import os
@@ -27,13 +26,12 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from ..archive.versions import Expected, VersionStore
 from ..errors import BuildError, UsageError
+from ..kube import api, crd, registry_access, selector
+from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci.registry import artifact
-from ..oci.registry.options import RegistryOptions
-from . import api, buildjob, crd, lookup, selector
 from .informer import Informer, Key, Obj
-from .workqueue import Backoff, Retries, WorkQueue
+from .store import Expected, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +39,8 @@ FIELD_MANAGER = "initramfs-delivery-agent"
 DEFAULT_KEEP = 3
 BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
+# The chart grants the agent get on both in the namespaces it serves (deliveryNamespacedRules).
+READ_HINT = " (the chart's delivery agent Role allows get on secrets and configmaps in served namespaces)"
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,9 @@ def report_name(build_name: str, node: str) -> str:
 
 class Agent:
     def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = ()):
-        self.kube = api.Kube(client)
-        self.custom = kubernetes.client.CustomObjectsApi(client)
-        self.core = kubernetes.client.CoreV1Api(client)
+        self.kube = api.Kube(client)  # the one client style of this process: the API's JSON as it is
+        self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
+                                                 {"secrets": READ_HINT, "configmaps": READ_HINT})
         self.node, self.root, self.namespaces = node, root, namespaces
         self.queue = WorkQueue()
         self.retries = Retries(BACKOFF)
@@ -91,17 +91,16 @@ class Agent:
         self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
         self.stopping = threading.Event()
         self.builds = self._build_informers(namespaces)
-        self.nodes = Informer("node", self.core.list_node, self._node_changed,
-                              field_selector=f"metadata.name={node}")
+        self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
+                              {"fieldSelector": f"metadata.name={node}"})
 
     def _build_informers(self, namespaces: tuple[str, ...]) -> list[Informer]:
         """One watch over the cluster, or one per served namespace (all a namespaced install may do)."""
         def changed(key: Key, old: Obj | None, new: Obj | None) -> None:
             self.queue.add(key)
-        what = {"group": crd.GROUP, "version": crd.VERSION, "plural": crd.PLURAL}
         if not namespaces:
-            return [Informer("builds", self.custom.list_cluster_custom_object, changed, **what)]
-        return [Informer(f"builds in {ns}", self.custom.list_namespaced_custom_object, changed, namespace=ns, **what)
+            return [Informer("builds", self.kube, api.path(crd.API_VERSION, crd.PLURAL), changed)]
+        return [Informer(f"builds in {ns}", self.kube, api.path(crd.API_VERSION, crd.PLURAL, ns), changed)
                 for ns in namespaces]
 
     def build(self, key: Key) -> Obj | None:
@@ -186,39 +185,13 @@ class Agent:
 
     def fetch(self, build: Obj, want: Wanted, store: VersionStore) -> str:
         assert want.reference is not None and want.expected is not None
-        options = self.registry_options(build)
+        options = registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"])
         layer = artifact.layer_of(want.reference, options)
         if layer.digest != f"sha256:{want.expected.sha256}" or layer.size != want.expected.size:
             raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
                              f"output sha256:{want.expected.sha256} ({want.expected.size} bytes)")
         expected = want.expected
         return artifact.read_layer(want.reference, layer, options, lambda stream: store.install(stream, expected))
-
-    def registry_options(self, build: Obj) -> RegistryOptions:
-        """The build's own registry settings: its push Secret (which also pulls), pull Secrets, CA, plain HTTP."""
-        spec, namespace = build["spec"], build["metadata"]["namespace"]
-        configs = []
-        for name in buildjob.registry_secret_names(spec):
-            secret = self._read(lambda n=name: self.core.read_namespaced_secret(n, namespace), "Secret", name)
-            data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-            configs.append(buildjob.docker_config_of(secret.type, data, name))
-        ca = None
-        if (spec.get("registry") or {}).get("caConfigMap"):
-            ref = spec["registry"]["caConfigMap"]
-            config_map = self._read(lambda: self.core.read_namespaced_config_map(ref["name"], namespace),
-                                    "ConfigMap", ref["name"])
-            ca = ((config_map.data or {}).get(ref.get("key", "ca.crt")) or "").encode() or None
-        return lookup.registry_options(spec, buildjob.merge_docker_configs(configs) if configs else None, ca)
-
-    @staticmethod
-    def _read(call: Any, kind: str, name: str) -> Any:
-        try:
-            return call()
-        except ApiException as e:
-            if e.status in (403, 404):
-                raise UsageError(f"{kind} {name}: {'not found' if e.status == 404 else 'the agent may not read it'}"
-                                 ) from None
-            raise
 
     def release(self, key: Key, build: Obj | None) -> None:
         """The node no longer serves the build: delete the report; keep or remove the files as the build's

@@ -5,15 +5,15 @@ only when the API server says the watch's resourceVersion is too old (410 Gone) 
 connection fails. Reads come from memory, so a pass over a thousand objects costs no request.
 """
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import kubernetes
 from kubernetes.client.rest import ApiException
+
+from ..kube import api
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,14 @@ def key_of(obj: Obj) -> Key:
 
 
 class Informer:
-    """Keeps `objects` in sync with the API; calls `on_change(key, old, new)` from its thread
-    (new is None when the object was deleted)."""
+    """Keeps `objects` in sync with the collection at `url` (an `api.path`), filtered by `query` (its
+    labelSelector or fieldSelector); calls `on_change(key, old, new)` from its thread (new is None when
+    the object was deleted)."""
 
-    def __init__(self, name: str, list_call: Callable[..., Any], on_change: Callable[[Key, Obj | None, Obj | None],
-                 None], **list_args: Any):
+    def __init__(self, name: str, kube: api.Kube, url: str,
+                 on_change: Callable[[Key, Obj | None, Obj | None], None], query: dict[str, str] | None = None):
         self.name = name
-        self._list = list_call
-        self._args = list_args
+        self._kube, self._url, self._query = kube, url, dict(query or {})
         self._on_change = on_change
         self.objects: dict[Key, Obj] = {}
         self.synced = threading.Event()
@@ -62,7 +62,7 @@ class Informer:
                 time.sleep(RETRY_SECONDS)
 
     def _relist_and_watch(self) -> None:
-        doc = json.loads(self._list(**self._args, _preload_content=False).data)
+        doc = self._kube.get(self._url, self._query)
         version = doc["metadata"]["resourceVersion"]
         fresh = {key_of(item): item for item in doc.get("items") or []}
         for key in set(self.objects) - set(fresh):
@@ -71,13 +71,10 @@ class Informer:
             self._apply(key, item)
         self.synced.set()
         while not self._stopping.is_set():
-            watch = kubernetes.watch.Watch()
-            for event in watch.stream(self._list, **self._args, resource_version=version,
-                                      allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS):
+            for event in self._kube.watch(self._url, version, WATCH_SECONDS, self._query):
                 if self._stopping.is_set():
-                    watch.stop()
                     return
-                obj = event["raw_object"]
+                obj = event["object"]
                 if event["type"] == "ERROR":
                     raise ApiException(status=obj.get("code"), reason=obj.get("message"))
                 version = obj["metadata"]["resourceVersion"]

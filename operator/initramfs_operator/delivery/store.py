@@ -20,12 +20,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from ..archive.compress import EXTENSIONS
 from ..errors import InvalidImageError, OutputError, UsageError
 
 CURRENT = "current"
 READ_SIZE = 1 << 20
-EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}
-VERSION_NAME = re.compile(r"[0-9a-f]{64}\.cpio(?:\.gz|\.zst)?")
+VERSION_NAME = re.compile("[0-9a-f]{64}(?:" + "|".join(map(re.escape, EXTENSIONS.values())) + ")")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
