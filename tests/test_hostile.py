@@ -333,8 +333,11 @@ def test_signals_remove_temp_output_and_exit_128_plus_n(tmp_path, init_file, sig
     out_dir, scratch = tmp_path / "out", tmp_path / "scratch"
     out_dir.mkdir()
     scratch.mkdir()
+    # The builder keeps a signal ignored if it starts ignored (nohup): start it with the defaults, whatever
+    # the test runner inherited (a CI run in the background has SIGINT ignored, under nohup SIGHUP too).
     proc = subprocess.Popen([*CLI, "build", "-q", f"oci:{lay.root}:t", "--init", str(init_file), "--scratch-dir",
-                             str(scratch), "-o", str(out_dir / "initrd.img")], stderr=subprocess.PIPE)
+                             str(scratch), "-o", str(out_dir / "initrd.img")], stderr=subprocess.PIPE,
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signum,)])
     with open(blob, "wb") as fifo:
         fifo.write(data[: len(data) // 2])
         fifo.flush()
