@@ -25,7 +25,8 @@ from kubernetes.client.rest import ApiException
 from ..errors import AccessDenied, BuildError, RegistryError, UsageError
 from ..oci import registry
 from . import api, buildjob, cache, conditions, crd, diagnosis, lookup, metrics
-from .admission import Admission, Candidate, Rejection, failed_condition, finished, finishing
+from .admission import Admission, Candidate, Rejection
+from .buildjob import failed_condition, finished, finishing
 from .conditions import BUILDING, QUEUED, READY, RECONCILING, RESOLVING, STALLED, SUCCEEDED
 from .workqueue import Backoff, Retries, Retry, WorkQueue
 
