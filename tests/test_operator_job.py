@@ -197,5 +197,16 @@ def test_conditions_keep_transition_time_until_status_flips():
         [("Ready", "True", 2, "2024-01-01T00:02:00Z")]  # Reconciling removed: kstatus reads absent as False
 
 
+@pytest.mark.parametrize(("before", "status", "key", "expected"), [
+    (None, "True", "status", "now"),
+    ({"status": "True", "lastTransitionTime": "then"}, "True", "status", "then"),
+    ({"status": "False", "lastTransitionTime": "then"}, "True", "status", "now"),
+    ({"status": "True"}, "True", "status", "now"),  # none recorded
+    ({"phase": "Ready", "lastTransitionTime": "then"}, "Ready", "phase", "then"),  # an agent's report
+])
+def test_transition_time_moves_only_when_the_status_does(before, status, key, expected):
+    assert conditions.transition_time(before, status, "now", key=key) == expected
+
+
 def test_duration_parsing_matches_the_crd_grammar():
     assert conditions.parse_duration("1h30m5s") == 5405 and conditions.parse_duration("10s") == 10

@@ -170,8 +170,8 @@ class DeliveryStatus:
             return
         condition = {"type": DELIVERED, "status": state, "reason": reason, "message": message,
                      "observedGeneration": generation,
-                     "lastTransitionTime": before["lastTransitionTime"] if before.get("status") == state
-                     else conditions.timestamp(conditions.now())}
+                     "lastTransitionTime": conditions.transition_time(before, state,
+                                                                      conditions.timestamp(conditions.now()))}
         others = [c for c in status.get("conditions") or [] if c.get("type") != DELIVERED]
         body = {"metadata": {"resourceVersion": build["metadata"]["resourceVersion"]},
                 "status": {"delivery": summary.status(), "conditions": [*others, condition]}}
