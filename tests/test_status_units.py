@@ -7,7 +7,7 @@ import asyncio
 import kopf
 import pytest
 
-from initramfs_operator.kube import buildjob, conditions, controller, diagnosis
+from initramfs_operator.kube import buildjob, conditions, controller, diagnosis, handlers
 from initramfs_operator.kube.cache import Cache
 from initramfs_operator.kube.reconcile import Pass, Reconciler, Settings, deadline_message
 from initramfs_operator.kube.workqueue import Backoff, WorkQueue
@@ -173,7 +173,7 @@ def node(name: str, labels: dict, heartbeat: str) -> dict:
 
 def node_event(op, kind: str | None, body: dict) -> list[str]:
     """Delivers one Node event as kopf does (kind None: the initial listing); the names of the builds it queued."""
-    asyncio.run(controller.node_event(name=body["metadata"]["name"], labels=body["metadata"]["labels"],
+    asyncio.run(handlers.node_event(name=body["metadata"]["name"], labels=body["metadata"]["labels"],
                                       event={"type": kind, "object": body}, memo=kopf.Memo(operator=op)))
     queued = []
     while (key := op.delivery.queue.get(timeout=0.01)) is not None:
@@ -201,12 +201,12 @@ def warning(reason: str, uid: str, kind: str = "Warning", about: str = "Pod") ->
 
 
 def test_only_warnings_that_explain_a_stuck_build_are_indexed_trimmed():
-    index = asyncio.run(controller.build_warnings(body=warning("FailedMount", "pod-1")))
+    index = asyncio.run(handlers.build_warnings(body=warning("FailedMount", "pod-1")))
     assert index == {"pod-1": {"type": "Warning", "reason": "FailedMount", "message": "FailedMount about pod-1",
                                "lastTimestamp": "2024-01-01T00:00:05Z"}}
     for ignored in (warning("BackOff", "pod-1"), warning("FailedMount", "pod-1", kind="Normal"),
                     warning("FailedMount", ""), warning("FailedCreate", "rs-1", about="ReplicaSet")):
-        assert asyncio.run(controller.build_warnings(body=ignored)) is None
+        assert asyncio.run(handlers.build_warnings(body=ignored)) is None
 
 
 def test_a_warning_about_a_build_job_or_its_pod_queues_that_build(operator):
@@ -216,7 +216,7 @@ def test_a_warning_about_a_build_job_or_its_pod_queues_that_build(operator):
     operator.cache.bind({}, {"vm-only": [job]}, {"job-1": [pod]}, {})
     queued = []
     for about, kind in (("pod-1", "Pod"), ("job-1", "Job"), ("someone-else", "Pod")):
-        asyncio.run(controller.warning_event(body=warning("FailedCreate", about, about=kind),
+        asyncio.run(handlers.warning_event(body=warning("FailedCreate", about, about=kind),
                                              memo=kopf.Memo(operator=operator)))
         while (key := operator.queue.get(timeout=0.01)) is not None:
             operator.queue.done(key)

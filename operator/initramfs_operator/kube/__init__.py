@@ -21,7 +21,7 @@ def _run(command: str, module: str) -> None:
 
 def main() -> None:
     """`initramfs-operator`."""
-    _run("initramfs-operator", "controller")
+    _run("initramfs-operator", "command")
 
 
 def agent_main() -> None:

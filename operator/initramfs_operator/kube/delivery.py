@@ -87,7 +87,7 @@ def _condition(selected: list[str], ready: list[str], failed: list[str], waiting
 class DeliveryStatus:
     """Keeps `status.delivery` and the `Delivered` condition of every build with spec.delivery current.
 
-    Fed by two more indexes (controller.py registers them when delivery is on): the agents'
+    Fed by two more indexes (handlers.py registers them when delivery is on): the agents'
     reports by build UID, and every node's labels. A report or a build changing queues that
     build; a node queues the builds whose selector it enters or leaves. One worker writes a
     build's status only when the summary changed, with the resourceVersion it read (a conflict

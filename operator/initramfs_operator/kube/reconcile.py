@@ -439,7 +439,7 @@ class Pass:
 
     def from_events(self, job: dict, pods: list[dict]) -> diagnosis.Diagnosis | None:
         """Why a Job has no pod, or its pod no container, after a while: what the Warning Events about them
-        say (from the index; a new one queues the build, see controller.warning_event)."""
+        say (from the index; a new one queues the build, see handlers.warning_event)."""
         stuck = diagnosis.stuck_object(job, pods)
         if stuck is None:
             return None
