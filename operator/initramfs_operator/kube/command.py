@@ -10,7 +10,7 @@ import prometheus_client
 
 from . import api, buildjob, handlers
 from .controller import Operator
-from .reconcile import Settings
+from .settings import Settings
 
 SERVICEACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 

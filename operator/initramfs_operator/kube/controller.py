@@ -18,7 +18,8 @@ from functools import partial
 
 from . import api, cache, delivery, metrics
 from .leader import LeaderElector
-from .reconcile import Reconciler, Settings
+from .reconcile import Reconciler
+from .settings import Settings
 from .workqueue import Backoff, Retries, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class Operator:
                  deliveries: bool = False):
         self.cache = cache.Cache()
         self.queue = WorkQueue()
-        self.reconciler = Reconciler(kube, self.cache, settings, self.queue)
+        self.reconciler = Reconciler(kube, self.cache, settings, self.queue.add)
         self.failures = Retries(PASS_RETRY)
         self.stopping = threading.Event()
         # kopf calls event handlers only once every index is filled from its initial listing: until the
@@ -92,8 +93,10 @@ class Operator:
             if key is None:
                 continue
             try:
-                self.reconciler.reconcile(key)  # type: ignore[arg-type]
+                result = self.reconciler.reconcile(key)  # type: ignore[arg-type]
                 self.failures.reset(key)
+                if result.requeue_after is not None:
+                    self.queue.add_after(key, result.requeue_after)
             except Exception:
                 retry = self.failures.failed(key)
                 metrics.RECONCILE_ERRORS.inc()
