@@ -192,7 +192,7 @@ def build_tools() -> Path:
 # --- the operator, as a process -----------------------------------------------------------------------------
 
 class OperatorProcess:
-    """`python -m initramfs_operator.kube.controller` with its own kubeconfig, so the audit log tells its
+    """`python -m initramfs_operator.kube.command` with its own kubeconfig, so the audit log tells its
     requests apart; stopped with SIGTERM like a pod."""
 
     def __init__(self, kubeconfig: Path, slots: int, logfile: Path, pythonpath: Path | None):
@@ -208,7 +208,7 @@ class OperatorProcess:
 
     def start(self) -> None:
         with open(self.logfile, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "initramfs_operator.kube.controller"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "initramfs_operator.kube.command"],
                                          env=self.env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self.healthy, timeout=60, what=f"the operator's /healthz (log: {self.logfile})")
 

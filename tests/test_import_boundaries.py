@@ -6,7 +6,8 @@ rootfs/ (the flattened tree) on both; build and cli on top. kube/ (the operator)
 it may use all of it, and nothing in the engine imports kube/ or the operator's libraries. kube/api.py
 and kube/metrics.py, at the bottom of kube/, import nothing of the package. delivery/ (the agent on each
 VM host) uses the engine and the few parts of kube/ both programs share (the API client, the API's
-names, selectors, registry access, the work queue); kube/ never imports delivery/, nor the engine either.
+names, conditions' timestamps, selectors, registry access, the work queue); kube/ never imports delivery/, nor
+the engine either.
 """
 
 import ast
@@ -41,7 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # the lowest level of the operator: the API client and the metrics know nothing of the domain
     "kube.api": (),
     "kube.metrics": (),
-    "delivery": ("errors", "oci", "archive", "extra", "kube.api", "kube.crd", "kube.selector",
+    "delivery": ("errors", "oci", "archive", "extra", "kube.api", "kube.conditions", "kube.crd", "kube.selector",
                  "kube.registry_access", "kube.workqueue", "delivery"),
 }
 # Third-party imports (by top-level name) and the layers allowed to use them; anything else that is

@@ -26,7 +26,7 @@ from fixtures.kube import wait_until
 from fixtures.operator import METRICS_PORT, RELEASE, operator_values
 
 SLOTS = 4
-LEASE_SECONDS, RETRY_SECONDS = 15, 2  # the operator's defaults (controller.py)
+LEASE_SECONDS, RETRY_SECONDS = 15, 2  # the operator's defaults (command.py, controller.py)
 BUILD_PODS = "app.kubernetes.io/managed-by=initramfs-operator"
 OPERATOR_PODS = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
 

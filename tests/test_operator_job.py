@@ -149,6 +149,26 @@ def test_failures_map_to_reasons(terminated, reason, words):
     assert (o.reason, o.output) == (reason, None) and words in o.message
 
 
+def job(*conditions_: tuple[str, str]) -> dict:
+    return {"status": {"conditions": [{"type": t, "status": s, "reason": f"{t}Reason"} for t, s in conditions_]}}
+
+
+@pytest.mark.parametrize(("state", "finishing", "finished", "failed"), [
+    (job(), False, None, None),
+    (job(("Suspended", "False")), False, None, None),
+    # Decided, pods still stopping: Complete or Failed follows.
+    (job(("SuccessCriteriaMet", "True")), True, None, None),
+    (job(("FailureTarget", "True")), True, None, None),
+    (job(("SuccessCriteriaMet", "True"), ("Complete", "True")), True, "Complete", None),
+    (job(("FailureTarget", "True"), ("Failed", "True")), True, "Failed", "FailedReason"),
+    (job(("Failed", "False")), False, None, None),
+])
+def test_job_state_is_read_from_its_true_conditions(state, finishing, finished, failed):
+    assert buildjob.finishing(state) is finishing
+    assert buildjob.finished(state) == finished
+    assert (buildjob.failed_condition(state) or {}).get("reason") == failed
+
+
 def test_conditions_keep_transition_time_until_status_flips():
     first = conditions.conditions(None, conditions.in_flight("Queued", "wait"), 1, "2024-01-01T00:00:00Z")
     assert [(c["type"], c["status"], c["reason"]) for c in first] == [("Ready", "False", "Queued"),
@@ -158,6 +178,17 @@ def test_conditions_keep_transition_time_until_status_flips():
     third = conditions.conditions(second, conditions.succeeded("done"), 2, "2024-01-01T00:02:00Z")
     assert [(c["type"], c["status"], c["observedGeneration"], c["lastTransitionTime"]) for c in third] == \
         [("Ready", "True", 2, "2024-01-01T00:02:00Z")]  # Reconciling removed: kstatus reads absent as False
+
+
+@pytest.mark.parametrize(("before", "status", "key", "expected"), [
+    (None, "True", "status", "now"),
+    ({"status": "True", "lastTransitionTime": "then"}, "True", "status", "then"),
+    ({"status": "False", "lastTransitionTime": "then"}, "True", "status", "now"),
+    ({"status": "True"}, "True", "status", "now"),  # none recorded
+    ({"phase": "Ready", "lastTransitionTime": "then"}, "Ready", "phase", "then"),  # an agent's report
+])
+def test_transition_time_moves_only_when_the_status_does(before, status, key, expected):
+    assert conditions.transition_time(before, status, "now", key=key) == expected
 
 
 def test_duration_parsing_matches_the_crd_grammar():

@@ -7,10 +7,13 @@ import asyncio
 import kopf
 import pytest
 
-from initramfs_operator.kube import buildjob, conditions, controller, diagnosis
-from initramfs_operator.kube.cache import Cache
-from initramfs_operator.kube.reconcile import Pass, Reconciler, Settings, deadline_message
-from initramfs_operator.kube.workqueue import Backoff, WorkQueue
+from fixtures.fake_kube import FakeClock
+from initramfs_operator.kube import buildjob, conditions, controller, diagnosis, handlers
+from initramfs_operator.kube.cache import Overlay
+from initramfs_operator.kube.jobs import deadline_message
+from initramfs_operator.kube.report import Report
+from initramfs_operator.kube.settings import Settings
+from initramfs_operator.kube.workqueue import Backoff, Retries
 
 RUNS_AS_ROOT = 'container has runAsNonRoot and image will run as root (pod: "b-x_ns(0a1b)", container: build)'
 BUILDER = "registry.example/initramfs-operator@sha256:" + "0" * 64
@@ -84,40 +87,26 @@ def build(generation: int, status: dict, image: str = f"127.0.0.1:1/app@{DIGEST}
             "spec": {"image": image, "output": {"pvc": {"claimName": "c", "path": "x"}}}, "status": status}
 
 
-def stalled(reason: str, message: str, digest: str | None) -> dict:
-    """The status a pass wrote on giving up, before any Job (conditions as conditions.conditions writes them)."""
-    written = conditions.conditions(None, conditions.failed(reason, message), 1, "2024-01-01T00:00:09Z")
-    digests = {"imageDigest": digest, "shortDigest": digest.split(":")[-1][:12]} if digest else {}
-    return {"observedGeneration": 1, **digests, "conditions": written}
-
-
 @pytest.fixture
-def reconciler():
-    # A one-second backoff, no jitter: the next attempt's key comes out of the queue after a second.
-    settings = Settings("builder:1", 1, retry=Backoff(base=1.0, cap=1.0, jitter=0), stall_after=3)
-    r = Reconciler(None, Cache(), settings, WorkQueue())  # no API: none of these passes sends a request
-    yield r
-    r.lookups.shutdown()
+def report() -> Report:
+    """A pass over a build, on a clock that stands still; no API: after_failure sends nothing."""
+    return Report(None, Overlay(), {}, FakeClock(), build(1, {}))  # type: ignore[arg-type]
 
 
-def next_key(r: Reconciler, within: float) -> object:
-    key = r.queue.get(timeout=within)
-    if key is not None:
-        r.queue.done(key)
-    return key
+RETRIES = Retries(Backoff(base=1.0, cap=1.0, jitter=0), FakeClock())  # a one-second backoff, no jitter
 
 
 def kstatus_shape(state: conditions.State) -> dict:
     return {c["type"]: (c["status"], c["reason"], c["message"]) for c in conditions.conditions(None, state, 1, "t")}
 
 
-def test_a_retried_failure_is_reconciling_and_says_when_it_is_tried_again(reconciler):
-    p = Pass(reconciler, build(1, {}))
-    state = p.after_failure("JobRejected", "exceeded quota: q", reconciler.job_retries.failed(KEY), "Queued",
-                            transient=True)
+def test_a_retried_failure_is_reconciling_and_says_when_it_is_tried_again(report):
+    RETRIES.reset(KEY)
+    state = report.after_failure("JobRejected", "exceeded quota: q", RETRIES.failed(KEY), "Queued", transient=True,
+                                 stall_after=3)
     note = "exceeded quota: q; next attempt in 1s (1 failed in a row)"
     assert kstatus_shape(state) == {"Ready": ("False", "JobRejected", note), "Reconciling": ("True", "Queued", note)}
-    assert next_key(reconciler, within=3) == KEY  # and it is tried again
+    assert report.requeue_after == 1.0  # and it is tried again
 
 
 @pytest.mark.parametrize(("failures", "transient", "reason", "error", "message"), [
@@ -126,24 +115,14 @@ def test_a_retried_failure_is_reconciling_and_says_when_it_is_tried_again(reconc
     # One no retry alone could fix: Stalled at once, but still looked at again (a Secret applied later heals it).
     (1, False, "Unauthorized", "unauthorized", "unauthorized; next attempt in 1s (1 failed in a row)"),
 ])
-def test_a_stalled_failure_is_still_tried_again_after_its_backoff(reconciler, failures, transient, reason, error,
+def test_a_stalled_failure_is_still_tried_again_after_its_backoff(report, failures, transient, reason, error,
                                                                    message):
-    p = Pass(reconciler, build(1, {}))
+    RETRIES.reset(KEY)
     for _ in range(failures - 1):
-        reconciler.lookup_retries.failed(KEY)
-    state = p.after_failure(reason, error, reconciler.lookup_retries.failed(KEY), "Resolving", transient)
+        RETRIES.failed(KEY)
+    state = report.after_failure(reason, error, RETRIES.failed(KEY), "Resolving", transient, stall_after=3)
     assert kstatus_shape(state) == {"Ready": ("False", reason, message), "Stalled": ("True", reason, message)}
-    assert next_key(reconciler, within=3) == KEY
-
-
-def test_a_spec_edit_forgets_the_backoff_of_earlier_failures(reconciler):
-    status = stalled("JobRejected", "exceeded quota: q; next attempt in 1s (3 failed in a row)", DIGEST)
-    for _ in range(3):
-        reconciler.job_retries.failed(KEY)
-    Pass(reconciler, build(2, status)).run()  # generation 2: offered for a Job at once
-    offered = reconciler.admission.offered("u1")
-    assert offered is not None and offered.generation == 2
-    assert reconciler.job_retries.get(KEY) is None
+    assert report.requeue_after == 1.0
 
 
 # --- Node events: only a change in which nodes a selector picks queues a build --------------------------------
@@ -173,7 +152,7 @@ def node(name: str, labels: dict, heartbeat: str) -> dict:
 
 def node_event(op, kind: str | None, body: dict) -> list[str]:
     """Delivers one Node event as kopf does (kind None: the initial listing); the names of the builds it queued."""
-    asyncio.run(controller.node_event(name=body["metadata"]["name"], labels=body["metadata"]["labels"],
+    asyncio.run(handlers.node_event(name=body["metadata"]["name"], labels=body["metadata"]["labels"],
                                       event={"type": kind, "object": body}, memo=kopf.Memo(operator=op)))
     queued = []
     while (key := op.delivery.queue.get(timeout=0.01)) is not None:
@@ -201,12 +180,12 @@ def warning(reason: str, uid: str, kind: str = "Warning", about: str = "Pod") ->
 
 
 def test_only_warnings_that_explain_a_stuck_build_are_indexed_trimmed():
-    index = asyncio.run(controller.build_warnings(body=warning("FailedMount", "pod-1")))
+    index = asyncio.run(handlers.build_warnings(body=warning("FailedMount", "pod-1")))
     assert index == {"pod-1": {"type": "Warning", "reason": "FailedMount", "message": "FailedMount about pod-1",
                                "lastTimestamp": "2024-01-01T00:00:05Z"}}
     for ignored in (warning("BackOff", "pod-1"), warning("FailedMount", "pod-1", kind="Normal"),
                     warning("FailedMount", ""), warning("FailedCreate", "rs-1", about="ReplicaSet")):
-        assert asyncio.run(controller.build_warnings(body=ignored)) is None
+        assert asyncio.run(handlers.build_warnings(body=ignored)) is None
 
 
 def test_a_warning_about_a_build_job_or_its_pod_queues_that_build(operator):
@@ -216,7 +195,7 @@ def test_a_warning_about_a_build_job_or_its_pod_queues_that_build(operator):
     operator.cache.bind({}, {"vm-only": [job]}, {"job-1": [pod]}, {})
     queued = []
     for about, kind in (("pod-1", "Pod"), ("job-1", "Job"), ("someone-else", "Pod")):
-        asyncio.run(controller.warning_event(body=warning("FailedCreate", about, about=kind),
+        asyncio.run(handlers.warning_event(body=warning("FailedCreate", about, about=kind),
                                              memo=kopf.Memo(operator=operator)))
         while (key := operator.queue.get(timeout=0.01)) is not None:
             operator.queue.done(key)

@@ -20,14 +20,13 @@ import signal
 import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
 from kubernetes.client.rest import ApiException
 
 from ..errors import BuildError, UsageError
-from ..kube import api, crd, registry_access, selector
+from ..kube import api, conditions, crd, registry_access, selector
 from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci.registry import artifact
 from .informer import Informer, Key, Obj
@@ -225,8 +224,8 @@ class Agent:
         if unchanged and previous.get("name") == name:
             return
         # Applied every time: a field this manager stops sending would be removed.
-        status["lastTransitionTime"] = previous["lastTransitionTime"] \
-            if previous.get("phase") == phase and "lastTransitionTime" in previous else _now()
+        now = conditions.timestamp(conditions.now())
+        status["lastTransitionTime"] = conditions.transition_time(previous, phase, now, key="phase")
         body = {
             "apiVersion": crd.API_VERSION, "kind": crd.DELIVERY_KIND,
             "metadata": {"name": name, "namespace": meta["namespace"],
@@ -250,10 +249,6 @@ class Agent:
     def _held(store: VersionStore) -> str | None:
         current = store.current()
         return f"sha256:{current.split('.', 1)[0]}" if current else None
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def main(argv: list[str] | None = None) -> None:

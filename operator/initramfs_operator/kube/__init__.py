@@ -5,4 +5,4 @@ from .. import extra
 
 def main() -> None:
     """`initramfs-operator`."""
-    extra.run("initramfs-operator", f"{__name__}.controller")
+    extra.run("initramfs-operator", f"{__name__}.command")

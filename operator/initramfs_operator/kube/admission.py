@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from kubernetes.client.rest import ApiException
 
 from . import api, metrics
+from .buildjob import finished
 from .cache import Cache
 
 log = logging.getLogger(__name__)
@@ -47,26 +48,6 @@ class Candidate:
 class Rejection:
     job_name: str
     message: str         # the API server's
-
-
-def failed_condition(job: dict) -> dict | None:
-    return next((c for c in (job.get("status") or {}).get("conditions") or []
-                 if c["type"] == "Failed" and c["status"] == "True"), None)
-
-
-def finishing(job: dict) -> bool:
-    """The Job controller has decided (FailureTarget, SuccessCriteriaMet) and is stopping the pods; Complete
-    or Failed follows once they are gone."""
-    return any(c["type"] in ("FailureTarget", "SuccessCriteriaMet") and c["status"] == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
-
-
-def finished(job: dict) -> str | None:
-    """"Complete" or "Failed" once the Job controller has decided, else None."""
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c["type"] in ("Complete", "Failed") and c["status"] == "True":
-            return c["type"]
-    return None
 
 
 def take_turns(candidates: list[Candidate], turns: deque[str], count: int) -> tuple[list[Candidate], deque[str]]:

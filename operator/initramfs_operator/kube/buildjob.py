@@ -202,13 +202,35 @@ def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[
     return args, mounts, volumes
 
 
-# --- results -------------------------------------------------------------------------------
+# --- the Job's state, and its result ---------------------------------------------------------
 
 @dataclass(frozen=True)
 class Outcome:
     reason: str                 # "Succeeded" or a failure reason
     message: str
     output: dict | None = None  # status.output on success
+
+
+def failed_condition(job: dict) -> dict | None:
+    """The Job's Failed condition once the Job controller gave up on it (its reason says why: DeadlineExceeded,
+    BackoffLimitExceeded)."""
+    return next((c for c in (job.get("status") or {}).get("conditions") or []
+                 if c["type"] == "Failed" and c["status"] == "True"), None)
+
+
+def finishing(job: dict) -> bool:
+    """The Job controller has decided (FailureTarget, SuccessCriteriaMet) and is stopping the pods; Complete
+    or Failed follows once they are gone."""
+    return any(c["type"] in ("FailureTarget", "SuccessCriteriaMet") and c["status"] == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def finished(job: dict) -> str | None:
+    """"Complete" or "Failed" once the Job controller has decided, else None."""
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c["type"] in ("Complete", "Failed") and c["status"] == "True":
+            return c["type"]
+    return None
 
 
 def outcome(terminated: dict | None, spec: dict) -> Outcome:

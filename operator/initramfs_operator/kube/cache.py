@@ -1,6 +1,6 @@
 """What the operator knows of the cluster: kopf indexes fed by the watch streams it holds.
 
-controller.py registers four indexes, and kopf keeps them current from its watches:
+handlers.py registers four indexes, and kopf keeps them current from its watches:
 - `builds`: (namespace, name) -> the InitramfsBuild;
 - `build_jobs`: build uid -> its build Jobs;
 - `build_pods`: Job uid -> its build pods;

@@ -13,8 +13,10 @@
 Reconciling and Stalled are never True together: kstatus reads the first of them it finds.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 RESOLVING, QUEUED, BUILDING, REFRESHING, SUCCEEDED = "Resolving", "Queued", "Building", "Refreshing", "Succeeded"
@@ -90,12 +92,18 @@ def conditions(old: list[dict] | None, state: State, generation: int, now: str) 
     wanted += [(type_, "True", r) for type_, r in ((RECONCILING, state.reconciling), (STALLED, state.stalled)) if r]
     result = []
     for type_, status, r in wanted:
-        before = previous.get(type_)
-        kept = before is not None and before.get("status") == status
         result.append({"type": type_, "status": status, "reason": r.reason, "message": r.message,
                        "observedGeneration": generation,
-                       "lastTransitionTime": before["lastTransitionTime"] if before and kept else now})
+                       "lastTransitionTime": transition_time(previous.get(type_), status, now)})
     return result + [c for c in old or [] if c.get("type") not in (READY, RECONCILING, STALLED)]
+
+
+def transition_time(before: Mapping[str, Any] | None, status: str, now: str, key: str = "status") -> str:
+    """lastTransitionTime of a condition (or of anything whose `key` is its status) going from `before` to
+    `status`: kept while the status stays, `now` when it changes or none was recorded."""
+    if before and before.get(key) == status and before.get("lastTransitionTime"):
+        return before["lastTransitionTime"]
+    return now
 
 
 def find(status: dict, type_: str) -> dict:
@@ -110,10 +118,6 @@ def headline_of(status: dict) -> str | None:
     if ready.get("status") == "True" and reconciling:
         return reconciling.get("reason")
     return ready.get("reason")
-
-
-def reason(status: dict) -> str | None:
-    return find(status, READY).get("reason")
 
 
 def now() -> datetime:

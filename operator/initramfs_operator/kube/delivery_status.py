@@ -87,7 +87,7 @@ def _condition(selected: list[str], ready: list[str], failed: list[str], waiting
 class DeliveryStatus:
     """Keeps `status.delivery` and the `Delivered` condition of every build with spec.delivery current.
 
-    Fed by two more indexes (controller.py registers them when delivery is on): the agents'
+    Fed by two more indexes (handlers.py registers them when delivery is on): the agents'
     reports by build UID, and every node's labels. A report or a build changing queues that
     build; a node queues the builds whose selector it enters or leaves. One worker writes a
     build's status only when the summary changed, with the resourceVersion it read (a conflict
@@ -170,8 +170,8 @@ class DeliveryStatus:
             return
         condition = {"type": DELIVERED, "status": state, "reason": reason, "message": message,
                      "observedGeneration": generation,
-                     "lastTransitionTime": before["lastTransitionTime"] if before.get("status") == state
-                     else conditions.timestamp(conditions.now())}
+                     "lastTransitionTime": conditions.transition_time(before, state,
+                                                                      conditions.timestamp(conditions.now()))}
         others = [c for c in status.get("conditions") or [] if c.get("type") != DELIVERED]
         body = {"metadata": {"resourceVersion": build["metadata"]["resourceVersion"]},
                 "status": {"delivery": summary.status(), "conditions": [*others, condition]}}

@@ -12,9 +12,8 @@ bad registry delays nobody but the builds that use it.
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +21,7 @@ import httpx
 
 from ..errors import BuildError
 from ..oci import reference, registry
-from .conditions import now
+from .clock import REAL, Clock
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,7 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 RETRIES = 1
 SHARED_SECONDS = 5.0  # how long one lookup's answer serves other builds asking the same
 
+
 def pinned_digest(spec: dict) -> str | None:
     """The digest the image reference pins, if it does: nothing to ask a registry then.
 
@@ -40,19 +40,10 @@ def pinned_digest(spec: dict) -> str | None:
     return reference.parse(spec["image"]).digest
 
 
-def image_digest(spec: dict, options: registry.RegistryOptions) -> str:
-    """What the image's tag points at now. Raises an errors.BuildError whose `.reason` goes into the status."""
-    return registry.current_digest(spec["image"], _impatient(options))
-
-
-def pushed_digest(spec: dict, options: registry.RegistryOptions) -> str:
-    """The digest the OCI output's tag points at now."""
-    oci = spec["output"]["oci"]
-    return registry.current_digest(f"{oci['repository']}:{oci['tag']}", _impatient(options))
-
-
-def _impatient(options: registry.RegistryOptions) -> registry.RegistryOptions:
-    return dataclasses.replace(options, timeout=TIMEOUT, retries=RETRIES)
+def current_digest(image: str, options: registry.RegistryOptions) -> str:
+    """What the reference (the build's image, or its OCI output's tag) points at now. Raises an
+    errors.BuildError whose `.reason` goes into the status."""
+    return registry.current_digest(image, dataclasses.replace(options, timeout=TIMEOUT, retries=RETRIES))
 
 
 class Pending:
@@ -78,16 +69,17 @@ class Lookups:
     Builds that ask the same registry the same thing with the same access (`same`, a key
     saying so) share one lookup, and its answer stays good for SHARED_SECONDS: a thousand
     builds of one image cost its registry one request, and one that fails is not asked again
-    by each of them.
+    by each of them. The lookups run in `pool` (by default `workers` threads of its own).
     """
 
-    def __init__(self, workers: int, on_answer: Callable[[Hashable], None]):
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup")
-        self._on_answer = on_answer
+    def __init__(self, workers: int, on_answer: Callable[[Hashable], None], clock: Clock = REAL,
+                 pool: Executor | None = None):
+        self._pool = pool or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup")
+        self._on_answer, self._clock = on_answer, clock
         self._lock = threading.Lock()
         self._state: dict[Hashable, dict[Hashable, Pending | Answer]] = {}  # build -> question -> state
         self._flights: dict[Hashable, list[tuple[Hashable, Hashable]]] = {}  # same -> (build, question) waiting
-        self._recent: dict[Hashable, tuple[float, Answer]] = {}             # same -> (time.monotonic(), answer)
+        self._recent: dict[Hashable, tuple[float, Answer]] = {}             # same -> (its monotonic(), answer)
 
     def ask(self, build: Hashable, question: Hashable, same: Hashable, lookup: Callable[[], str]) -> None:
         with self._lock:
@@ -95,7 +87,7 @@ class Lookups:
             if question in asked:
                 return
             recent = self._recent.get(same)
-            answered = recent is not None and time.monotonic() - recent[0] < SHARED_SECONDS
+            answered = recent is not None and self._clock.monotonic() - recent[0] < SHARED_SECONDS
             asked[question] = recent[1] if recent and answered else PENDING
             if not answered:
                 flight = self._flights.setdefault(same, [])
@@ -109,18 +101,19 @@ class Lookups:
 
     def _run(self, same: Hashable, lookup: Callable[[], str]) -> None:
         try:
-            answer = Answer(lookup(), None, now())
+            answer = Answer(lookup(), None, self._clock.now())
         except BuildError as e:
-            answer = Answer(None, e, now())
+            answer = Answer(None, e, self._clock.now())
         except Exception as e:  # a bug, but the builds': report it on them, keep the thread
             log.exception("lookup %s failed", same)
-            answer = Answer(None, BuildError(f"the lookup failed unexpectedly ({type(e).__name__})"), now())
+            error = BuildError(f"the lookup failed unexpectedly ({type(e).__name__})")
+            answer = Answer(None, error, self._clock.now())
         with self._lock:
             waiting = self._flights.pop(same, [])
-            cutoff = time.monotonic() - SHARED_SECONDS
+            cutoff = self._clock.monotonic() - SHARED_SECONDS
             for key in [k for k, (t, _) in self._recent.items() if t < cutoff]:
                 del self._recent[key]
-            self._recent[same] = (time.monotonic(), answer)
+            self._recent[same] = (self._clock.monotonic(), answer)
             for build, question in waiting:
                 asked = self._state.get(build)
                 if asked is not None and question in asked:  # else forgotten meanwhile (no longer of interest)

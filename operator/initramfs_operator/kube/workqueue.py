@@ -16,6 +16,8 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from .clock import REAL, Clock
+
 
 class WorkQueue:
     def __init__(self) -> None:
@@ -108,14 +110,14 @@ class Backoff:
 class Retry:
     failures: int   # in a row
     delay: float    # seconds from the end of the last attempt to the next
-    at: float       # time.monotonic() of the next attempt
+    at: float       # the clock's monotonic() of the next attempt
 
 
 class Retries:
     """Consecutive failures per key and when to try again, counted from when each attempt ended."""
 
-    def __init__(self, backoff: Backoff):
-        self.backoff = backoff
+    def __init__(self, backoff: Backoff, clock: Clock = REAL):
+        self.backoff, self.clock = backoff, clock
         self._retries: dict[Hashable, Retry] = {}
         self._lock = threading.Lock()
 
@@ -124,7 +126,7 @@ class Retries:
             before = self._retries.get(key)
             failures = before.failures + 1 if before else 1
             delay = self.backoff.delay(failures)
-            retry = self._retries[key] = Retry(failures, delay, time.monotonic() + delay)
+            retry = self._retries[key] = Retry(failures, delay, self.clock.monotonic() + delay)
         return retry
 
     def get(self, key: Hashable) -> Retry | None:
