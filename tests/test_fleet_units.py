@@ -5,15 +5,17 @@ registry lookups shared between builds."""
 import threading
 import time
 from collections import deque
+from functools import partial
 
 import pytest
 
+from fixtures.fake_kube import FakeClock, Registry
 from fixtures.kube import wait_until
 from initramfs_operator.errors import RegistryError
 from initramfs_operator.kube import conditions, diagnosis
 from initramfs_operator.kube.admission import Candidate, take_turns
 from initramfs_operator.kube.cache import Overlay
-from initramfs_operator.kube.lookup import Answer, Lookups
+from initramfs_operator.kube.lookup import PENDING, SHARED_SECONDS, Answer, Lookups
 from initramfs_operator.kube.workqueue import Backoff, Retries, WorkQueue
 
 # --- work queue ------------------------------------------------------------------------------
@@ -241,6 +243,27 @@ def test_a_failed_lookup_is_an_answer_too():
     wait_until(lambda: answered == ["a"], timeout=5)
     answer = lookups.answer("a", "q")
     assert isinstance(answer, Answer) and answer.value is None and answer.error.reason == "ImagePullFailed"
+    lookups.shutdown()
+
+
+def test_a_retry_asks_the_registry_again_instead_of_counting_the_shared_failure_twice():
+    """The answer a build was given serves other builds for a while, never the same build again: a retry
+    whose backoff ends within SHARED_SECONDS would otherwise count one refusal as two failures."""
+    clock, registry = FakeClock(), Registry(digests={"r/app:1": RegistryError("r: not found")})
+    answered: list = []
+    lookups = Lookups(workers=1, on_answer=answered.append, clock=clock, pool=registry)
+    ask = partial(lookups.ask, question="q", same="same", lookup=lambda: registry.current_digest("r/app:1", None))
+    ask("a")
+    registry.run()
+    lookups.take("a", "q")
+    clock.advance(SHARED_SECONDS / 2)
+    ask("b")  # another build, moments later: the same answer, no request
+    assert registry.asked == ["r/app:1"] and answered == ["a", "b"]
+    ask("a")  # the first build's retry: a new request
+    assert lookups.answer("a", "q") is PENDING
+    registry.digests["r/app:1"] = "sha256:" + "b" * 64
+    registry.run()
+    assert registry.asked == ["r/app:1", "r/app:1"] and lookups.answer("a", "q").value == "sha256:" + "b" * 64
     lookups.shutdown()
 
 

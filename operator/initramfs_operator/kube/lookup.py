@@ -69,7 +69,9 @@ class Lookups:
     Builds that ask the same registry the same thing with the same access (`same`, a key
     saying so) share one lookup, and its answer stays good for SHARED_SECONDS: a thousand
     builds of one image cost its registry one request, and one that fails is not asked again
-    by each of them. The lookups run in `pool` (by default `workers` threads of its own).
+    by each of them. A build is never handed the same answer twice: its retry (whose backoff
+    may end within SHARED_SECONDS) asks the registry again instead of counting the failure it
+    has already counted. The lookups run in `pool` (by default `workers` threads of its own).
     """
 
     def __init__(self, workers: int, on_answer: Callable[[Hashable], None], clock: Clock = REAL,
@@ -80,6 +82,7 @@ class Lookups:
         self._state: dict[Hashable, dict[Hashable, Pending | Answer]] = {}  # build -> question -> state
         self._flights: dict[Hashable, list[tuple[Hashable, Hashable]]] = {}  # same -> (build, question) waiting
         self._recent: dict[Hashable, tuple[float, Answer]] = {}             # same -> (its monotonic(), answer)
+        self._handed: dict[tuple[Hashable, Hashable], Answer] = {}          # (build, same) -> last answer given
 
     def ask(self, build: Hashable, question: Hashable, same: Hashable, lookup: Callable[[], str]) -> None:
         with self._lock:
@@ -87,8 +90,12 @@ class Lookups:
             if question in asked:
                 return
             recent = self._recent.get(same)
-            answered = recent is not None and self._clock.monotonic() - recent[0] < SHARED_SECONDS
-            asked[question] = recent[1] if recent and answered else PENDING
+            answered = recent is not None and self._clock.monotonic() - recent[0] < SHARED_SECONDS and \
+                recent[1] is not self._handed.get((build, same))
+            if recent and answered:
+                asked[question] = self._handed[build, same] = recent[1]
+            else:
+                asked[question] = PENDING
             if not answered:
                 flight = self._flights.setdefault(same, [])
                 flight.append((build, question))
@@ -117,7 +124,7 @@ class Lookups:
             for build, question in waiting:
                 asked = self._state.get(build)
                 if asked is not None and question in asked:  # else forgotten meanwhile (no longer of interest)
-                    asked[question] = answer
+                    asked[question] = self._handed[build, same] = answer
         for build, _ in waiting:
             self._on_answer(build)
 
@@ -133,8 +140,12 @@ class Lookups:
                 del asked[question]
 
     def forget(self, build: Hashable, keep: tuple = ()) -> None:
-        """Drop the build's questions but those in `keep` (a lookup in flight still answers, unheard)."""
+        """Drop the build's questions but those in `keep` (a lookup in flight still answers, unheard); with
+        nothing kept (the build is gone), also which answers it was given."""
         with self._lock:
+            if not keep:
+                for handed in [h for h in self._handed if h[0] == build]:
+                    del self._handed[handed]
             asked = self._state.get(build)
             if asked is None:
                 return
