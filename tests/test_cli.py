@@ -125,6 +125,8 @@ def test_inspect_and_list_layers(image):
     (["build", "IMAGE", "-c", "gzip", "--level", "42"], 2, "out of range"),
     (["build", "IMAGE", "--inject", "nope"], 2, "SRC:DEST"),
     (["build", "IMAGE", "--username", "u"], 2, "--password-stdin"),
+    # refused before the image is fetched: nothing listens on 127.0.0.1:9 (that would be exit 3)
+    (["build", "127.0.0.1:9/absent:1", "--push", "127.0.0.1:9/out@sha256:" + "0" * 64], 2, "push to a tag"),
 ])
 def test_errors_have_exit_codes_and_no_traceback(image, tmp_path, args, code, message):
     work = tmp_path / "work"

@@ -17,10 +17,13 @@ from .rootfs.scratch import MEMORY_BUDGET, Scratch
 from .rootfs.tree import Node, Tree
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildOptions:
+    """What to build; checked once, on construction: options that cannot work are refused (UsageError)
+    before anything is downloaded, and a BuildOptions that exists is one the build can use."""
+
     compression: str = "gzip"
-    level: int | None = None
+    level: int | None = None  # None: the compression's default
     threads: int | None = None
     init: str | None = None  # host file to install as /init
     inject: list[edit.Injection] = field(default_factory=list)
@@ -29,16 +32,16 @@ class BuildOptions:
     scratch_dir: str | None = None
     memory_budget: int = MEMORY_BUDGET  # file contents stay in memory while they fit, else go to scratch_dir
     limits: Limits = field(default_factory=Limits)
+    compress_level: int = field(init=False)  # `level`, or the compression's default
 
-    def check(self) -> int:
-        """Refuses options that cannot work, before anything is downloaded; returns the compression level."""
+    def __post_init__(self) -> None:
         epoch = self.source_date_epoch
         if epoch is not None and not 0 <= epoch <= cpio.MAX_MTIME:
             raise UsageError(f"source date epoch {epoch} is outside what cpio newc can hold (0..{cpio.MAX_MTIME})")
         if self.limits.max_uncompressed_size <= 0 or self.limits.max_entries <= 0:
             raise UsageError("limits must be positive")
         Globs(self.exclude)
-        return compress.check(self.compression, self.level)
+        object.__setattr__(self, "compress_level", compress.check(self.compression, self.level))
 
 
 @dataclass
@@ -61,7 +64,6 @@ def build(image: Image, out: compress.Sink, options: BuildOptions, report: Repor
           warn: Report = lambda _: None) -> tuple[int, str]:
     """Writes the compressed initramfs of `image` to `out`; returns (entries, init source), both read
     from what the archive writer wrote."""
-    level = options.check()
     budget = Budget(options.limits)
     with Scratch(options.scratch_dir, options.memory_budget) as scratch:
         tree = Tree()
@@ -75,7 +77,7 @@ def build(image: Image, out: compress.Sink, options: BuildOptions, report: Repor
             edit.inject(tree, scratch, item)
         installed = _install_init(tree, scratch, image, options)
         edit.essentials(tree, options.source_date_epoch or 0)
-        sink = compress.writer(out, options.compression, level, options.threads)
+        sink = compress.writer(out, options.compression, options.compress_level, options.threads)
         writer = cpio.Writer(sink, watch={"init"})
         records = cpio.clamp_mtime(tree_records(tree, scratch), options.source_date_epoch, warn)
         for record in _counted(records, f"writing {options.compression} archive", report):

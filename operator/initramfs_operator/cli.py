@@ -156,15 +156,14 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
         inject=[Injection.parse(s) for s in args.inject], exclude=args.exclude, source_date_epoch=epoch,
         scratch_dir=args.scratch_dir, memory_budget=_size(args.memory_budget, "--memory-budget"),
         limits=Limits(_size(args.max_uncompressed_size, "--max-uncompressed-size"), args.max_entries))
-    options.check()
     _check_paths(args)
     progress = Progress(sys.stderr.isatty() and not args.quiet)
     reg = _registry_options(args, progress)
-    if args.push:
-        reference.parse(args.push)  # a bad destination fails before any download
+    # parsed here, once: a bad destination (or one that is not a tag) fails before any download
+    target = registry.push_target(args.push) if args.push else None
     with source.load(args.image, _platform(args), reg) as image:
         try:
-            if not args.push:
+            if target is None:
                 out = args.output or "initramfs" + compress.EXTENSIONS[args.compression]
                 result = build.build_file(image, out, options, progress.report, args.create_dirs, _warn)
                 return {"output": os.path.abspath(out), **_result(result)}
@@ -174,10 +173,9 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
                 progress.report("pushing")
                 media_type = registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression]
                 digest = registry.push_artifact(
-                    path, args.push, media_type=media_type, annotations=_base_annotations(image, args.image, epoch),
-                    subject=_subject(image, args), options=reg)
-            pushed = reference.parse(args.push)
-            return {"reference": f"{pushed.name}@{digest}", "tag": pushed.tag, "digest": digest, **_result(result)}
+                    path, target, media_type=media_type, annotations=_base_annotations(image, args.image, epoch),
+                    subject=_subject(image, args.image, target), options=reg)
+            return {"reference": f"{target.name}@{digest}", "tag": target.tag, "digest": digest, **_result(result)}
         finally:
             progress.done()
 
@@ -195,12 +193,12 @@ def _base_annotations(image: Image, spec: str, epoch: int | None) -> dict[str, s
     return annotations
 
 
-def _subject(image: Image, args: argparse.Namespace) -> Descriptor | None:
+def _subject(image: Image, spec: str, target: reference.Reference) -> Descriptor | None:
     """The artifact refers to its source image when both live in the same repository."""
-    if not source.is_registry(args.image):
+    if not source.is_registry(spec):
         return None
-    src, dst = reference.parse(args.image.removeprefix("docker://")), reference.parse(args.push)
-    return image.descriptor if (src.registry, src.repository) == (dst.registry, dst.repository) else None
+    src = reference.parse(spec.removeprefix("docker://"))
+    return image.descriptor if (src.registry, src.repository) == (target.registry, target.repository) else None
 
 
 def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:

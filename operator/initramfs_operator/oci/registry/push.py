@@ -27,6 +27,7 @@ import httpx
 
 from ...errors import InvalidImageError, OutputError, RegistryError, UsageError
 from .. import digests, image
+from ..reference import Reference
 from ..reference import parse as parse_reference
 from .options import RegistryOptions
 from .pull import manifest
@@ -44,12 +45,21 @@ CHUNK = 16 << 20          # upload chunk; smaller blobs go in one request
 Chunks = Callable[[int, int], Iterable[bytes]]
 
 
-def push_artifact(path: str, reference: str, *, media_type: str, annotations: dict[str, str],
-                  subject: image.Descriptor | None, options: RegistryOptions) -> str:
-    """Push the file at `path` as an initramfs artifact (see the module docstring); returns its manifest digest."""
-    ref = parse_reference(reference)
+def push_target(reference: str | Reference) -> Reference:
+    """Where an artifact can go: `reference` (parsed if it is text) naming a tag, as the digest of a manifest
+    is not known before it is pushed. UsageError otherwise."""
+    ref = parse_reference(reference) if isinstance(reference, str) else reference
     if ref.digest or not ref.tag:
         raise UsageError(f"{ref}: push to a tag; the digest of the pushed manifest is not known in advance")
+    return ref
+
+
+def push_artifact(path: str, reference: str | Reference, *, media_type: str, annotations: dict[str, str],
+                  subject: image.Descriptor | None, options: RegistryOptions) -> str:
+    """Push the file at `path` as an initramfs artifact (see the module docstring) to `reference` (text, or
+    a Reference from push_target); returns its manifest digest."""
+    ref = push_target(reference)
+    assert ref.tag is not None  # push_target refuses a reference without one
     name = os.path.basename(path)
     try:
         size = os.path.getsize(path)

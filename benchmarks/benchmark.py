@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """initramfs-builder beside the inflate+compress floor and the original Rust tool, on two images.
 
-Not a test: run it by hand, `python3 tests/benchmark.py` (about 5 minutes; `--help` for options).
+Not a test: run it by hand, `python3 benchmarks/benchmark.py` (about 5 minutes; `--help` for options).
 
 - Images: a `debootstrap --variant=minbase bookworm` root filesystem as one gzip layer, and a
   synthetic image of over 1 GB uncompressed in 9 layers with over 50k entries (the minbase layer,
@@ -44,10 +44,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(TESTS), str(TESTS.parent / "operator")]
-
-from fixtures.registry import Registry, start_registry  # noqa: E402
+import _paths  # first: tests/ and operator/ on sys.path
+from fixtures.registry import Registry, start_registry
 
 CACHE = Path(os.environ.get("INITRAMFS_TOOLS_CACHE", Path.home() / ".cache/initramfs-operator"))
 BENCH = CACHE / "bench"
@@ -292,7 +290,7 @@ def ours(image: str, source: str, compression: str, work: Path, *extra: str, reg
     tls = ["--ca-file", str(registry.ca_file)] if registry else []
     command = [sys.executable, "-m", "initramfs_operator.cli", "build", source, "-o", str(out), "-c", compression,
                "-q", "--scratch-dir", str(work), *tls, *extra]
-    return Pipeline(image, name, command, out, {"PYTHONPATH": str(TESTS.parent / "operator")},
+    return Pipeline(image, name, command, out, {"PYTHONPATH": str(_paths.REPO / "operator")},
                     same_as=f"{image} {where} {compression}")
 
 

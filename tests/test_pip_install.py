@@ -18,6 +18,8 @@ from fixtures.tools import REPO, need
 WHEELS = Path(os.environ.get("INITRAMFS_TOOLS_CACHE", Path.home() / ".cache/initramfs-operator")) / "wheels"
 FROM_CACHE = ["--no-index", "--find-links", str(WHEELS)]
 OPERATOR_EXTRA = ("kopf", "kubernetes", "prometheus_client")
+# The venv's programs see the installed wheel only, not a checkout that PYTHONPATH may name.
+VENV_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _pip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -52,7 +54,7 @@ def test_the_operator_libraries_are_not_installed(venv_bin):
     probe = ("import importlib.util, json, initramfs_operator; print(json.dumps([initramfs_operator.__file__, "
              f"[m for m in {OPERATOR_EXTRA!r} if importlib.util.find_spec(m)]]))")
     where, present = json.loads(subprocess.run([str(venv_bin / "python"), "-c", probe], check=True,
-                                               capture_output=True, text=True, cwd="/").stdout)
+                                               capture_output=True, text=True, cwd="/", env=VENV_ENV).stdout)
     assert where.startswith(str(venv_bin.parent)) and present == []
 
 
@@ -64,7 +66,7 @@ def test_the_cli_builds_a_local_layout(venv_bin, tmp_path):
             "v1")
     args = ["build", f"oci:{lay.root}:v1", "--source-date-epoch", "0", "--json", "-o"]
     installed = subprocess.run([str(venv_bin / "initramfs-builder"), *args, str(tmp_path / "installed.cpio.gz")],
-                               capture_output=True, text=True, cwd=tmp_path)
+                               capture_output=True, text=True, cwd=tmp_path, env=VENV_ENV)
     assert installed.returncode == 0, installed.stderr
     result = json.loads(installed.stdout)
     assert (result["compression"], result["init"]) == ("gzip", "generated")
@@ -80,6 +82,6 @@ def test_the_cli_builds_a_local_layout(venv_bin, tmp_path):
 @pytest.mark.parametrize("command", ["initramfs-operator", "initramfs-delivery-agent"])
 @pytest.mark.parametrize("args", [[], ["--help"]])
 def test_the_operator_names_the_extra_it_needs(venv_bin, command, args):
-    p = subprocess.run([str(venv_bin / command), *args], capture_output=True, text=True)
+    p = subprocess.run([str(venv_bin / command), *args], capture_output=True, text=True, env=VENV_ENV)
     assert p.returncode == 1 and p.stdout == "", (p.stdout, p.stderr)
     assert "pip install 'initramfs-operator[operator]'" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -6,7 +6,7 @@ does) is exactly the flattened image, computed here by an independent model of t
 CI runs a bounded number of examples (INITRAMFS_PROPERTY_EXAMPLES, default 300, under a minute on 2 cores).
 A long campaign, keeping what it finds in .hypothesis/ to replay first next time:
 
-    INITRAMFS_PROPERTY_EXAMPLES=20000 python3 -m pytest tests/test_properties.py -q --timeout 0
+    INITRAMFS_PROPERTY_EXAMPLES=20000 python3 -m pytest tests/test_build_properties.py -q --timeout 0
 """
 
 import contextlib

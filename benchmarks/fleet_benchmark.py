@@ -2,8 +2,8 @@
 """What a fleet of InitramfsBuilds costs the API server, from its own audit log (issue 11, item 2).
 
 Not a test: run it by hand, e.g.
-    python3 tests/fleet_benchmark.py --builds 1000
-    python3 tests/fleet_benchmark.py --builds 5000 --settle 60     # created, mostly queued
+    python3 benchmarks/fleet_benchmark.py --builds 1000
+    python3 benchmarks/fleet_benchmark.py --builds 5000 --settle 60     # created, mostly queued
 It starts the test control plane (etcd, kube-apiserver with an audit log of the operator's own
 user, kube-controller-manager), a local registry holding a tiny image, and the operator as a
 process with --slots build slots, then creates the builds across --namespaces namespaces.
@@ -44,6 +44,7 @@ import httpx
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+import _paths  # noqa: F401  (first: tests/ and operator/ on sys.path)
 from fixtures.images import E, Layout
 from fixtures.kube import (
     Cluster,

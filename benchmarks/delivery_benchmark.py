@@ -2,9 +2,9 @@
 """What delivery to a fleet of VM hosts costs the API server, from its own audit log (issue 14).
 
 Not a test: run it by hand, e.g.
-    python3 tests/delivery_benchmark.py --agents 50 --builds 20
+    python3 benchmarks/delivery_benchmark.py --agents 50 --builds 20
 It starts the test control plane (etcd, kube-apiserver with an audit log, kube-controller-manager,
-from tests/fleet_benchmark.py), a local registry, `--agents` delivery agent processes
+from fleet_benchmark.py), a local registry, `--agents` delivery agent processes
 (`initramfs-delivery-agent`, each with its own Node object and delivery root, all authenticated as
 one agent user), and pushes `--builds` initramfs artifacts. Each InitramfsBuild selects every node;
 its status.output is written the way the operator writes it after a build (there is no kubelet
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import kubernetes
 
+import _paths  # noqa: F401  (first: tests/ and operator/ on sys.path)
 import fleet_benchmark as fleet
 from fixtures.kube import Processes, issue_cert, write_kubeconfig
 from fixtures.registry import start_registry
@@ -151,5 +152,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     sys.exit(main())
