@@ -18,6 +18,7 @@ import pytest
 from fixtures.kube import Cluster, wait_until
 from fixtures.registry import FaultProxy, unique_repo
 from initramfs_operator.delivery.agent import Agent, report_name
+from initramfs_operator.delivery.store import Verified
 from initramfs_operator.kube import crd
 from initramfs_operator.oci.registry import push
 
@@ -27,12 +28,12 @@ CPIO_GZ = "application/vnd.initramfs.v1.cpio+gzip"
 class Host:
     """One VM host: a Node object with labels, an agent process-equivalent, and its delivery root."""
 
-    def __init__(self, kube: Cluster, root: Path, labels: dict[str, str]):
+    def __init__(self, kube: Cluster, root: Path, labels: dict[str, str], verified: Verified | None = None):
         self.kube, self.root = kube, root
         self.name = f"vm-host-{uuid.uuid4().hex[:6]}"
         self.core = kubernetes.client.CoreV1Api(kube.api_client())
         self.core.create_node({"metadata": {"name": self.name, "labels": labels}})
-        self.agent = Agent(kube.api_client(), self.name, str(root))
+        self.agent = Agent(kube.api_client(), self.name, str(root), verified=verified)
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
         self.thread.start()
 
@@ -75,6 +76,14 @@ class Builds:
             "spec": {"image": f"{self.registry_host}/src/app:1", "registry": {"insecure": True},
                      "output": {"oci": {"repository": f"{self.registry_host}/out/{name}", "tag": "v"}},
                      "delivery": delivery}})
+
+    def annotate(self, name: str, annotations: dict) -> None:
+        self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
+                                                   {"metadata": {"annotations": annotations}})
+
+    def patch_spec(self, name: str, spec: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
+                                                          {"spec": spec})
 
     def built(self, name: str, output: dict) -> None:
         self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
@@ -127,6 +136,48 @@ def test_delivers_verifies_rolls_forward_and_prunes(kube, namespace, registry, h
     wait_until(ready_with(builds, "app", host.name, third), timeout=60, what="third delivery")
     assert sorted(os.listdir(directory)) == sorted(["current", f"{third['sha256']}.cpio.gz",
                                                     f"{second['sha256']}.cpio.gz"])
+
+
+def test_unrelated_events_do_not_read_the_delivered_file(kube, namespace, registry, host, tmp_path):
+    """The operator's status writes and annotation edits reach every agent; each costs a comparison, not a
+    read of the file. Only a change of what the node should hold (here `keep`) looks at it again, by identity."""
+    builds = Builds(kube, namespace, registry.host)
+    builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}})
+    output = pushed(registry, unique_repo("deliver"), os.urandom(1 << 20), tmp_path)
+    builds.built("app", output)
+    wait_until(ready_with(builds, "app", host.name, output), timeout=60, what="delivery")
+    hashed = host.agent.verified.bytes_hashed
+    for i in range(10):  # 20 watch events, as the operator's summary writes and a user's edits make them
+        builds.annotate("app", {"example.com/edit": str(i)})
+        builds.custom.patch_namespaced_custom_object_status(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, "app",
+            {"status": {"delivery": {"desired": 1, "ready": 1, "failed": 0, "nodes": f"1/{i + 1}"}}})
+    # A change the node must act on, after the others: its report shows it was handled, so were they.
+    generation = builds.patch_spec("app", {"delivery": {"keep": 2}})["metadata"]["generation"]
+    wait_until(lambda: (builds.report("app", host.name) or {}).get("status", {}).get("observedBuildGeneration")
+               == generation, timeout=30, what="the keep change handled")
+    assert host.agent.verified.bytes_hashed - hashed <= output["size"]  # at most one read of the file
+    print(f"bytes hashed for 20 unrelated events and 1 keep change: {host.agent.verified.bytes_hashed - hashed}")
+
+
+def test_a_file_changed_on_disk_is_found_and_replaced(kube, namespace, registry, tmp_path):
+    (tmp_path / "root").mkdir()
+    host = Host(kube, tmp_path / "root", {"vm-host": "true"}, Verified(max_age=2.0))  # re-verified every ~2s
+    try:
+        builds = Builds(kube, namespace, registry.host)
+        builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}})
+        data = os.urandom(100_000)
+        output = pushed(registry, unique_repo("deliver"), data, tmp_path)
+        builds.built("app", output)
+        wait_until(ready_with(builds, "app", host.name, output), timeout=60, what="delivery")
+        version = host.root / namespace / "app" / f"{output['sha256']}.cpio.gz"
+        damaged = bytes([data[0] ^ 0xFF]) + data[1:]  # same size, other bytes, a new mtime: no event at all
+        with open(version, "r+b") as f:
+            f.write(damaged[:1])
+        wait_until(lambda: version.read_bytes() == data, timeout=30, what="the damaged file replaced")
+        assert os.readlink(host.root / namespace / "app" / "current") == version.name
+    finally:
+        host.stop()
 
 
 def test_a_mismatch_is_refused_and_current_stays(kube, namespace, registry, host, tmp_path):

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from initramfs_operator.delivery.store import CURRENT, Expected, VersionStore
+from initramfs_operator.delivery.store import CURRENT, Expected, Verified, VersionStore
 from initramfs_operator.errors import InvalidImageError, OutputError, UsageError
 
 
@@ -46,6 +46,27 @@ def test_a_mismatch_is_refused_and_current_stays(tmp_path, damage):
         store.install(io.BytesIO(sent), want)
     assert store.current() == good
     assert set(os.listdir(tmp_path / "b")) == {CURRENT, good}
+
+
+def test_a_verified_file_is_read_again_only_when_its_identity_changes_or_its_check_expires(tmp_path):
+    now = [0.0]
+    store = VersionStore(str(tmp_path), "b", Verified(max_age=100, clock=lambda: now[0]))
+    data = os.urandom(1 << 20)
+    name = install(store, data)
+    assert all(store.has(expected(data)) for _ in range(10))
+    assert store.verified.bytes_hashed == 0  # hashed while it was written: trusted since
+    now[0] = 101
+    assert store.has(expected(data)) and store.verified.bytes_hashed == len(data)  # due again: read once
+    assert store.has(expected(data)) and store.verified.bytes_hashed == len(data)
+
+    path = tmp_path / "b" / name
+    before = os.stat(path)
+    with open(path, "r+b") as f:  # same size, other bytes; even its mtime put back (ctime still moves)
+        f.write(bytes([data[0] ^ 0xFF]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert not store.has(expected(data))
+    install(store, data)  # the agent's next step: fetched again, renamed over it
+    assert path.read_bytes() == data and store.has(expected(data))
 
 
 def test_prune_keeps_current_and_newest(tmp_path):

@@ -7,6 +7,12 @@ the registry by digest and verified against the layer digest and `status.output.
 (see store.py for the placement rules). What it holds it reports in one small
 InitramfsDelivery object per build, which only the operator reads.
 
+An agent works on a build only when what its node should hold may have changed: the build's
+generation (its spec: selector, keep, reclaim policy, directory, registry access), its output,
+or the node's labels. The operator's status writes and annotation edits, seen by every agent,
+cost a comparison each. A file once verified is not read again until its identity on disk
+changes or it is due for its periodic re-verification (store.py).
+
 A failed download or a mismatch leaves `current` where it was and is retried with
 exponential backoff. When the node stops matching (or the build is deleted), the report is
 deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
@@ -16,6 +22,7 @@ import argparse
 import hashlib
 import logging
 import os
+import random
 import signal
 import threading
 from collections.abc import Hashable
@@ -31,7 +38,7 @@ from ..kube import api, crd, registry_access, selector
 from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci.registry import artifact
 from .informer import Informer, Key, Obj
-from .store import Expected, VersionStore
+from .store import Expected, Verified, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,13 @@ def wanted(build: Obj) -> Wanted:
                   reference, expected)
 
 
+def holding(build: Obj) -> tuple[Any, ...]:
+    """What, of a build, decides what a node holds and reports: its spec (by generation) and its output."""
+    output = (build.get("status") or {}).get("output") or {}
+    return (build["metadata"]["uid"], build["metadata"].get("generation"),
+            *(output.get(k) for k in ("reference", "sha256", "sha512", "size", "compression")))
+
+
 def report_name(build_name: str, node: str) -> str:
     name = f"{build_name}.{node}"
     if len(name) <= MAX_NAME:
@@ -77,7 +91,8 @@ def report_name(build_name: str, node: str) -> str:
 
 
 class Agent:
-    def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = ()):
+    def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = (),
+                 verified: Verified | None = None):
         self.kube = api.Kube(client)  # the one client style of this process: the API's JSON as it is
         self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
                                                  {"secrets": READ_HINT, "configmaps": READ_HINT})
@@ -89,6 +104,7 @@ class Agent:
         # and to find the reports of builds this node no longer serves; seeded by one LIST at start.
         self.reported: dict[Key, dict[str, Any]] = {}
         self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
+        self.verified = verified or Verified()  # files hashed lately, for every build's store
         self.stopping = threading.Event()
         self.builds = self._build_informers(namespaces)
         self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
@@ -97,7 +113,8 @@ class Agent:
     def _build_informers(self, namespaces: tuple[str, ...]) -> list[Informer]:
         """One watch over the cluster, or one per served namespace (all a namespaced install may do)."""
         def changed(key: Key, old: Obj | None, new: Obj | None) -> None:
-            self.queue.add(key)
+            if old is None or new is None or holding(old) != holding(new):
+                self.queue.add(key)
         if not namespaces:
             return [Informer("builds", self.kube, api.path(crd.API_VERSION, crd.PLURAL), changed)]
         return [Informer(f"builds in {ns}", self.kube, api.path(crd.API_VERSION, crd.PLURAL, ns), changed)
@@ -107,7 +124,11 @@ class Agent:
         return next((i.objects[key] for i in self.builds if key in i.objects), None)
 
     def _node_changed(self, key: Key, old: Obj | None, new: Obj | None) -> None:
-        self.node_labels = dict(((new or {}).get("metadata") or {}).get("labels") or {})
+        """Only labels feed the selectors: the kubelet's status updates queue nothing."""
+        labels = dict(((new or {}).get("metadata") or {}).get("labels") or {})
+        if labels == self.node_labels and old is not None:
+            return
+        self.node_labels = labels
         for informer in self.builds:
             for build in list(informer.objects):
                 self.queue.add(build)
@@ -160,7 +181,7 @@ class Agent:
 
     def deliver(self, key: Key, build: Obj) -> None:
         want = wanted(build)
-        store = VersionStore(self.root, want.directory)
+        store = VersionStore(self.root, want.directory, self.verified)
         path = os.path.join(self.root, want.directory, "current")
         if want.reference is None or want.expected is None:
             self.report(key, build, "Pending", "waiting for the build's first OCI output", path=path)
@@ -180,6 +201,8 @@ class Agent:
                         digest=self._held(store))
             return
         self.retries.reset(key)
+        # Due once the file's verification has expired (jittered, so a fleet's disks are not read at once).
+        self.queue.add_after(key, self.verified.max_age * (1 + 0.1 * random.random()))
         self.report(key, build, "Ready", f"current is {want.expected.filename}", path=path,
                     digest=f"sha256:{want.expected.sha256}")
 
