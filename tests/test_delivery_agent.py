@@ -135,7 +135,9 @@ def test_delivers_verifies_rolls_forward_and_prunes(kube, namespace, registry, h
     builds.built("app", third)
     wait_until(ready_with(builds, "app", host.name, third), timeout=60, what="third delivery")
     assert sorted(os.listdir(directory)) == sorted(["current", f"{third['sha256']}.cpio.gz",
-                                                    f"{second['sha256']}.cpio.gz"])
+                                                    f"{second['sha256']}.cpio.gz", f"{third['sha256']}.sha512",
+                                                    f"{second['sha256']}.sha512"])
+    assert (directory / f"{third['sha256']}.sha512").read_text() == third["sha512"] + "\n"
 
 
 def test_unrelated_events_do_not_read_the_delivered_file(kube, namespace, registry, host, tmp_path):

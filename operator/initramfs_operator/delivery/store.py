@@ -1,12 +1,14 @@
 """A directory of initramfs versions on a VM host, behind an atomic `current` symlink.
 
     <root>/<dir>/<sha256>.cpio.gz     one file per version, named by its content
+    <root>/<dir>/<sha256>.sha512      its sha512 in hex and a newline (Kata's initrd_hash)
     <root>/<dir>/current -> <sha256>.cpio.gz
 
 A VM launcher (Kata's `initrd`, a Firecracker script) reads `current`; it sees either the
 old file or the new one, never a missing or partial file: a version is written to a
 temp file, verified, fsynced and renamed into place before `current` is re-pointed by
-renaming a new symlink over it. Every operation goes through directory file descriptors
+renaming a new symlink over it; the version's .sha512 file is in place (written the same way)
+before `current` points at it. Every operation goes through directory file descriptors
 opened with O_NOFOLLOW from the configured root, so a symlink planted anywhere under the
 root cannot redirect a write outside it.
 
@@ -31,6 +33,8 @@ from ..errors import InvalidImageError, OutputError, UsageError
 
 CURRENT = "current"
 READ_SIZE = 1 << 20
+SHA512_SUFFIX = ".sha512"
+SHA512_NAME = re.compile("[0-9a-f]{64}" + re.escape(SHA512_SUFFIX))
 VERSION_NAME = re.compile("[0-9a-f]{64}(?:" + "|".join(map(re.escape, EXTENSIONS.values())) + ")")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 REVERIFY_SECONDS = 6 * 3600  # a verified file is hashed again at least this often (bit rot, a silent edit)
@@ -52,6 +56,10 @@ class Expected:
     @property
     def filename(self) -> str:
         return self.sha256 + EXTENSIONS[self.compression]
+
+    @property
+    def sha512_filename(self) -> str:
+        return self.sha256 + SHA512_SUFFIX
 
 
 class Verified:
@@ -140,7 +148,8 @@ class VersionStore:
             return self._versions(fd)
 
     def install(self, stream: Readable, expected: Expected) -> str:
-        """Writes the stream as a new version, verified against `expected`; returns its file name.
+        """Writes the stream as a new version, verified against `expected`, and its .sha512 file; returns
+        the version's file name.
 
         A version already present is re-verified rather than trusted. Nothing is renamed into
         place unless size, sha256 and sha512 all match.
@@ -164,12 +173,14 @@ class VersionStore:
             except BaseException:
                 _unlink_quietly(tmp, fd)
                 raise
+            _write_sha512(expected, fd)
         self.verified.remember(self._path(name), written, expected)
         return name
 
     def has(self, expected: Expected) -> bool:
         """Whether the version is present with the right content: hashed, unless it was verified before and
-        its file is the same since (identity unchanged, within `Verified.max_age`); never trusted by name."""
+        its file is the same since (identity unchanged, within `Verified.max_age`); never trusted by name.
+        A missing or wrong .sha512 file beside a good version (an older agent's) is written again."""
         path = self._path(expected.filename)
         with self._directory() as fd:
             try:
@@ -180,15 +191,16 @@ class VersionStore:
                 before = os.fstat(stream.fileno())
                 if not stat.S_ISREG(before.st_mode):
                     return False
-                if self.verified.trusts(path, before, expected):
-                    return True
-                self.verified.forget(path)
-                try:
-                    self._copy_verified(_Counted(stream, self.verified.count), None, expected)
-                except InvalidImageError:
-                    return False
-            # The identity from before the bytes were read: a write while they were makes it stale.
-            self.verified.remember(path, before, expected)
+                if not self.verified.trusts(path, before, expected):
+                    self.verified.forget(path)
+                    try:
+                        self._copy_verified(_Counted(stream, self.verified.count), None, expected)
+                    except InvalidImageError:
+                        return False
+                    # The identity from before the bytes were read: a write while they were makes it stale.
+                    self.verified.remember(path, before, expected)
+            if _read_small(expected.sha512_filename, fd) != _sha512_line(expected):
+                _write_sha512(expected, fd)
             return True
 
     def activate(self, name: str) -> None:
@@ -221,15 +233,16 @@ class VersionStore:
             removed = [v for v in versions if v not in kept]
             for name in removed:
                 _unlink_quietly(name, fd)
+                _unlink_quietly(name.split(".", 1)[0] + SHA512_SUFFIX, fd)
             if removed:
                 os.fsync(fd)
             return removed
 
     def remove_all(self) -> None:
-        """Removes `current`, every version and leftover temp file; the directory itself stays."""
+        """Removes `current`, every version, .sha512 file and leftover temp file; the directory itself stays."""
         with self._directory() as fd:
             for entry in os.listdir(fd):
-                if entry == CURRENT or VERSION_NAME.fullmatch(entry) or (
+                if entry == CURRENT or VERSION_NAME.fullmatch(entry) or SHA512_NAME.fullmatch(entry) or (
                         entry.startswith(".") and entry.endswith(".tmp")):
                     _unlink_quietly(entry, fd)
             os.fsync(fd)
@@ -262,6 +275,38 @@ class VersionStore:
             raise InvalidImageError(f"{expected.filename}: sha256 mismatch (got {sha256.hexdigest()})")
         if sha512.hexdigest() != expected.sha512:
             raise InvalidImageError(f"{expected.filename}: sha512 mismatch (got {sha512.hexdigest()[:32]}...)")
+
+
+def _sha512_line(expected: Expected) -> bytes:
+    return expected.sha512.encode() + b"\n"
+
+
+def _write_sha512(expected: Expected, fd: int) -> None:
+    """The version's .sha512 file, atomically: a temp file, fsynced, renamed into place."""
+    name = expected.sha512_filename
+    tmp = f".{name}.{os.getpid()}.tmp"
+    _unlink_quietly(tmp, fd)
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+        with os.fdopen(out, "wb") as f:
+            f.write(_sha512_line(expected))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fsync(fd)
+    except BaseException:
+        _unlink_quietly(tmp, fd)
+        raise
+
+
+def _read_small(name: str, fd: int) -> bytes | None:
+    """The first bytes of a regular file (enough for a .sha512 file), or None if there is none."""
+    try:
+        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:
+        return None
+    with os.fdopen(f, "rb") as stream:
+        return stream.read(256) if stat.S_ISREG(os.fstat(stream.fileno()).st_mode) else None
 
 
 class _Counted:
