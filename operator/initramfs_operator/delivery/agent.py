@@ -14,31 +14,37 @@ cost a comparison each. A file once verified is not read again until its identit
 changes or it is due for its periodic re-verification (store.py).
 
 A failed download or a mismatch leaves `current` where it was and is retried with
-exponential backoff. When the node stops matching (or the build is deleted), the report is
-deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
+exponential backoff. Builds are delivered by a few workers, at most `Pulls.per_registry` of them
+pulling from one registry, each pull bounded in time (`Pulls`): a registry that stalls holds up
+its own builds only, and they fail and are retried. When the node stops matching (or the build
+is deleted), the report is deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import os
 import random
 import signal
 import threading
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from ..errors import BuildError, UsageError
+from ..errors import BuildError, RegistryError, UsageError
 from ..kube import api, crd, registry_access, selector
 from ..kube.workqueue import Backoff, Retries, WorkQueue
-from ..oci.registry import artifact
+from ..oci import reference
+from ..oci.registry import RegistryOptions, artifact
 from .informer import Informer, Key, Obj
-from .store import Expected, Verified, VersionStore
+from .store import Expected, Readable, Verified, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,29 @@ BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
 # The chart grants the agent get on both in the namespaces it serves (deliveryNamespacedRules).
 READ_HINT = " (the chart's delivery agent Role allows get on secrets and configmaps in served namespaces)"
+REGISTRY_BUSY_SECONDS = 2.0  # a build whose registry has every pull slot taken looks again after this
+
+
+@dataclass(frozen=True)
+class Pulls:
+    """How the agent uses registries. Less patient than the CLI (60 s reads, 5 attempts): it has other
+    builds to deliver, and retries a failed one with backoff anyway."""
+
+    connect: float = 10.0       # seconds to connect
+    read: float = 30.0          # seconds without a byte
+    base: float = 60.0          # seconds an attempt may take, plus the artifact's size at `floor_rate`
+    floor_rate: float = 1 << 20  # bytes per second: slower than this on average, an attempt is given up
+    retries: int = 2            # of a transient failure within one delivery (the CLI: 4)
+    workers: int = 4            # builds delivered at once
+    per_registry: int = 2       # of them pulling from one registry
+
+    def options(self, options: RegistryOptions) -> RegistryOptions:
+        return dataclasses.replace(options, timeout=httpx.Timeout(self.read, connect=self.connect),
+                                   retries=self.retries)
+
+    def limit(self, size: int) -> float:
+        """Seconds one attempt at pulling `size` bytes may take."""
+        return self.base + size / self.floor_rate
 
 
 @dataclass(frozen=True)
@@ -92,7 +121,7 @@ def report_name(build_name: str, node: str) -> str:
 
 class Agent:
     def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = (),
-                 verified: Verified | None = None):
+                 verified: Verified | None = None, pulls: Pulls = Pulls()):
         self.kube = api.Kube(client)  # the one client style of this process: the API's JSON as it is
         self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
                                                  {"secrets": READ_HINT, "configmaps": READ_HINT})
@@ -105,6 +134,9 @@ class Agent:
         self.reported: dict[Key, dict[str, Any]] = {}
         self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
         self.verified = verified or Verified()  # files hashed lately, for every build's store
+        self.pulls = pulls
+        self._registry_slots: dict[str, threading.Semaphore] = {}
+        self._slots_lock = threading.Lock()
         self.stopping = threading.Event()
         self.builds = self._build_informers(namespaces)
         self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
@@ -148,12 +180,24 @@ class Agent:
         self.nodes.start()
         for informer in self.builds:
             informer.start()
+        workers = [threading.Thread(target=self._work, name=f"delivery {i}", daemon=True)
+                   for i in range(self.pulls.workers)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    def _work(self) -> None:
+        """One worker: the queue hands a build to one worker at a time."""
         while not self.stopping.is_set():
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
             try:
                 self.sync(key)
+            except Exception:  # a bug in one build's pass must not end the worker
+                log.exception("%s: delivery failed", key)
+                self.queue.add_after(key, BACKOFF.delay(1))
             finally:
                 self.queue.done(key)
 
@@ -188,8 +232,18 @@ class Agent:
             return
         try:
             if store.current() != want.expected.filename or not store.has(want.expected):
-                self.report(key, build, "Pending", f"pulling {want.reference}", path=path)
-                name = self.fetch(build, want, store)
+                registry = reference.parse(want.reference).registry
+                slot = self._registry_slot(registry)
+                if slot is None:
+                    self.report(key, build, "Pending", f"waiting for one of {registry}'s "
+                                f"{self.pulls.per_registry} pull slots", path=path)
+                    self.queue.add_after(key, REGISTRY_BUSY_SECONDS)
+                    return
+                try:
+                    self.report(key, build, "Pending", f"pulling {want.reference}", path=path)
+                    name = self.fetch(build, want, store)
+                finally:
+                    slot.release()
                 store.activate(name)
             store.prune(want.keep)
         except (BuildError, OSError) as e:
@@ -206,15 +260,23 @@ class Agent:
         self.report(key, build, "Ready", f"current is {want.expected.filename}", path=path,
                     digest=f"sha256:{want.expected.sha256}")
 
+    def _registry_slot(self, registry: str) -> threading.Semaphore | None:
+        """One of the registry's pull slots, taken (release it), or None if all are."""
+        with self._slots_lock:
+            slots = self._registry_slots.setdefault(registry, threading.Semaphore(self.pulls.per_registry))
+        return slots if slots.acquire(blocking=False) else None
+
     def fetch(self, build: Obj, want: Wanted, store: VersionStore) -> str:
         assert want.reference is not None and want.expected is not None
-        options = registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"])
+        options = self.pulls.options(
+            registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"]))
         layer = artifact.layer_of(want.reference, options)
         if layer.digest != f"sha256:{want.expected.sha256}" or layer.size != want.expected.size:
             raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
                              f"output sha256:{want.expected.sha256} ({want.expected.size} bytes)")
-        expected = want.expected
-        return artifact.read_layer(want.reference, layer, options, lambda stream: store.install(stream, expected))
+        expected, limit = want.expected, self.pulls.limit(layer.size)
+        return artifact.read_layer(want.reference, layer, options,
+                                   lambda stream: store.install(_Deadline(stream, limit, want.reference), expected))
 
     def release(self, key: Key, build: Obj | None) -> None:
         """The node no longer serves the build: delete the report; keep or remove the files as the build's
@@ -273,6 +335,20 @@ class Agent:
     def _held(store: VersionStore) -> str | None:
         current = store.current()
         return f"sha256:{current.split('.', 1)[0]}" if current else None
+
+
+class _Deadline:
+    """A transfer that must be over within `seconds` of its start (checked between reads, each of which the
+    read timeout bounds): a registry trickling a byte now and then is given up too."""
+
+    def __init__(self, stream: Readable, seconds: float, what: str | None):
+        self._stream, self._seconds, self._what = stream, seconds, what
+        self._end = time.monotonic() + seconds
+
+    def read(self, n: int = -1, /) -> bytes:
+        if time.monotonic() > self._end:
+            raise RegistryError(f"{self._what}: the transfer took more than {self._seconds:.0f}s")
+        return self._stream.read(n)
 
 
 def _now() -> str:
