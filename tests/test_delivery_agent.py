@@ -8,6 +8,7 @@ building and the agent running as the chart's DaemonSet on the real node, is tes
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 
 from fixtures.kube import Cluster, wait_until
 from fixtures.registry import FaultProxy, unique_repo
-from initramfs_operator.delivery.agent import Agent, report_name
+from initramfs_operator.delivery.agent import Agent, Pulls, report_name
+from initramfs_operator.delivery.store import Verified
 from initramfs_operator.kube import crd
 from initramfs_operator.oci.registry import push
 
@@ -27,12 +29,12 @@ CPIO_GZ = "application/vnd.initramfs.v1.cpio+gzip"
 class Host:
     """One VM host: a Node object with labels, an agent process-equivalent, and its delivery root."""
 
-    def __init__(self, kube: Cluster, root: Path, labels: dict[str, str]):
+    def __init__(self, kube: Cluster, root: Path, labels: dict[str, str], **agent_options):
         self.kube, self.root = kube, root
         self.name = f"vm-host-{uuid.uuid4().hex[:6]}"
         self.core = kubernetes.client.CoreV1Api(kube.api_client())
         self.core.create_node({"metadata": {"name": self.name, "labels": labels}})
-        self.agent = Agent(kube.api_client(), self.name, str(root))
+        self.agent = Agent(kube.api_client(), self.name, str(root), **agent_options)
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
         self.thread.start()
 
@@ -75,6 +77,14 @@ class Builds:
             "spec": {"image": f"{self.registry_host}/src/app:1", "registry": {"insecure": True},
                      "output": {"oci": {"repository": f"{self.registry_host}/out/{name}", "tag": "v"}},
                      "delivery": delivery}})
+
+    def annotate(self, name: str, annotations: dict) -> None:
+        self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
+                                                   {"metadata": {"annotations": annotations}})
+
+    def patch_spec(self, name: str, spec: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
+                                                          {"spec": spec})
 
     def built(self, name: str, output: dict) -> None:
         self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
@@ -126,7 +136,51 @@ def test_delivers_verifies_rolls_forward_and_prunes(kube, namespace, registry, h
     builds.built("app", third)
     wait_until(ready_with(builds, "app", host.name, third), timeout=60, what="third delivery")
     assert sorted(os.listdir(directory)) == sorted(["current", f"{third['sha256']}.cpio.gz",
-                                                    f"{second['sha256']}.cpio.gz"])
+                                                    f"{second['sha256']}.cpio.gz", f"{third['sha256']}.sha512",
+                                                    f"{second['sha256']}.sha512"])
+    assert (directory / f"{third['sha256']}.sha512").read_text() == third["sha512"] + "\n"
+
+
+def test_unrelated_events_do_not_read_the_delivered_file(kube, namespace, registry, host, tmp_path):
+    """The operator's status writes and annotation edits reach every agent; each costs a comparison, not a
+    read of the file. Only a change of what the node should hold (here `keep`) looks at it again, by identity."""
+    builds = Builds(kube, namespace, registry.host)
+    builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}})
+    output = pushed(registry, unique_repo("deliver"), os.urandom(1 << 20), tmp_path)
+    builds.built("app", output)
+    wait_until(ready_with(builds, "app", host.name, output), timeout=60, what="delivery")
+    hashed = host.agent.verified.bytes_hashed
+    for i in range(10):  # 20 watch events, as the operator's summary writes and a user's edits make them
+        builds.annotate("app", {"example.com/edit": str(i)})
+        builds.custom.patch_namespaced_custom_object_status(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, "app",
+            {"status": {"delivery": {"desired": 1, "ready": 1, "failed": 0, "nodes": f"1/{i + 1}"}}})
+    # A change the node must act on, after the others: its report shows it was handled, so were they.
+    generation = builds.patch_spec("app", {"delivery": {"keep": 2}})["metadata"]["generation"]
+    wait_until(lambda: (builds.report("app", host.name) or {}).get("status", {}).get("observedBuildGeneration")
+               == generation, timeout=30, what="the keep change handled")
+    assert host.agent.verified.bytes_hashed - hashed <= output["size"]  # at most one read of the file
+    print(f"bytes hashed for 20 unrelated events and 1 keep change: {host.agent.verified.bytes_hashed - hashed}")
+
+
+def test_a_file_changed_on_disk_is_found_and_replaced(kube, namespace, registry, tmp_path):
+    (tmp_path / "root").mkdir()
+    host = Host(kube, tmp_path / "root", {"vm-host": "true"}, verified=Verified(max_age=2.0))  # re-verified every ~2s
+    try:
+        builds = Builds(kube, namespace, registry.host)
+        builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}})
+        data = os.urandom(100_000)
+        output = pushed(registry, unique_repo("deliver"), data, tmp_path)
+        builds.built("app", output)
+        wait_until(ready_with(builds, "app", host.name, output), timeout=60, what="delivery")
+        version = host.root / namespace / "app" / f"{output['sha256']}.cpio.gz"
+        damaged = bytes([data[0] ^ 0xFF]) + data[1:]  # same size, other bytes, a new mtime: no event at all
+        with open(version, "r+b") as f:
+            f.write(damaged[:1])
+        wait_until(lambda: version.read_bytes() == data, timeout=30, what="the damaged file replaced")
+        assert os.readlink(host.root / namespace / "app" / "current") == version.name
+    finally:
+        host.stop()
 
 
 def test_a_mismatch_is_refused_and_current_stays(kube, namespace, registry, host, tmp_path):
@@ -189,3 +243,43 @@ def test_a_node_leaving_the_selector_is_counted_out(kube, namespace, registry, h
         assert os.readlink(directory / "current") == f"{output['sha256']}.cpio.gz"
     else:
         assert os.listdir(directory) == []
+
+
+def test_a_stalled_registry_holds_up_only_its_own_builds(kube, namespace, registry, tmp_path):
+    """A registry that sends a blob's headers and then nothing: the builds it serves fail after the agent's
+    bounded timeouts and are retried; a build from another registry is delivered meanwhile, at once."""
+    (tmp_path / "root").mkdir()
+    proxy = FaultProxy(registry)
+    # 10 s without a byte, two attempts: the stalled delivery fails after about 20 s.
+    host = Host(kube, tmp_path / "root", {"vm-host": "true"}, pulls=Pulls(read=10.0, retries=1))
+    try:
+        builds, stalled_builds = Builds(kube, namespace, registry.host), Builds(kube, namespace, proxy.host)
+        selector = {"nodeSelector": {"matchLabels": {"vm-host": "true"}}}
+        slow_repo = unique_repo("stalled")
+        slow = pushed(registry, slow_repo, os.urandom(100_000), tmp_path)
+        stall = proxy.inject("GET", f"/v2/{slow_repo}/blobs/", "stall", times=None)
+        stalled_builds.create("slow", selector)
+        builds.built("slow", {**slow, "reference": slow["reference"].replace(registry.host, proxy.host)})
+        wait_until(lambda: "pulling" in ((builds.report("slow", host.name) or {}).get("status") or {})
+                   .get("message", ""), timeout=30, what="the stalled pull to start")
+
+        fast = pushed(registry, unique_repo("deliver"), os.urandom(100_000), tmp_path)
+        builds.create("fast", selector)
+        started = time.monotonic()
+        builds.built("fast", fast)
+        wait_until(ready_with(builds, "fast", host.name, fast), timeout=8, what="the other registry's build")
+        print(f"delivered beside the stalled pull in {time.monotonic() - started:.1f}s")
+        assert builds.report("slow", host.name)["status"]["phase"] == "Pending"  # still stalled, not failed yet
+
+        def failed():
+            status = (builds.report("slow", host.name) or {}).get("status") or {}
+            return status if status.get("phase") == "Failed" else None
+        status = wait_until(failed, timeout=40, what="the stalled build to fail")
+        print(f"stalled build failed after {time.monotonic() - started:.1f}s: {status['message']}")
+        assert "ReadTimeout" in status["message"] and "gave up after 2 attempts" in status["message"]
+        assert "retrying in" in status["message"] and not (host.root / namespace / "slow" / "current").exists()
+        stall.times = 0  # the registry recovers: the retry delivers
+        wait_until(ready_with(builds, "slow", host.name, slow), timeout=30, what="the retried delivery")
+    finally:
+        host.stop()
+        proxy.close()

@@ -1,8 +1,11 @@
-"""status.delivery and the Delivered condition from the agents' reports (one case a row)."""
+"""status.delivery and the Delivered condition from the agents' reports (one case a row), and how often
+they are written."""
+
+import math
 
 import pytest
 
-from initramfs_operator.kube.delivery_status import summarize
+from initramfs_operator.kube.delivery_status import Coalescer, summarize
 
 SHA = "a" * 64
 BUILD = {"metadata": {"uid": "u1"}, "spec": {"delivery": {"nodeSelector": {"matchLabels": {"vm": "yes"}}}},
@@ -16,16 +19,16 @@ def report(node: str, phase: str, digest: str = "sha256:" + SHA, uid: str = "u1"
 
 
 @pytest.mark.parametrize(("reports", "counts", "condition"), [
-    ([], (2, 0, 0), ("False", "Delivering", "waiting for n1, n2")),
+    ([], (2, 0, 0), ("False", "Delivering", f"0/2 nodes hold sha256:{SHA}; 2 waiting")),
     ([report("n1", "Ready"), report("n2", "Ready")], (2, 2, 0), ("True", "Delivered", "all 2 selected nodes")),
     ([report("n1", "Ready"), report("n2", "Ready", digest="sha256:" + "c" * 64)],  # n2 holds an older output
-     (2, 1, 0), ("False", "Delivering", "waiting for n2")),
+     (2, 1, 0), ("False", "Delivering", "1/2 nodes hold sha256:")),
     ([report("n1", "Ready"), report("n2", "Failed", message="sha512 mismatch")],
-     (2, 1, 1), ("False", "DeliveryFailed", "n2: sha512 mismatch")),
+     (2, 1, 1), ("False", "DeliveryFailed", "; 0 waiting; 1 failed: n2: sha512 mismatch")),
     ([report("n1", "Ready"), report("n2", "Ready"), report("n3", "Ready")],  # n3 left the selector: not counted
      (2, 2, 0), ("True", "Delivered", "")),
     ([report("n1", "Ready", uid="old"), report("n2", "Ready")],  # a report of a deleted build of the same name
-     (2, 1, 0), ("False", "Delivering", "waiting for n1")),
+     (2, 1, 0), ("False", "Delivering", "1/2 nodes hold")),
 ])
 def test_summary(reports, counts, condition):
     s = summarize(BUILD, NODES, reports)
@@ -40,3 +43,56 @@ def test_no_delivery_no_nodes_no_output():
     assert summarize(none_selected, NODES, []).condition[1] == "NoNodes"
     unbuilt = {**BUILD, "status": {}}
     assert summarize(unbuilt, NODES, [report("n1", "Pending")]).condition[1] == "WaitingForOutput"
+
+
+def test_the_message_names_no_waiting_node_so_reports_arriving_do_not_change_it():
+    nodes = {f"n{i}": {"vm": "yes"} for i in range(50)}
+    messages = {summarize(BUILD, nodes, [report(f"n{i}", "Pending")] if i else []).condition[2] for i in range(50)}
+    assert messages == {f"0/50 nodes hold sha256:{SHA}; 50 waiting"}
+    failed = [report(f"n{i}", "Failed", message="HTTP 503") for i in range(8)]
+    message = summarize(BUILD, nodes, failed).condition[2]
+    assert message.endswith("8 failed: n0: HTTP 503; n1: HTTP 503; n2: HTTP 503; n3: HTTP 503; n4: HTTP 503 "
+                            "(and 3 more)")
+
+
+def written_at(changes: list[float], window: float) -> list[float]:
+    """When a build's status is written for summaries changing at these times: DeliveryStatus.sync's
+    steps on a clock of the test's, a delayed sync kept at its earliest time as WorkQueue.add_after keeps it."""
+    now = 0.0
+    coalesce = Coalescer(window, clock=lambda: now)
+    pending, retry, writes = sorted(changes), math.inf, []
+    while pending or retry < math.inf:
+        if retry <= (pending[0] if pending else math.inf):
+            now, retry = retry, math.inf
+        else:
+            now = pending.pop(0)
+        wait = coalesce.wait("build")
+        if wait > 0:
+            retry = min(retry, now + wait)
+        else:
+            writes.append(now)
+    return writes
+
+
+@pytest.mark.parametrize(("changes", "writes"), [
+    ([0.0], [0.0]),                                # a lone change: written at once
+    ([i * 0.05 for i in range(50)], [0.0, 3.0]),  # 50 reports within the window: two writes, not 50
+    ([0.0, 1.0, 2.9, 3.1], [0.0, 3.0, 6.0]),      # the change after a write waits for that write's window
+    ([0.0, 1.0, 3.5, 4.0], [0.0, 3.0, 6.0]),
+    ([0.0, 10.0, 10.1], [0.0, 10.0, 13.0]),
+])
+def test_status_writes_are_coalesced_per_window(changes, writes):
+    got = written_at(changes, window=3.0)
+    assert got == pytest.approx(writes)
+    assert all(b - a >= 3.0 for a, b in zip(got, got[1:], strict=False))  # at most one write per window
+    for change in changes:  # every change is in a write at most one window later
+        assert any(change <= w <= change + 3.0 for w in got)
+
+
+def test_a_build_that_went_is_forgotten():
+    now = 0.0
+    coalesce = Coalescer(3.0, clock=lambda: now)
+    assert coalesce.wait("b") == 0.0
+    assert coalesce.wait("b") == 3.0
+    coalesce.forget("b")  # deleted, and created again under the same name
+    assert coalesce.wait("b") == 0.0

@@ -48,7 +48,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 # Third-party imports (by top-level name) and the layers allowed to use them; anything else that is
 # not in the standard library is refused.
 THIRD_PARTY: dict[str, tuple[str, ...]] = {
-    "httpx": ("oci.registry", "kube"),  # kube: timeouts it hands the registry client
+    "httpx": ("oci.registry", "kube", "delivery"),  # kube, delivery: timeouts they hand the registry client
     "zstandard": ("oci", "archive"),
     "zlib_ng": ("oci", "archive"),
     "isal": ("oci",),
@@ -214,7 +214,7 @@ EXPECTED = [
     "archive.cpio:1 imports rootfs.tree: layer archive.cpio may import only",
     "archive.compress:2 imports kopf: only ('kube',) may use it",
     "rootfs.tree:1 imports archive.compress: layer rootfs may import only",
-    "rootfs.tree:2 imports httpx: only ('oci.registry', 'kube') may use it",
+    "rootfs.tree:2 imports httpx: only ('oci.registry', 'kube', 'delivery') may use it",
     "build:1 imports kube.crd: layer build may import only",
     "build:2 imports yaml: not a dependency",
     "cli:2 imports delivery.agent: layer cli may import only",

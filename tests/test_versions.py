@@ -8,12 +8,16 @@ import threading
 
 import pytest
 
-from initramfs_operator.delivery.store import CURRENT, Expected, VersionStore
+from initramfs_operator.delivery.store import CURRENT, Expected, Verified, VersionStore
 from initramfs_operator.errors import InvalidImageError, OutputError, UsageError
 
 
 def expected(data: bytes, compression: str = "gzip") -> Expected:
     return Expected(hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest(), len(data), compression)
+
+
+def sha512_file(version: str) -> str:
+    return version.split(".", 1)[0] + ".sha512"
 
 
 def install(store: VersionStore, data: bytes) -> str:
@@ -45,7 +49,47 @@ def test_a_mismatch_is_refused_and_current_stays(tmp_path, damage):
     with pytest.raises(InvalidImageError):
         store.install(io.BytesIO(sent), want)
     assert store.current() == good
-    assert set(os.listdir(tmp_path / "b")) == {CURRENT, good}
+    assert set(os.listdir(tmp_path / "b")) == {CURRENT, good, sha512_file(good)}
+
+
+def test_a_verified_file_is_read_again_only_when_its_identity_changes_or_its_check_expires(tmp_path):
+    now = [0.0]
+    store = VersionStore(str(tmp_path), "b", Verified(max_age=100, clock=lambda: now[0]))
+    data = os.urandom(1 << 20)
+    name = install(store, data)
+    assert all(store.has(expected(data)) for _ in range(10))
+    assert store.verified.bytes_hashed == 0  # hashed while it was written: trusted since
+    now[0] = 101
+    assert store.has(expected(data)) and store.verified.bytes_hashed == len(data)  # due again: read once
+    assert store.has(expected(data)) and store.verified.bytes_hashed == len(data)
+
+    path = tmp_path / "b" / name
+    before = os.stat(path)
+    with open(path, "r+b") as f:  # same size, other bytes; even its mtime put back (ctime still moves)
+        f.write(bytes([data[0] ^ 0xFF]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert not store.has(expected(data))
+    install(store, data)  # the agent's next step: fetched again, renamed over it
+    assert path.read_bytes() == data and store.has(expected(data))
+
+
+def test_each_version_has_its_sha512_beside_it_from_before_it_is_current(tmp_path):
+    """What a launcher pinning Kata's initrd_hash reads: the sha512 of the file `current` points at."""
+    store = VersionStore(str(tmp_path), "b")
+    data = os.urandom(10_000)
+    name = store.install(io.BytesIO(data), expected(data))
+    pinned = tmp_path / "b" / sha512_file(name)
+    assert pinned.read_bytes() == hashlib.sha512(data).hexdigest().encode() + b"\n"  # before activation
+    store.activate(name)
+    target = os.readlink(tmp_path / "b" / CURRENT)
+    assert (tmp_path / "b" / sha512_file(target)).read_text().strip() == \
+        hashlib.sha512((tmp_path / "b" / target).read_bytes()).hexdigest()
+
+    pinned.unlink()  # a version an older agent placed, without one
+    assert store.has(expected(data)) and pinned.read_text() == hashlib.sha512(data).hexdigest() + "\n"
+    pinned.write_text("0" * 128 + "\n")
+    assert store.has(expected(data)) and pinned.read_text() == hashlib.sha512(data).hexdigest() + "\n"
+    assert not [p for p in os.listdir(tmp_path / "b") if p.endswith(".tmp")]
 
 
 def test_prune_keeps_current_and_newest(tmp_path):
@@ -59,6 +103,10 @@ def test_prune_keeps_current_and_newest(tmp_path):
     assert set(store.versions()) == {names[1], names[4], names[3]}
     assert set(removed) == {names[0], names[2]}
     assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
+    assert set(os.listdir(tmp_path / "b")) == {CURRENT, "notes.txt", *store.versions(),
+                                               *map(sha512_file, store.versions())}  # with their versions
+    store.remove_all()
+    assert os.listdir(tmp_path / "b") == ["notes.txt"]
 
 
 def test_a_reader_never_sees_a_missing_or_partial_current(tmp_path):

@@ -7,30 +7,43 @@ the registry by digest and verified against the layer digest and `status.output.
 (see store.py for the placement rules). What it holds it reports in one small
 InitramfsDelivery object per build, which only the operator reads.
 
+An agent works on a build only when what its node should hold may have changed: the build's
+generation (its spec: selector, keep, reclaim policy, directory, registry access), its output,
+or the node's labels. The operator's status writes and annotation edits, seen by every agent,
+cost a comparison each. A file once verified is not read again until its identity on disk
+changes or it is due for its periodic re-verification (store.py).
+
 A failed download or a mismatch leaves `current` where it was and is retried with
-exponential backoff. When the node stops matching (or the build is deleted), the report is
-deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
+exponential backoff. Builds are delivered by a few workers, at most `Pulls.per_registry` of them
+pulling from one registry, each pull bounded in time (`Pulls`): a registry that stalls holds up
+its own builds only, and they fail and are retried. When the node stops matching (or the build
+is deleted), the report is deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import os
+import random
 import signal
 import threading
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from ..errors import BuildError, UsageError
+from ..errors import BuildError, RegistryError, UsageError
 from ..kube import api, conditions, crd, registry_access, selector
 from ..kube.workqueue import Backoff, Retries, WorkQueue
-from ..oci.registry import artifact
+from ..oci import reference
+from ..oci.registry import RegistryOptions, artifact
 from .informer import Informer, Key, Obj
-from .store import Expected, VersionStore
+from .store import Expected, Readable, Verified, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,29 @@ BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
 # The chart grants the agent get on both in the namespaces it serves (deliveryNamespacedRules).
 READ_HINT = " (the chart's delivery agent Role allows get on secrets and configmaps in served namespaces)"
+REGISTRY_BUSY_SECONDS = 2.0  # a build whose registry has every pull slot taken looks again after this
+
+
+@dataclass(frozen=True)
+class Pulls:
+    """How the agent uses registries. Less patient than the CLI (60 s reads, 5 attempts): it has other
+    builds to deliver, and retries a failed one with backoff anyway."""
+
+    connect: float = 10.0       # seconds to connect
+    read: float = 30.0          # seconds without a byte
+    base: float = 60.0          # seconds an attempt may take, plus the artifact's size at `floor_rate`
+    floor_rate: float = 1 << 20  # bytes per second: slower than this on average, an attempt is given up
+    retries: int = 2            # of a transient failure within one delivery (the CLI: 4)
+    workers: int = 4            # builds delivered at once
+    per_registry: int = 2       # of them pulling from one registry
+
+    def options(self, options: RegistryOptions) -> RegistryOptions:
+        return dataclasses.replace(options, timeout=httpx.Timeout(self.read, connect=self.connect),
+                                   retries=self.retries)
+
+    def limit(self, size: int) -> float:
+        """Seconds one attempt at pulling `size` bytes may take."""
+        return self.base + size / self.floor_rate
 
 
 @dataclass(frozen=True)
@@ -67,6 +103,13 @@ def wanted(build: Obj) -> Wanted:
                   reference, expected)
 
 
+def holding(build: Obj) -> tuple[Any, ...]:
+    """What, of a build, decides what a node holds and reports: its spec (by generation) and its output."""
+    output = (build.get("status") or {}).get("output") or {}
+    return (build["metadata"]["uid"], build["metadata"].get("generation"),
+            *(output.get(k) for k in ("reference", "sha256", "sha512", "size", "compression")))
+
+
 def report_name(build_name: str, node: str) -> str:
     name = f"{build_name}.{node}"
     if len(name) <= MAX_NAME:
@@ -76,7 +119,8 @@ def report_name(build_name: str, node: str) -> str:
 
 
 class Agent:
-    def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = ()):
+    def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = (),
+                 verified: Verified | None = None, pulls: Pulls = Pulls()):
         self.kube = api.Kube(client)  # the one client style of this process: the API's JSON as it is
         self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
                                                  {"secrets": READ_HINT, "configmaps": READ_HINT})
@@ -88,6 +132,10 @@ class Agent:
         # and to find the reports of builds this node no longer serves; seeded by one LIST at start.
         self.reported: dict[Key, dict[str, Any]] = {}
         self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
+        self.verified = verified or Verified()  # files hashed lately, for every build's store
+        self.pulls = pulls
+        self._registry_slots: dict[str, threading.Semaphore] = {}
+        self._slots_lock = threading.Lock()
         self.stopping = threading.Event()
         self.builds = self._build_informers(namespaces)
         self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
@@ -96,7 +144,8 @@ class Agent:
     def _build_informers(self, namespaces: tuple[str, ...]) -> list[Informer]:
         """One watch over the cluster, or one per served namespace (all a namespaced install may do)."""
         def changed(key: Key, old: Obj | None, new: Obj | None) -> None:
-            self.queue.add(key)
+            if old is None or new is None or holding(old) != holding(new):
+                self.queue.add(key)
         if not namespaces:
             return [Informer("builds", self.kube, api.path(crd.API_VERSION, crd.PLURAL), changed)]
         return [Informer(f"builds in {ns}", self.kube, api.path(crd.API_VERSION, crd.PLURAL, ns), changed)
@@ -106,7 +155,11 @@ class Agent:
         return next((i.objects[key] for i in self.builds if key in i.objects), None)
 
     def _node_changed(self, key: Key, old: Obj | None, new: Obj | None) -> None:
-        self.node_labels = dict(((new or {}).get("metadata") or {}).get("labels") or {})
+        """Only labels feed the selectors: the kubelet's status updates queue nothing."""
+        labels = dict(((new or {}).get("metadata") or {}).get("labels") or {})
+        if labels == self.node_labels and old is not None:
+            return
+        self.node_labels = labels
         for informer in self.builds:
             for build in list(informer.objects):
                 self.queue.add(build)
@@ -126,12 +179,24 @@ class Agent:
         self.nodes.start()
         for informer in self.builds:
             informer.start()
+        workers = [threading.Thread(target=self._work, name=f"delivery {i}", daemon=True)
+                   for i in range(self.pulls.workers)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    def _work(self) -> None:
+        """One worker: the queue hands a build to one worker at a time."""
         while not self.stopping.is_set():
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
             try:
                 self.sync(key)
+            except Exception:  # a bug in one build's pass must not end the worker
+                log.exception("%s: delivery failed", key)
+                self.queue.add_after(key, BACKOFF.delay(1))
             finally:
                 self.queue.done(key)
 
@@ -159,15 +224,25 @@ class Agent:
 
     def deliver(self, key: Key, build: Obj) -> None:
         want = wanted(build)
-        store = VersionStore(self.root, want.directory)
+        store = VersionStore(self.root, want.directory, self.verified)
         path = os.path.join(self.root, want.directory, "current")
         if want.reference is None or want.expected is None:
             self.report(key, build, "Pending", "waiting for the build's first OCI output", path=path)
             return
         try:
             if store.current() != want.expected.filename or not store.has(want.expected):
-                self.report(key, build, "Pending", f"pulling {want.reference}", path=path)
-                name = self.fetch(build, want, store)
+                registry = reference.parse(want.reference).registry
+                slot = self._registry_slot(registry)
+                if slot is None:
+                    self.report(key, build, "Pending", f"waiting for one of {registry}'s "
+                                f"{self.pulls.per_registry} pull slots", path=path)
+                    self.queue.add_after(key, REGISTRY_BUSY_SECONDS)
+                    return
+                try:
+                    self.report(key, build, "Pending", f"pulling {want.reference}", path=path)
+                    name = self.fetch(build, want, store)
+                finally:
+                    slot.release()
                 store.activate(name)
             store.prune(want.keep)
         except (BuildError, OSError) as e:
@@ -179,18 +254,28 @@ class Agent:
                         digest=self._held(store))
             return
         self.retries.reset(key)
+        # Due once the file's verification has expired (jittered, so a fleet's disks are not read at once).
+        self.queue.add_after(key, self.verified.max_age * (1 + 0.1 * random.random()))
         self.report(key, build, "Ready", f"current is {want.expected.filename}", path=path,
                     digest=f"sha256:{want.expected.sha256}")
 
+    def _registry_slot(self, registry: str) -> threading.Semaphore | None:
+        """One of the registry's pull slots, taken (release it), or None if all are."""
+        with self._slots_lock:
+            slots = self._registry_slots.setdefault(registry, threading.Semaphore(self.pulls.per_registry))
+        return slots if slots.acquire(blocking=False) else None
+
     def fetch(self, build: Obj, want: Wanted, store: VersionStore) -> str:
         assert want.reference is not None and want.expected is not None
-        options = registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"])
+        options = self.pulls.options(
+            registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"]))
         layer = artifact.layer_of(want.reference, options)
         if layer.digest != f"sha256:{want.expected.sha256}" or layer.size != want.expected.size:
             raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
                              f"output sha256:{want.expected.sha256} ({want.expected.size} bytes)")
-        expected = want.expected
-        return artifact.read_layer(want.reference, layer, options, lambda stream: store.install(stream, expected))
+        expected, limit = want.expected, self.pulls.limit(layer.size)
+        return artifact.read_layer(want.reference, layer, options,
+                                   lambda stream: store.install(_Deadline(stream, limit, want.reference), expected))
 
     def release(self, key: Key, build: Obj | None) -> None:
         """The node no longer serves the build: delete the report; keep or remove the files as the build's
@@ -249,6 +334,20 @@ class Agent:
     def _held(store: VersionStore) -> str | None:
         current = store.current()
         return f"sha256:{current.split('.', 1)[0]}" if current else None
+
+
+class _Deadline:
+    """A transfer that must be over within `seconds` of its start (checked between reads, each of which the
+    read timeout bounds): a registry trickling a byte now and then is given up too."""
+
+    def __init__(self, stream: Readable, seconds: float, what: str | None):
+        self._stream, self._seconds, self._what = stream, seconds, what
+        self._end = time.monotonic() + seconds
+
+    def read(self, n: int = -1, /) -> bytes:
+        if time.monotonic() > self._end:
+            raise RegistryError(f"{self._what}: the transfer took more than {self._seconds:.0f}s")
+        return self._stream.read(n)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,21 +1,29 @@
 """A directory of initramfs versions on a VM host, behind an atomic `current` symlink.
 
     <root>/<dir>/<sha256>.cpio.gz     one file per version, named by its content
+    <root>/<dir>/<sha256>.sha512      its sha512 in hex and a newline (Kata's initrd_hash)
     <root>/<dir>/current -> <sha256>.cpio.gz
 
 A VM launcher (Kata's `initrd`, a Firecracker script) reads `current`; it sees either the
 old file or the new one, never a missing or partial file: a version is written to a
 temp file, verified, fsynced and renamed into place before `current` is re-pointed by
-renaming a new symlink over it. Every operation goes through directory file descriptors
+renaming a new symlink over it; the version's .sha512 file is in place (written the same way)
+before `current` points at it. Every operation goes through directory file descriptors
 opened with O_NOFOLLOW from the configured root, so a symlink planted anywhere under the
 root cannot redirect a write outside it.
+
+A version verified once is trusted while its file keeps the same identity (device, inode,
+size, mtime and ctime: any write or rename changes one of them), for at most `Verified.max_age`:
+an agent asked again and again about a file it holds reads its metadata, not its bytes.
 """
 
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -25,8 +33,11 @@ from ..errors import InvalidImageError, OutputError, UsageError
 
 CURRENT = "current"
 READ_SIZE = 1 << 20
+SHA512_SUFFIX = ".sha512"
+SHA512_NAME = re.compile("[0-9a-f]{64}" + re.escape(SHA512_SUFFIX))
 VERSION_NAME = re.compile("[0-9a-f]{64}(?:" + "|".join(map(re.escape, EXTENSIONS.values())) + ")")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+REVERIFY_SECONDS = 6 * 3600  # a verified file is hashed again at least this often (bit rot, a silent edit)
 
 
 class Readable(Protocol):
@@ -46,6 +57,45 @@ class Expected:
     def filename(self) -> str:
         return self.sha256 + EXTENSIONS[self.compression]
 
+    @property
+    def sha512_filename(self) -> str:
+        return self.sha256 + SHA512_SUFFIX
+
+
+class Verified:
+    """Version files hashed lately and found as expected, by where they are and what they were expected
+    to be: one memory shared by the stores of one agent (its workers use it at once).
+
+    `bytes_hashed` counts the bytes read back from disk to verify files already there.
+    """
+
+    def __init__(self, max_age: float = REVERIFY_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.max_age, self._clock = max_age, clock
+        self._files: dict[str, tuple[Expected, tuple[int, ...], float]] = {}
+        self._lock = threading.Lock()
+        self.bytes_hashed = 0
+
+    def trusts(self, path: str, st: os.stat_result, expected: Expected) -> bool:
+        with self._lock:
+            known = self._files.get(path)
+        return known is not None and known[:2] == (expected, _identity(st)) and self._clock() < known[2]
+
+    def remember(self, path: str, st: os.stat_result, expected: Expected) -> None:
+        with self._lock:
+            self._files[path] = (expected, _identity(st), self._clock() + self.max_age)
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._files.pop(path, None)
+
+    def count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_hashed += n
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
 
 def relative_parts(path: str) -> list[str]:
     """The components of a path below the root; '..', absolute escapes and empty names are refused."""
@@ -56,12 +106,14 @@ def relative_parts(path: str) -> list[str]:
 
 
 class VersionStore:
-    """The versions of one build in `<root>/<directory>`; the root must exist, the rest is created."""
+    """The versions of one build in `<root>/<directory>`; the root must exist, the rest is created.
+    `verified` remembers what was hashed (an agent passes its own, shared by all its stores)."""
 
-    def __init__(self, root: str, directory: str):
+    def __init__(self, root: str, directory: str, verified: Verified | None = None):
         self.root = root
         self.parts = relative_parts(directory)
         self.where = os.path.join(root, *self.parts)
+        self.verified = verified or Verified()
 
     @contextmanager
     def _directory(self) -> Iterator[int]:
@@ -96,7 +148,8 @@ class VersionStore:
             return self._versions(fd)
 
     def install(self, stream: Readable, expected: Expected) -> str:
-        """Writes the stream as a new version, verified against `expected`; returns its file name.
+        """Writes the stream as a new version, verified against `expected`, and its .sha512 file; returns
+        the version's file name.
 
         A version already present is re-verified rather than trusted. Nothing is renamed into
         place unless size, sha256 and sha512 all match.
@@ -114,27 +167,40 @@ class VersionStore:
                     self._copy_verified(stream, f, expected)
                     f.flush()
                     os.fsync(f.fileno())
-                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-                os.fsync(fd)
+                    os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                    os.fsync(fd)
+                    written = os.fstat(f.fileno())  # after the rename, which sets the ctime
             except BaseException:
                 _unlink_quietly(tmp, fd)
                 raise
+            _write_sha512(expected, fd)
+        self.verified.remember(self._path(name), written, expected)
         return name
 
     def has(self, expected: Expected) -> bool:
-        """Whether the version is present with the right content (re-hashed, never trusted by name)."""
+        """Whether the version is present with the right content: hashed, unless it was verified before and
+        its file is the same since (identity unchanged, within `Verified.max_age`); never trusted by name.
+        A missing or wrong .sha512 file beside a good version (an older agent's) is written again."""
+        path = self._path(expected.filename)
         with self._directory() as fd:
             try:
                 f = os.open(expected.filename, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             except OSError:
                 return False
             with os.fdopen(f, "rb") as stream:
-                if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                before = os.fstat(stream.fileno())
+                if not stat.S_ISREG(before.st_mode):
                     return False
-                try:
-                    self._copy_verified(stream, None, expected)
-                except InvalidImageError:
-                    return False
+                if not self.verified.trusts(path, before, expected):
+                    self.verified.forget(path)
+                    try:
+                        self._copy_verified(_Counted(stream, self.verified.count), None, expected)
+                    except InvalidImageError:
+                        return False
+                    # The identity from before the bytes were read: a write while they were makes it stale.
+                    self.verified.remember(path, before, expected)
+            if _read_small(expected.sha512_filename, fd) != _sha512_line(expected):
+                _write_sha512(expected, fd)
             return True
 
     def activate(self, name: str) -> None:
@@ -167,18 +233,22 @@ class VersionStore:
             removed = [v for v in versions if v not in kept]
             for name in removed:
                 _unlink_quietly(name, fd)
+                _unlink_quietly(name.split(".", 1)[0] + SHA512_SUFFIX, fd)
             if removed:
                 os.fsync(fd)
             return removed
 
     def remove_all(self) -> None:
-        """Removes `current`, every version and leftover temp file; the directory itself stays."""
+        """Removes `current`, every version, .sha512 file and leftover temp file; the directory itself stays."""
         with self._directory() as fd:
             for entry in os.listdir(fd):
-                if entry == CURRENT or VERSION_NAME.fullmatch(entry) or (
+                if entry == CURRENT or VERSION_NAME.fullmatch(entry) or SHA512_NAME.fullmatch(entry) or (
                         entry.startswith(".") and entry.endswith(".tmp")):
                     _unlink_quietly(entry, fd)
             os.fsync(fd)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.where, name)
 
     def _versions(self, fd: int) -> list[str]:
         found = []
@@ -205,6 +275,50 @@ class VersionStore:
             raise InvalidImageError(f"{expected.filename}: sha256 mismatch (got {sha256.hexdigest()})")
         if sha512.hexdigest() != expected.sha512:
             raise InvalidImageError(f"{expected.filename}: sha512 mismatch (got {sha512.hexdigest()[:32]}...)")
+
+
+def _sha512_line(expected: Expected) -> bytes:
+    return expected.sha512.encode() + b"\n"
+
+
+def _write_sha512(expected: Expected, fd: int) -> None:
+    """The version's .sha512 file, atomically: a temp file, fsynced, renamed into place."""
+    name = expected.sha512_filename
+    tmp = f".{name}.{os.getpid()}.tmp"
+    _unlink_quietly(tmp, fd)
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+        with os.fdopen(out, "wb") as f:
+            f.write(_sha512_line(expected))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fsync(fd)
+    except BaseException:
+        _unlink_quietly(tmp, fd)
+        raise
+
+
+def _read_small(name: str, fd: int) -> bytes | None:
+    """The first bytes of a regular file (enough for a .sha512 file), or None if there is none."""
+    try:
+        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:
+        return None
+    with os.fdopen(f, "rb") as stream:
+        return stream.read(256) if stat.S_ISREG(os.fstat(stream.fileno()).st_mode) else None
+
+
+class _Counted:
+    """A file read through, its bytes counted."""
+
+    def __init__(self, stream: Readable, count: Callable[[int], None]):
+        self._stream, self._count = stream, count
+
+    def read(self, n: int = -1, /) -> bytes:
+        chunk = self._stream.read(n)
+        self._count(len(chunk))
+        return chunk
 
 
 def _link_target(name: str, fd: int) -> str | None:

@@ -2,12 +2,16 @@
 `status.delivery` and the `Delivered` condition. Pure functions over what the indexes hold.
 
 `desired` is every node the build's selector picks; a node that runs no agent never reports
-and shows up in the message as waiting, which is what its owner needs to see. A report only
-counts for the build it names by UID and for a node the selector picks now, so a node that
-leaves the selector stops counting at once, whatever its agent has (or has not) cleaned up.
+and is counted as waiting. The message counts (it names only failed nodes, the news): a
+message naming waiting nodes would change with every node's report, and every status write
+is an event for every agent watching builds. Writes are coalesced too, to at most one per build
+per `WINDOW` seconds (a lone change is written at once). A report only counts for the build it
+names by UID and for a node the selector picks now, so a node that leaves the selector stops
+counting at once, whatever its agent has (or has not) cleaned up.
 """
 
 import logging
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +26,8 @@ from .workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 DELIVERED = "Delivered"
-SHOWN_NODES = 5  # nodes named in a message; the rest are counted
+SHOWN_NODES = 5  # failed nodes named in a message; the rest are counted
+WINDOW = 3.0  # seconds: at most one status write per build in this time, the last one at most this late
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, s
     ready = [n for n in selected if phases.get(n, ("",))[0] == "Ready"]
     failed = [n for n in selected if phases.get(n, ("",))[0] == "Failed"]
     waiting = [n for n in selected if n not in ready and n not in failed]
-    return Summary(len(selected), len(ready), len(failed), _condition(selected, ready, failed, waiting, phases,
+    return Summary(len(selected), len(ready), len(failed), _condition(selected, ready, failed, len(waiting), phases,
                                                                       digest))
 
 
@@ -67,7 +72,7 @@ def _selects(build: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool
     return delivery is not None and labels is not None and matches(delivery.get("nodeSelector"), labels)
 
 
-def _condition(selected: list[str], ready: list[str], failed: list[str], waiting: list[str],
+def _condition(selected: list[str], ready: list[str], failed: list[str], waiting: int,
                phases: Mapping[str, tuple[str, str]], digest: str | None) -> tuple[str, str, str]:
     if not selected:
         return "False", "NoNodes", "no node matches spec.delivery.nodeSelector"
@@ -75,13 +80,36 @@ def _condition(selected: list[str], ready: list[str], failed: list[str], waiting
         return "False", "WaitingForOutput", f"{len(selected)} nodes selected; waiting for the build's OCI output"
     if len(ready) == len(selected):
         return "True", DELIVERED, f"all {len(selected)} selected nodes hold {digest}"
+    held = f"{len(ready)}/{len(selected)} nodes hold {digest}; {waiting} waiting"
     if failed:
         shown = "; ".join(f"{n}: {phases[n][1]}" for n in failed[:SHOWN_NODES])
         more = f" (and {len(failed) - SHOWN_NODES} more)" if len(failed) > SHOWN_NODES else ""
-        return "False", "DeliveryFailed", f"{len(ready)}/{len(selected)} nodes hold {digest}; failed on {shown}{more}"
-    shown = ", ".join(waiting[:SHOWN_NODES]) + (f" and {len(waiting) - SHOWN_NODES} more"
-                                                if len(waiting) > SHOWN_NODES else "")
-    return "False", "Delivering", f"{len(ready)}/{len(selected)} nodes hold {digest}; waiting for {shown}"
+        return "False", "DeliveryFailed", f"{held}; {len(failed)} failed: {shown}{more}"
+    return "False", "Delivering", held
+
+
+class Coalescer:
+    """When each build's status may be written: at once if its last write is a `window` or more ago, else
+    when that window ends, as it is by then. A lone change is written without delay; N changes within a
+    window cost at most two writes; two writes of a build are at least `window` apart, and no change waits
+    longer than `window`."""
+
+    def __init__(self, window: float = WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.window, self._clock = window, clock
+        self._written: dict[Hashable, float] = {}  # build -> when its status was last written
+
+    def wait(self, key: Hashable) -> float:
+        """Seconds until `key` may be written; 0 when it may be now (which counts as its write)."""
+        now = self._clock()
+        last = self._written.get(key)
+        if last is not None and now - last < self.window:
+            return last + self.window - now
+        self._written[key] = now
+        return 0.0
+
+    def forget(self, key: Hashable) -> None:
+        """The build went, or delivers nothing any more."""
+        self._written.pop(key, None)
 
 
 class DeliveryStatus:
@@ -90,12 +118,14 @@ class DeliveryStatus:
     Fed by two more indexes (handlers.py registers them when delivery is on): the agents'
     reports by build UID, and every node's labels. A report or a build changing queues that
     build; a node queues the builds whose selector it enters or leaves. One worker writes a
-    build's status only when the summary changed, with the resourceVersion it read (a conflict
-    is retried on the next event).
+    build's status only when the summary changed, as `coalesce` allows, with the resourceVersion
+    it read (a conflict is retried on the next event).
     """
 
-    def __init__(self, kube: api.Kube, builds: Cache, leading: Callable[[], bool]):
+    def __init__(self, kube: api.Kube, builds: Cache, leading: Callable[[], bool],
+                 coalesce: Coalescer | None = None):
         self.kube, self.builds, self.leading = kube, builds, leading
+        self.coalesce = coalesce or Coalescer()
         self.queue = WorkQueue()
         self._reports: Mapping[Hashable, Any] = {}
         self._nodes: Mapping[Hashable, Any] = {}
@@ -157,6 +187,7 @@ class DeliveryStatus:
         namespace, name = str(key[0]), str(key[1])  # type: ignore[index]
         build = self.builds.build(namespace, name)
         if build is None or build["spec"].get("delivery") is None:
+            self.coalesce.forget(key)
             return  # deleted, or nothing to deliver: no need to read every node's labels
         summary = summarize(build, self.node_labels(), self._all(build["metadata"]["uid"]))
         assert summary is not None  # it has spec.delivery
@@ -167,6 +198,10 @@ class DeliveryStatus:
         unchanged = before.get("status") == state and before.get("reason") == reason and \
             before.get("message") == message and before.get("observedGeneration") == generation
         if unchanged and status.get("delivery") == summary.status():
+            return
+        wait = self.coalesce.wait(key)
+        if wait > 0:
+            self.queue.add_after(key, wait)  # then summed again: the write has the latest reports
             return
         condition = {"type": DELIVERED, "status": state, "reason": reason, "message": message,
                      "observedGeneration": generation,
