@@ -180,7 +180,8 @@ class AgentFleet:
             except (OSError, ValueError):
                 return None
             return docs if all(d["t"] > newer_than for d in docs) else None
-        return wait_until(read, timeout=60, what="the agent processes' stats")
+        # Generous: agent processes starved of CPU (1,000 agents on 2 cores) write their stats late.
+        return wait_until(read, timeout=300, what="the agent processes' stats")
 
     def synced(self, hosts: int) -> bool:
         docs = self.stats()
