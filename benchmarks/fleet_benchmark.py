@@ -132,9 +132,11 @@ class Loopback:
     kubernetes_service_ip: str = "10.0.0.1"
 
 
-def start_control_plane(bin_dir: Path, work: Path, procs: Processes) -> ControlPlane:
+def start_control_plane(bin_dir: Path, work: Path, procs: Processes, apiserver_args: tuple[str, ...] = (),
+                        controllers: str = "*") -> ControlPlane:
     """etcd, kube-apiserver and kube-controller-manager as tests/fixtures/kube.py starts them, plus an
-    audit log of the operator's requests and a client certificate naming the operator's user."""
+    audit log of the operator's requests and a client certificate naming the operator's user.
+    `apiserver_args` are added to kube-apiserver's; `controllers` is kube-controller-manager's --controllers."""
     pki = work / "pki"
     make_pki(pki, Loopback())
     issue_cert(pki, "operator", f"/O=system:masters/CN={OPERATOR_USER}", "extendedKeyUsage=clientAuth\n")
@@ -154,7 +156,7 @@ def start_control_plane(bin_dir: Path, work: Path, procs: Processes) -> ControlP
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
         f"--audit-policy-file={work / 'audit-policy.json'}", f"--audit-log-path={audit_log}",
-        "--audit-log-format=json", "--audit-log-maxsize=0"])
+        "--audit-log-format=json", "--audit-log-maxsize=0", *apiserver_args])
     admin_cert = (str(pki / "admin.crt"), str(pki / "admin.key"))
     wait_ready(procs, "kube-apiserver", f"{server}/readyz", client_tls(pki / "ca.crt", admin_cert))
 
@@ -171,7 +173,7 @@ def start_control_plane(bin_dir: Path, work: Path, procs: Processes) -> ControlP
         str(bin_dir / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
         f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-        "--controllers=*", "--leader-elect=false",
+        f"--controllers={controllers}", "--leader-elect=false",
         "--bind-address=127.0.0.1", f"--secure-port={kcm_port}", f"--cert-dir={work / 'kcm-certs'}"])
     # Its serving certificate is self-signed on the fly; loopback, so not verifying it is harmless.
     wait_ready(procs, "kube-controller-manager", f"https://127.0.0.1:{kcm_port}/healthz",
