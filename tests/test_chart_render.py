@@ -39,6 +39,7 @@ DELIVERY_TENANCY = {"delivery": {"enabled": True, "pullSecret": "agent-pull", "n
                                  "readableSecrets": {"team-a": ["registry-push"], "ops": ["mirror"]},
                                  "readableConfigMaps": {"team-b": ["registry-ca"]}}}
 
+
 @pytest.fixture
 def static_helm(k8s_bin: Path, tmp_path: Path) -> Helm:
     """helm without a cluster."""
