@@ -400,6 +400,31 @@ def test_namespaced_permissions_without_secrets(kube: Cluster, service_account, 
     kube.kubectl("get", "initramfsbuilds", "-n", team_a, kubeconfig=sa)
 
 
+def test_delivery_agent_reads_only_the_secrets_the_values_name(kube: Cluster, service_account, release,
+                                                               make_namespace, tmp_path: Path):
+    """All namespaces served (watchNamespaces: []): the agent's token still reads only the pull Secret and the
+    Secrets listed for a namespace, by name."""
+    ops, team, elsewhere = make_namespace("ops"), make_namespace("team"), make_namespace("elsewhere")
+    for namespace, name in ((ops, "agent-pull"), (ops, "operator-only"), (team, "registry-push"),
+                            (team, "team-other"), (elsewhere, "registry-push")):
+        kube.kubectl("create", "secret", "generic", name, "-n", namespace, "--from-literal=k=v")
+    kube.kubectl("create", "configmap", "registry-ca", "-n", team, "--from-literal=ca.crt=x")
+    _, manifest = release(ops, {"delivery": {"enabled": True, "pullSecret": "agent-pull",
+                                             "readableSecrets": {team: ["registry-push"]},
+                                             # No node runs it here: only its RBAC matters.
+                                             "nodeSelector": {"initramfs.dev/test": "no-such-node"}}})
+    agent = one(manifest, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"]
+    sa = kube.serviceaccount_kubeconfig(ops, agent, tmp_path / "agent.kubeconfig")
+    kube.kubectl("get", "secret", "agent-pull", "-n", ops, kubeconfig=sa)
+    kube.kubectl("get", "secret", "registry-push", "-n", team, kubeconfig=sa)
+    for namespace, name in ((ops, "operator-only"), (team, "team-other"), (elsewhere, "registry-push")):
+        assert forbidden(kube, sa, "get", "secret", name, "-n", namespace), (namespace, name)
+    assert forbidden(kube, sa, "get", "configmap", "registry-ca", "-n", team)
+    for namespace in (ops, team):
+        assert forbidden(kube, sa, "get", "secrets", "-n", namespace)  # never listed
+    kube.kubectl("get", "initramfsbuilds", "--all-namespaces", kubeconfig=sa)  # what it is for does work
+
+
 # --- the operator, run with nothing but the chart's RBAC -----------------------------------------
 
 # A refused request as urllib3 (the reconciler's client, logged with --verbose) or kopf logs it.

@@ -34,6 +34,11 @@ from fixtures.helm import (
 from fixtures.operator import CRD
 from fixtures.tools import REPO
 
+DELIVERY_TENANCY = {"delivery": {"enabled": True, "pullSecret": "agent-pull", "namespaces": ["team-a"],
+                                 "namespaceSelector": "initramfs.dev/delivery=allowed",
+                                 "readableSecrets": {"team-a": ["registry-push"], "ops": ["mirror"]},
+                                 "readableConfigMaps": {"team-b": ["registry-ca"]}}}
+
 
 @pytest.fixture
 def static_helm(k8s_bin: Path, tmp_path: Path) -> Helm:
@@ -51,8 +56,9 @@ def release_objects(docs: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("values", [CLUSTER_WIDE, NAMESPACED,
                                     {"rbac": {"registrySecrets": False, "aggregateClusterRoles": False}},
                                     {"serviceMonitor": {"enabled": True}}, {"crds": {"enabled": False}}, NO_IDS,
-                                    {"delivery": {"enabled": True}}],
-                         ids=["cluster", "namespaced", "no-secrets", "servicemonitor", "no-crds", "no-ids", "delivery"])
+                                    {"delivery": {"enabled": True}}, DELIVERY_TENANCY],
+                         ids=["cluster", "namespaced", "no-secrets", "servicemonitor", "no-crds", "no-ids", "delivery",
+                              "delivery-tenancy"])
 def test_lint_is_clean(static_helm: Helm, values: dict):
     done = static_helm.run("lint", "--strict", str(CHART), "-f", static_helm.values_file(values))
     assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout and "[WARNING]" not in done.stdout, done.stdout
@@ -377,3 +383,53 @@ def test_helm_test_hook_checks_the_release_operator(static_helm: Helm):
         "securityContext"]
     script = compile(container["command"][2], "helm-test.py", "exec")
     assert "check_operator_healthy" in script.co_names
+
+
+
+def test_delivery_agents_read_only_the_named_secrets_and_write_only_their_nodes_reports(static_helm: Helm):
+    docs = release_objects(static_helm.render("r", "ops", DELIVERY_TENANCY))
+    agent = "r-initramfs-operator-delivery-agent"
+    account = {"kind": "ServiceAccount", "name": agent, "namespace": "ops"}
+    # Secrets and ConfigMaps: by name, only where the values say; the pull Secret in the release's namespace.
+    readable = {}
+    for role in find(docs, "Role") + find(docs, "ClusterRole"):
+        for rule in role["rules"]:
+            for resource in set(rule["resources"]) & {"secrets", "configmaps"}:
+                if role["metadata"]["name"].startswith(agent):
+                    assert rule["verbs"] == ["get"] and rule["resourceNames"], role
+                    readable[(role["metadata"].get("namespace"), resource)] = set(rule["resourceNames"])
+    assert readable == {("ops", "secrets"): {"mirror", "agent-pull"}, ("team-a", "secrets"): {"registry-push"},
+                        ("team-b", "configmaps"): {"registry-ca"}}
+    for namespace, resource in readable:
+        binding = one(docs, "RoleBinding", name=f"{agent}-read-{resource}", namespace=namespace)
+        assert binding["subjects"] == [account]
+    # The namespaces the selector picks are watched; the rules reach the agent as its environment.
+    cluster_role = one(docs, "ClusterRole", name=agent)
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]} in cluster_role["rules"]
+    env = container_env(one(docs, "DaemonSet"))
+    assert (env["INITRAMFS_DELIVERY_NAMESPACES"], env["INITRAMFS_DELIVERY_NAMESPACE_SELECTOR"],
+            env["INITRAMFS_DELIVERY_PULL_SECRET"], env["INITRAMFS_DELIVERY_NAMESPACE_QUOTA_BYTES"]) == \
+        ("team-a", "initramfs.dev/delivery=allowed", "ops/agent-pull", str(10 << 30))
+
+    # Reports: the policy matches the agent's ServiceAccount alone, and compares the report's node (the old
+    # object on DELETE) with the node its token was issued for.
+    policy = one(docs, "ValidatingAdmissionPolicy", name=f"{agent}-own-node-reports")["spec"]
+    [rule] = policy["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["initramfsdeliveries"] and set(rule["operations"]) == {"CREATE", "UPDATE", "DELETE"}
+    assert [c["expression"] for c in policy["matchConditions"]] == [
+        f"request.userInfo.username == 'system:serviceaccount:ops:{agent}'"]
+    variables = {v["name"]: v["expression"] for v in policy["variables"]}
+    assert "request.userInfo.extra[?'authentication.kubernetes.io/node-name']" in variables["tokenNode"]
+    assert variables["report"] == "request.operation == 'DELETE' ? oldObject : object"
+    checks = " ".join(v["expression"] for v in policy["validations"])
+    assert "variables.report.spec.nodeName == variables.tokenNode" in checks and "'initramfs.dev/node'" in checks
+    assert policy["failurePolicy"] == "Fail"
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")["spec"]
+    assert binding == {"policyName": f"{agent}-own-node-reports", "validationActions": ["Deny"]}
+
+    # Without the values: no Secret or ConfigMap at all, and no namespace watch.
+    plain = release_objects(static_helm.render("r", "ops", {"delivery": {"enabled": True}}))
+    agent_rules = [r for role in find(plain, "Role") + find(plain, "ClusterRole")
+                   if role["metadata"]["name"].startswith(agent) for r in role["rules"]]
+    assert not [r for r in agent_rules if {"secrets", "configmaps", "namespaces"} & set(r["resources"])]
+    assert "INITRAMFS_DELIVERY_PULL_SECRET" not in container_env(one(plain, "DaemonSet"))

@@ -14,11 +14,12 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 
 from fixtures.boot import boot
 from fixtures.helm import Helm
 from fixtures.images import E, Layout, busybox_entries
-from fixtures.kube import Cluster, fresh_namespace, wait_until
+from fixtures.kube import Cluster, fresh_namespace, wait_until, write_kubeconfig
 from fixtures.node import Node
 from fixtures.operator import RELEASE, Builds, operator_values
 from fixtures.registry import Registry, unique_repo
@@ -143,3 +144,51 @@ def test_delivers_to_the_selected_node_and_qemu_boots_current(
     assert builds.get("vm")["status"]["delivery"] == {"desired": 0, "ready": 0, "failed": 0, "nodes": "0/0"}
     assert builds.condition("vm", "Delivered")["reason"] == "NoNodes"
     assert os.path.realpath(current) == str(delivered) and delivered.read_bytes() == data
+
+
+def probe_report(node_name: str, label: str | None = None) -> str:
+    """An InitramfsDelivery naming a node (its label may name another)."""
+    return yaml.safe_dump({"apiVersion": "initramfs.dev/v1alpha1", "kind": "InitramfsDelivery",
+                           "metadata": {"name": f"probe.{node_name}",
+                                        "labels": {"initramfs.dev/node": label or node_name}},
+                           "spec": {"buildName": "probe", "buildUID": "probe-uid", "nodeName": node_name}})
+
+
+def test_an_agent_writes_only_its_own_nodes_reports(builds: Builds, node: Node, delivering_operator: Path,
+                                                    kube: Cluster, tmp_path: Path) -> None:
+    """With a token bound to the agent's pod, as the kubelet's projected token is, the API server names the
+    pod's node in the token's user info, and the chart's ValidatingAdmissionPolicy holds the agent to it."""
+    release_namespace = f"{builds.namespace}-system"
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    [pod] = core.list_namespaced_pod(release_namespace, label_selector=AGENT).items
+    account = pod.spec.service_account_name
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "spec": {"expirationSeconds": 600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                                                     "name": pod.metadata.name,
+                                                                     "uid": pod.metadata.uid}}}
+    token = core.create_namespaced_service_account_token(account, release_namespace, request).status.token
+    agent = tmp_path / "agent.kubeconfig"
+    write_kubeconfig(agent, kube.server, kube.ca_file, "agent", {"token": token}, builds.namespace)
+    whoami = json.loads(kube.kubectl("auth", "whoami", "-o", "json", kubeconfig=agent).stdout)["status"]["userInfo"]
+    print("the agent's token:", json.dumps(whoami))
+    assert whoami["extra"]["authentication.kubernetes.io/node-name"] == [node.name]
+
+    own = f"initramfsdelivery/probe.{node.name}"
+    kube.kubectl("create", "-f", "-", kubeconfig=agent, input=probe_report(node.name))
+    kube.kubectl("label", own, "example.com/edited=yes", kubeconfig=agent)
+    refused = kube.kubectl("create", "-f", "-", kubeconfig=agent, input=probe_report("other-node"), check=False)
+    assert refused.returncode != 0 and "(Forbidden)" in refused.stderr, refused.stderr
+    assert f"the delivery agent of node {node.name} may write only that node's reports, not one of node " \
+        "other-node" in refused.stderr, refused.stderr
+    # Its own node in the label is not enough.
+    assert kube.kubectl("create", "-f", "-", kubeconfig=agent, input=probe_report("other-node", label=node.name),
+                        check=False).returncode != 0
+    # Another node's report, as that node's agent (here the admin) wrote it: the agent may not delete it.
+    kube.kubectl("create", "-n", builds.namespace, "-f", "-", input=probe_report("other-node"))
+    refused = kube.kubectl("delete", "initramfsdelivery/probe.other-node", kubeconfig=agent, check=False)
+    assert refused.returncode != 0 and "may write only that node's reports" in refused.stderr, refused.stderr
+    # The same ServiceAccount's token bound to no pod names no node.
+    unbound = kube.serviceaccount_kubeconfig(release_namespace, account, tmp_path / "unbound.kubeconfig")
+    refused = kube.kubectl("delete", own, "-n", builds.namespace, kubeconfig=unbound, check=False)
+    assert refused.returncode != 0 and "the delivery agent's token names no node" in refused.stderr, refused.stderr
+    kube.kubectl("delete", own, kubeconfig=agent)

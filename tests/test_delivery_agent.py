@@ -19,7 +19,8 @@ import pytest
 from fixtures.kube import Cluster, wait_until
 from fixtures.registry import FaultProxy, unique_repo
 from initramfs_operator.delivery.agent import Agent, Pulls, report_name
-from initramfs_operator.delivery.store import Verified
+from initramfs_operator.delivery.store import OWNER, Verified
+from initramfs_operator.delivery.tenancy import Tenancy
 from initramfs_operator.kube import crd
 from initramfs_operator.oci.registry import push
 
@@ -112,6 +113,13 @@ def ready_with(builds: Builds, name: str, node: str, output: dict):
     return check
 
 
+def refused(builds: Builds, name: str, node: str, reason: str):
+    def check():
+        status = (builds.report(name, node) or {}).get("status") or {}
+        return status if status.get("phase") == "Failed" and status.get("reason") == reason else None
+    return check
+
+
 def test_delivers_verifies_rolls_forward_and_prunes(kube, namespace, registry, host, tmp_path):
     builds = Builds(kube, namespace, registry.host)
     repo = unique_repo("deliver")
@@ -135,7 +143,7 @@ def test_delivers_verifies_rolls_forward_and_prunes(kube, namespace, registry, h
     third = pushed(registry, repo, os.urandom(100_000), tmp_path)
     builds.built("app", third)
     wait_until(ready_with(builds, "app", host.name, third), timeout=60, what="third delivery")
-    assert sorted(os.listdir(directory)) == sorted(["current", f"{third['sha256']}.cpio.gz",
+    assert sorted(os.listdir(directory)) == sorted([OWNER, "current", f"{third['sha256']}.cpio.gz",
                                                     f"{second['sha256']}.cpio.gz", f"{third['sha256']}.sha512",
                                                     f"{second['sha256']}.sha512"])
     assert (directory / f"{third['sha256']}.sha512").read_text() == third["sha512"] + "\n"
@@ -283,3 +291,67 @@ def test_a_stalled_registry_holds_up_only_its_own_builds(kube, namespace, regist
     finally:
         host.stop()
         proxy.close()
+
+
+def test_a_second_build_claiming_a_directory_is_refused_and_the_first_untouched(kube, namespace, registry, host,
+                                                                               tmp_path):
+    builds = Builds(kube, namespace, registry.host)
+    shared = {"nodeSelector": {"matchLabels": {"vm-host": "true"}}, "directory": "shared"}
+    first_uid = builds.create("first", shared)["metadata"]["uid"]
+    first = pushed(registry, unique_repo("deliver"), os.urandom(50_000), tmp_path)
+    builds.built("first", first)
+    wait_until(ready_with(builds, "first", host.name, first), timeout=60, what="the first build delivered")
+    directory = host.root / namespace / "shared"
+    held = sorted(os.listdir(directory))
+    assert held == sorted([OWNER, "current", f"{first['sha256']}.cpio.gz", f"{first['sha256']}.sha512"])
+    assert (directory / OWNER).read_text() == first_uid + "\n"
+
+    # Later, with a policy that would empty the directory when it goes.
+    builds.create("second", {**shared, "reclaimPolicy": "Delete"})
+    builds.built("second", pushed(registry, unique_repo("deliver"), os.urandom(50_000), tmp_path))
+    status = wait_until(refused(builds, "second", host.name, "DeliveryConflict"), timeout=60,
+                        what="the second build refused")
+    assert f"{namespace}/shared on this node belongs to build first" in status["message"]
+    assert "digest" not in status  # what current holds is the first build's, not this one's
+    assert sorted(os.listdir(directory)) == held and os.readlink(directory / "current") == f"{first['sha256']}.cpio.gz"
+    assert (directory / f"{first['sha256']}.cpio.gz").read_bytes() == \
+        (tmp_path / f"{first['sha256'][:8]}.cpio.gz").read_bytes()
+    builds.delete("second")
+    wait_until(lambda: builds.report("second", host.name) is None, timeout=30, what="the second build's report to go")
+    assert sorted(os.listdir(directory)) == held and (directory / OWNER).read_text() == first_uid + "\n"
+
+    # The first build deleted (its files retained): the directory goes to the next build claiming it.
+    third_uid = builds.create("third", shared)["metadata"]["uid"]
+    third = pushed(registry, unique_repo("deliver"), os.urandom(50_000), tmp_path)
+    builds.built("third", third)
+    wait_until(refused(builds, "third", host.name, "DeliveryConflict"), timeout=60, what="the third build refused")
+    builds.delete("first")
+    wait_until(ready_with(builds, "third", host.name, third), timeout=60, what="the third build delivered")
+    assert (directory / OWNER).read_text() == third_uid + "\n"
+
+
+def test_a_namespace_over_its_quota_gets_nothing_written(kube, namespace, registry, tmp_path):
+    (tmp_path / "root").mkdir()
+    host = Host(kube, tmp_path / "root", {"vm-host": "true"}, tenancy=Tenancy(quota=150_000))
+    try:
+        builds = Builds(kube, namespace, registry.host)
+        selector = {"nodeSelector": {"matchLabels": {"vm-host": "true"}}}
+        builds.create("fits", selector)
+        fits = pushed(registry, unique_repo("deliver"), os.urandom(100_000), tmp_path)
+        builds.built("fits", fits)
+        wait_until(ready_with(builds, "fits", host.name, fits), timeout=60, what="the first build delivered")
+
+        builds.create("too-much", selector)
+        builds.built("too-much", pushed(registry, unique_repo("deliver"), os.urandom(100_000), tmp_path))
+        status = wait_until(refused(builds, "too-much", host.name, "QuotaExceeded"), timeout=60,
+                            what="the build over the quota refused")
+        assert f"namespace {namespace} would hold 200000 bytes on this node, more than its quota of 150000" \
+            in status["message"]
+        assert not [n for n in os.listdir(host.root / namespace / "too-much") if n != OWNER]
+        # A rebuild of the build that fits replaces its version (keep 1): it still fits.
+        builds.patch_spec("fits", {"delivery": {"keep": 1}})
+        smaller = pushed(registry, unique_repo("deliver"), os.urandom(90_000), tmp_path)
+        builds.built("fits", smaller)
+        wait_until(ready_with(builds, "fits", host.name, smaller), timeout=60, what="the rebuild delivered")
+    finally:
+        host.stop()

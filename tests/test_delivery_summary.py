@@ -13,9 +13,10 @@ BUILD = {"metadata": {"uid": "u1"}, "spec": {"delivery": {"nodeSelector": {"matc
 NODES = {"n1": {"vm": "yes"}, "n2": {"vm": "yes"}, "n3": {"vm": "no"}}
 
 
-def report(node: str, phase: str, digest: str = "sha256:" + SHA, uid: str = "u1", message: str = "") -> dict:
+def report(node: str, phase: str, digest: str = "sha256:" + SHA, uid: str = "u1", message: str = "",
+           reason: str = "") -> dict:
     return {"spec": {"buildUID": uid, "nodeName": node}, "status": {"phase": phase, "digest": digest,
-                                                                    "message": message}}
+                                                                    "message": message, "reason": reason}}
 
 
 @pytest.mark.parametrize(("reports", "counts", "condition"), [
@@ -25,6 +26,15 @@ def report(node: str, phase: str, digest: str = "sha256:" + SHA, uid: str = "u1"
      (2, 1, 0), ("False", "Delivering", "1/2 nodes hold sha256:")),
     ([report("n1", "Ready"), report("n2", "Failed", message="sha512 mismatch")],
      (2, 1, 1), ("False", "DeliveryFailed", "; 0 waiting; 1 failed: n2: sha512 mismatch")),
+    # Every failed node refuses it for one of the admin's rules: that is the reason.
+    ([report("n1", "Failed", message="over quota", reason="QuotaExceeded"),
+      report("n2", "Failed", message="over quota", reason="QuotaExceeded")],
+     (2, 0, 2), ("False", "QuotaExceeded", "2 failed: n1: over quota; n2: over quota")),
+    ([report("n1", "Failed", message="another build's", reason="DeliveryConflict"), report("n2", "Ready")],
+     (2, 1, 1), ("False", "DeliveryConflict", "1 failed: n1: another build's")),
+    # Mixed with a failed pull (no reason), or two rules: a plain DeliveryFailed.
+    ([report("n1", "Failed", message="over quota", reason="QuotaExceeded"), report("n2", "Failed", message="503")],
+     (2, 0, 2), ("False", "DeliveryFailed", "2 failed")),
     ([report("n1", "Ready"), report("n2", "Ready"), report("n3", "Ready")],  # n3 left the selector: not counted
      (2, 2, 0), ("True", "Delivered", "")),
     ([report("n1", "Ready", uid="old"), report("n2", "Ready")],  # a report of a deleted build of the same name

@@ -178,12 +178,10 @@ app.kubernetes.io/component: delivery-agent
 - apiGroups: [initramfs.dev]
   resources: [initramfsbuilds]
   verbs: [get, list, watch]
-# Its own reports: server-side applied, listed once at start, deleted when it stops serving a build.
+# Its own reports: server-side applied, listed once at start, deleted when it stops serving a build
+# (only its own node's: the ValidatingAdmissionPolicy in delivery-agent.yaml). No Secrets or ConfigMaps
+# here: only the ones the values name (delivery.pullSecret, readableSecrets, readableConfigMaps).
 - apiGroups: [initramfs.dev]
   resources: [initramfsdeliveries]
   verbs: [get, list, create, patch, delete]
-# The pull Secrets and the registry CA a build names, read by name; never listed or watched.
-- apiGroups: [""]
-  resources: [secrets, configmaps]
-  verbs: [get]
 {{- end }}

@@ -13,6 +13,14 @@ or the node's labels. The operator's status writes and annotation edits, seen by
 cost a comparison each. A file once verified is not read again until its identity on disk
 changes or it is due for its periodic re-verification (store.py).
 
+Before it writes anything it applies the admin's rules (tenancy.py): the build's namespace may
+deliver, the directory is the build's (not another build's of the namespace), and the namespace's
+versions on this host stay within its quota. A build refused by one of them is reported Failed with
+the rule as its reason, and nothing of it is written.
+
+The registry credentials are the chart's delivery pull Secret when there is one, else the build's push
+Secret: the agent reads only Secrets and ConfigMaps the admin named in the chart's values.
+
 A failed download or a mismatch leaves `current` where it was and is retried with
 exponential backoff. Builds are delivered by a few workers, at most `Pulls.per_registry` of them
 pulling from one registry, each pull bounded in time (`Pulls`): a registry that stalls holds up
@@ -43,7 +51,16 @@ from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci import reference
 from ..oci.registry import RegistryOptions, artifact
 from .informer import Informer, Key, Obj
-from .store import Expected, Readable, Verified, VersionStore
+from .store import Expected, Readable, Verified, VersionStore, namespace_bytes
+from .tenancy import (
+    DELIVERY_CONFLICT,
+    NAMESPACE_NOT_ALLOWED,
+    QUOTA_EXCEEDED,
+    Claimant,
+    Tenancy,
+    bytes_after,
+    directory_owner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +68,12 @@ FIELD_MANAGER = "initramfs-delivery-agent"
 DEFAULT_KEEP = 3
 BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
-# The chart grants the agent get on both in the namespaces it serves (deliveryNamespacedRules).
-READ_HINT = " (the chart's delivery agent Role allows get on secrets and configmaps in served namespaces)"
+# The chart lets the agent read only the objects its values name, by name.
+READ_HINTS = {"secrets": " (the agents may read only the chart's delivery.pullSecret and the Secrets "
+                         "delivery.readableSecrets lists)",
+              "configmaps": " (the agents may read only the ConfigMaps the chart's delivery.readableConfigMaps lists)"}
 REGISTRY_BUSY_SECONDS = 2.0  # a build whose registry has every pull slot taken looks again after this
+QUOTA_RECHECK_SECONDS = 60.0  # a build over its namespace's quota looks again after this (others may shrink)
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,11 @@ def holding(build: Obj) -> tuple[Any, ...]:
             *(output.get(k) for k in ("reference", "sha256", "sha512", "size", "compression")))
 
 
+def _claimant(build: Obj) -> Claimant:
+    meta = build["metadata"]
+    return Claimant(meta["creationTimestamp"], meta["name"], meta["uid"])
+
+
 def report_name(build_name: str, node: str) -> str:
     name = f"{build_name}.{node}"
     if len(name) <= MAX_NAME:
@@ -120,11 +145,12 @@ def report_name(build_name: str, node: str) -> str:
 
 class Agent:
     def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = (),
-                 verified: Verified | None = None, pulls: Pulls = Pulls()):
+                 verified: Verified | None = None, pulls: Pulls = Pulls(), tenancy: Tenancy | None = None,
+                 pull_secret: tuple[str, str] | None = None):
         self.kube = api.Kube(client)  # the one client style of this process: the API's JSON as it is
-        self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
-                                                 {"secrets": READ_HINT, "configmaps": READ_HINT})
+        self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent", READ_HINTS)
         self.node, self.root, self.namespaces = node, root, namespaces
+        self.tenancy, self.pull_secret = tenancy or Tenancy(), pull_secret  # pull_secret: (namespace, name)
         self.queue = WorkQueue()
         self.retries = Retries(BACKOFF)
         self.node_labels: dict[str, str] = {}
@@ -136,16 +162,31 @@ class Agent:
         self.pulls = pulls
         self._registry_slots: dict[str, threading.Semaphore] = {}
         self._slots_lock = threading.Lock()
+        # Directory claims are decided one at a time (an owner mark read, then written); bytes being pulled
+        # count against their namespace's quota until they are on disk.
+        self._claims_lock = threading.Lock()
+        self._quota_lock = threading.Lock()
+        self._pulling: dict[str, int] = {}
         self.stopping = threading.Event()
         self.builds = self._build_informers(namespaces)
         self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
                               {"fieldSelector": f"metadata.name={node}"})
+        # The namespaces the admin's selector picks (a namespace leaving it is a deletion to this watch).
+        chosen = self.tenancy.namespace_selector
+        self.selected = Informer("namespaces", self.kube, api.path("v1", "namespaces"), self._namespace_changed,
+                                 {"labelSelector": chosen}) if chosen else None
+        self.informers = [self.nodes, *([self.selected] if self.selected else []), *self.builds]
 
     def _build_informers(self, namespaces: tuple[str, ...]) -> list[Informer]:
         """One watch over the cluster, or one per served namespace (all a namespaced install may do)."""
         def changed(key: Key, old: Obj | None, new: Obj | None) -> None:
             if old is None or new is None or holding(old) != holding(new):
                 self.queue.add(key)
+            if old is None or new is None or wanted(old).directory != wanted(new).directory:
+                # A claimant came or went: the directory may be another build's now.
+                for build in (old, new):
+                    if build is not None:
+                        self._queue_claimants(wanted(build).directory)
         if not namespaces:
             return [Informer("builds", self.kube, api.path(crd.API_VERSION, crd.PLURAL), changed)]
         return [Informer(f"builds in {ns}", self.kube, api.path(crd.API_VERSION, crd.PLURAL, ns), changed)
@@ -153,6 +194,21 @@ class Agent:
 
     def build(self, key: Key) -> Obj | None:
         return next((i.objects[key] for i in self.builds if key in i.objects), None)
+
+    def _namespace_builds(self, namespace: str) -> list[Obj]:
+        return [build for informer in self.builds for (ns, _), build in list(informer.objects.items())
+                if ns == namespace]
+
+    def _queue_claimants(self, directory: str) -> None:
+        namespace = directory.split("/", 1)[0]
+        for build in self._namespace_builds(namespace):
+            if wanted(build).directory == directory:
+                self.queue.add((namespace, build["metadata"]["name"]))
+
+    def _namespace_changed(self, key: Key, old: Obj | None, new: Obj | None) -> None:
+        """A namespace entered or left the admin's selector: its builds may deliver now, or not."""
+        for build in self._namespace_builds(key[1]):
+            self.queue.add((key[1], build["metadata"]["name"]))
 
     def _node_changed(self, key: Key, old: Obj | None, new: Obj | None) -> None:
         """Only labels feed the selectors: the kubelet's status updates queue nothing."""
@@ -176,8 +232,7 @@ class Agent:
 
     def run(self) -> None:
         self.load_reports()
-        self.nodes.start()
-        for informer in self.builds:
+        for informer in self.informers:
             informer.start()
         workers = [threading.Thread(target=self._work, name=f"delivery {i}", daemon=True)
                    for i in range(self.pulls.workers)]
@@ -202,16 +257,15 @@ class Agent:
 
     def stop(self) -> None:
         self.stopping.set()
-        self.nodes.stop()
-        for informer in self.builds:
+        for informer in self.informers:
             informer.stop()
 
     # --- one build ------------------------------------------------------------------------------
 
     def sync(self, key: Hashable) -> None:
         assert isinstance(key, tuple)
-        if not self.nodes.synced.is_set():
-            self.queue.add_after(key, 1.0)  # a node's labels decide everything: wait for them
+        if not all(informer.synced.is_set() for informer in self.informers):
+            self.queue.add_after(key, 1.0)  # labels, namespaces and claimants decide everything: wait for them
             return
         build = self.build(key)
         if build is not None and selector.matches((build["spec"].get("delivery") or {}).get("nodeSelector"),
@@ -226,23 +280,30 @@ class Agent:
         want = wanted(build)
         store = VersionStore(self.root, want.directory, self.verified)
         path = os.path.join(self.root, want.directory, "current")
-        if want.reference is None or want.expected is None:
-            self.report(key, build, "Pending", "waiting for the build's first OCI output", path=path)
-            return
         try:
+            refused = self._refused(key[0], build, want, store)
+            if refused is not None:
+                # Looked at again when what decided it changes (a claimant, the namespace's labels).
+                reason, message = refused
+                self.report(key, build, "Failed", f"{message}; nothing was written", path=path, reason=reason)
+                return
+            if want.reference is None or want.expected is None:
+                self.report(key, build, "Pending", "waiting for the build's first OCI output", path=path)
+                return
             if store.current() != want.expected.filename or not store.has(want.expected):
-                registry = reference.parse(want.reference).registry
-                slot = self._registry_slot(registry)
-                if slot is None:
-                    self.report(key, build, "Pending", f"waiting for one of {registry}'s "
-                                f"{self.pulls.per_registry} pull slots", path=path)
-                    self.queue.add_after(key, REGISTRY_BUSY_SECONDS)
+                held = self._reserve(key[0], want, store)
+                if held is not None:
+                    self.report(key, build, "Failed", f"namespace {key[0]} would hold {held} bytes on this node, more "
+                                f"than its quota of {self.tenancy.quota} (the chart's delivery.namespaceQuotaBytes); "
+                                "nothing was written", path=path, reason=QUOTA_EXCEEDED, digest=self._held(store))
+                    self.queue.add_after(key, QUOTA_RECHECK_SECONDS)
                     return
                 try:
-                    self.report(key, build, "Pending", f"pulling {want.reference}", path=path)
-                    name = self.fetch(build, want, store)
+                    name = self._pull(key, build, want, store, path)
                 finally:
-                    slot.release()
+                    self._unreserve(key[0], want.expected.size)
+                if name is None:
+                    return  # every pull slot of its registry is taken: looked at again shortly
                 store.activate(name)
             store.prune(want.keep)
         except (BuildError, OSError) as e:
@@ -259,6 +320,64 @@ class Agent:
         self.report(key, build, "Ready", f"current is {want.expected.filename}", path=path,
                     digest=f"sha256:{want.expected.sha256}")
 
+    def _refused(self, namespace: str, build: Obj, want: Wanted, store: VersionStore) -> tuple[str, str] | None:
+        """Why the admin's rules refuse the build on this node, as (reason, message), or None; claims the
+        directory for the build when it is the build's (tenancy.py)."""
+        selected = [name for _, name in list(self.selected.objects)] if self.selected else []
+        if not self.tenancy.may_deliver(namespace, selected):
+            return NAMESPACE_NOT_ALLOWED, (f"namespace {namespace} may not deliver to this node (the chart's "
+                                           "delivery.namespaces and delivery.namespaceSelector)")
+        uid = build["metadata"]["uid"]
+        others = [b for b in self._namespace_builds(namespace) if b["metadata"]["uid"] != uid]
+        claimants = [_claimant(build)] + [
+            _claimant(b) for b in others if wanted(b).directory == want.directory and selector.matches(
+                (b["spec"].get("delivery") or {}).get("nodeSelector"), self.node_labels)]
+        with self._claims_lock:
+            mark = store.owner()
+            owner = directory_owner(mark, claimants, [uid, *(b["metadata"]["uid"] for b in others)])
+            if owner == uid:
+                if mark != uid:
+                    store.claim(uid)
+                return None
+        name = next(b["metadata"]["name"] for b in others if b["metadata"]["uid"] == owner)
+        return DELIVERY_CONFLICT, (f"{want.directory} on this node belongs to build {name}, the first to claim it "
+                                   "(give this build another spec.delivery.directory)")
+
+    def _reserve(self, namespace: str, want: Wanted, store: VersionStore) -> int | None:
+        """Counts a download against its namespace's quota (`_unreserve` it once the file is in place or given
+        up); or, when it would not fit, counts nothing and returns what the namespace would hold."""
+        assert want.expected is not None
+        size = want.expected.size
+        with self._quota_lock:  # pulls of one namespace at once must fit together
+            if self.tenancy.quota:
+                held = bytes_after(namespace_bytes(self.root, namespace) + self._pulling.get(namespace, 0),
+                                   store.version_sizes(), want.keep, size)
+                if self.tenancy.over_quota(held):
+                    return held
+            self._pulling[namespace] = self._pulling.get(namespace, 0) + size
+        return None
+
+    def _unreserve(self, namespace: str, size: int) -> None:
+        with self._quota_lock:
+            self._pulling[namespace] -= size
+
+    def _pull(self, key: Key, build: Obj, want: Wanted, store: VersionStore, path: str) -> str | None:
+        """The new version, verified and in place (not yet current); None when its registry has no pull slot
+        free (the build is queued again)."""
+        assert want.reference is not None
+        registry = reference.parse(want.reference).registry
+        slot = self._registry_slot(registry)
+        if slot is None:
+            self.report(key, build, "Pending", f"waiting for one of {registry}'s {self.pulls.per_registry} pull slots",
+                        path=path)
+            self.queue.add_after(key, REGISTRY_BUSY_SECONDS)
+            return None
+        try:
+            self.report(key, build, "Pending", f"pulling {want.reference}", path=path)
+            return self.fetch(build, want, store)
+        finally:
+            slot.release()
+
     def _registry_slot(self, registry: str) -> threading.Semaphore | None:
         """One of the registry's pull slots, taken (release it), or None if all are."""
         with self._slots_lock:
@@ -268,7 +387,8 @@ class Agent:
     def fetch(self, build: Obj, want: Wanted, store: VersionStore) -> str:
         assert want.reference is not None and want.expected is not None
         options = self.pulls.options(
-            registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"]))
+            registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"],
+                                             self._credentials(build)))
         layer = artifact.layer_of(want.reference, options)
         if layer.digest != f"sha256:{want.expected.sha256}" or layer.size != want.expected.size:
             raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
@@ -277,13 +397,24 @@ class Agent:
         return artifact.read_layer(want.reference, layer, options,
                                    lambda stream: store.install(_Deadline(stream, limit, want.reference), expected))
 
+    def _credentials(self, build: Obj) -> list[tuple[str, str]]:
+        """The docker config Secrets of the agent's pulls: the chart's delivery pull Secret, else the build's push
+        Secret (which pushed the artifact), as (namespace, name); none for anonymous pulls."""
+        if self.pull_secret is not None:
+            return [self.pull_secret]
+        push = (build["spec"]["output"].get("oci") or {}).get("pushSecret")
+        return [(build["metadata"]["namespace"], push["name"])] if push else []
+
     def release(self, key: Key, build: Obj | None) -> None:
         """The node no longer serves the build: delete the report; keep or remove the files as the build's
-        reclaimPolicy says (a build deleted while the agent was down leaves its files: its policy is gone)."""
-        want = wanted(build) if build is not None else None
-        if want is not None and want.reclaim == "Delete":
+        reclaimPolicy says (a build deleted while the agent was down leaves its files: its policy is gone).
+        Only a directory the build owns is emptied: another build's files stay, whatever this one's policy."""
+        if build is not None and (want := wanted(build)).reclaim == "Delete":
             try:
-                VersionStore(self.root, want.directory).remove_all()
+                store = VersionStore(self.root, want.directory)
+                with self._claims_lock:
+                    if store.owner() == build["metadata"]["uid"]:
+                        store.remove_all()
             except (BuildError, OSError) as e:
                 log.warning("%s/%s: cannot remove %s: %s", *key, want.directory, e)
         self.retries.reset(key)
@@ -296,12 +427,15 @@ class Agent:
                     raise
 
     def report(self, key: Key, build: Obj, phase: str, message: str, *, path: str, attempts: int = 0,
-               digest: str | None = None) -> None:
-        """Server-side apply of this node's InitramfsDelivery; only when something changed."""
+               digest: str | None = None, reason: str | None = None) -> None:
+        """Server-side apply of this node's InitramfsDelivery; only when something changed. `reason`: the rule
+        that refuses the build (tenancy.py), if one does."""
         status: dict[str, Any] = {"phase": phase, "message": message[:2048], "attempts": attempts, "path": path,
                                   "observedBuildGeneration": build["metadata"]["generation"]}
         if digest:
             status["digest"] = digest
+        if reason:
+            status["reason"] = reason
         meta = build["metadata"]
         name = report_name(meta["name"], self.node)
         previous = self.reported.get(key) or {}
@@ -359,20 +493,43 @@ def main(argv: list[str] | None = None) -> None:
                    help="host directory holding every delivery ($INITRAMFS_DELIVERY_ROOT, default /var/lib/initramfs)")
     p.add_argument("--namespaces", default=env("INITRAMFS_WATCH_NAMESPACES", ""),
                    help="comma-separated namespaces to serve ($INITRAMFS_WATCH_NAMESPACES; default: all)")
+    p.add_argument("--delivery-namespaces", default=env("INITRAMFS_DELIVERY_NAMESPACES", ""),
+                   help="comma-separated namespaces that may deliver ($INITRAMFS_DELIVERY_NAMESPACES); with no "
+                        "--delivery-namespace-selector either, every served namespace may")
+    p.add_argument("--delivery-namespace-selector", default=env("INITRAMFS_DELIVERY_NAMESPACE_SELECTOR", ""),
+                   help="label selector of further namespaces that may deliver "
+                        "($INITRAMFS_DELIVERY_NAMESPACE_SELECTOR)")
+    p.add_argument("--namespace-quota-bytes", type=int,
+                   default=int(env("INITRAMFS_DELIVERY_NAMESPACE_QUOTA_BYTES", "0")),
+                   help="bytes of versions one namespace may hold on this node "
+                        "($INITRAMFS_DELIVERY_NAMESPACE_QUOTA_BYTES; default 0: no limit)")
+    p.add_argument("--pull-secret", default=env("INITRAMFS_DELIVERY_PULL_SECRET", ""),
+                   help="NAMESPACE/NAME of the docker config Secret to pull every build with, instead of the build's "
+                        "push Secret ($INITRAMFS_DELIVERY_PULL_SECRET)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.node_name:
         p.error("--node-name or NODE_NAME is required")
     if not os.path.isdir(args.root):
         p.error(f"delivery root {args.root} is not a directory")
+    if args.pull_secret and args.pull_secret.count("/") != 1:
+        p.error(f"--pull-secret {args.pull_secret!r} is not NAMESPACE/NAME")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kubernetes.config.load_config()
-    namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
-    agent = Agent(kubernetes.client.ApiClient(), args.node_name, args.root, namespaces)
+    tenancy = Tenancy(frozenset(_names(args.delivery_namespaces)), args.delivery_namespace_selector,
+                      args.namespace_quota_bytes)
+    pull_secret = tuple(args.pull_secret.split("/")) if args.pull_secret else None
+    agent = Agent(kubernetes.client.ApiClient(), args.node_name, args.root, _names(args.namespaces),
+                  tenancy=tenancy, pull_secret=pull_secret)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """Names from a comma-separated list."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 if __name__ == "__main__":

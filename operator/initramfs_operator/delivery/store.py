@@ -3,6 +3,7 @@
     <root>/<dir>/<sha256>.cpio.gz     one file per version, named by its content
     <root>/<dir>/<sha256>.sha512      its sha512 in hex and a newline (Kata's initrd_hash)
     <root>/<dir>/current -> <sha256>.cpio.gz
+    <root>/<dir>/.owner               the UID of the build the directory belongs to, and a newline
 
 A VM launcher (Kata's `initrd`, a Firecracker script) reads `current`; it sees either the
 old file or the new one, never a missing or partial file: a version is written to a
@@ -11,6 +12,10 @@ renaming a new symlink over it; the version's .sha512 file is in place (written 
 before `current` points at it. Every operation goes through directory file descriptors
 opened with O_NOFOLLOW from the configured root, so a symlink planted anywhere under the
 root cannot redirect a write outside it.
+
+The first build to deliver into a directory claims it (`.owner`): another build naming the same
+directory is refused while that one exists (the agent decides, see tenancy.py), so two builds never
+share `current` or prune each other's versions.
 
 A version verified once is trusted while its file keeps the same identity (device, inode,
 size, mtime and ctime: any write or rename changes one of them), for at most `Verified.max_age`:
@@ -32,6 +37,7 @@ from ..archive.compress import EXTENSIONS
 from ..errors import InvalidImageError, OutputError, UsageError
 
 CURRENT = "current"
+OWNER = ".owner"
 READ_SIZE = 1 << 20
 SHA512_SUFFIX = ".sha512"
 SHA512_NAME = re.compile("[0-9a-f]{64}" + re.escape(SHA512_SUFFIX))
@@ -147,6 +153,22 @@ class VersionStore:
         with self._directory() as fd:
             return self._versions(fd)
 
+    def version_sizes(self) -> list[int]:
+        """The sizes of the version files, newest first."""
+        with self._directory() as fd:
+            return [os.stat(name, dir_fd=fd, follow_symlinks=False).st_size for name in self._versions(fd)]
+
+    def owner(self) -> str | None:
+        """The UID of the build that claimed the directory, if one did."""
+        with self._directory() as fd:
+            mark = (_read_small(OWNER, fd) or b"").decode(errors="replace").strip()
+        return mark or None
+
+    def claim(self, uid: str) -> None:
+        """Marks the directory as the build's (atomically, replacing a former owner's mark)."""
+        with self._directory() as fd:
+            _write_small(OWNER, uid.encode() + b"\n", fd)
+
     def install(self, stream: Readable, expected: Expected) -> str:
         """Writes the stream as a new version, verified against `expected`, and its .sha512 file; returns
         the version's file name.
@@ -173,7 +195,7 @@ class VersionStore:
             except BaseException:
                 _unlink_quietly(tmp, fd)
                 raise
-            _write_sha512(expected, fd)
+            _write_small(expected.sha512_filename, _sha512_line(expected), fd)
         self.verified.remember(self._path(name), written, expected)
         return name
 
@@ -200,7 +222,7 @@ class VersionStore:
                     # The identity from before the bytes were read: a write while they were makes it stale.
                     self.verified.remember(path, before, expected)
             if _read_small(expected.sha512_filename, fd) != _sha512_line(expected):
-                _write_sha512(expected, fd)
+                _write_small(expected.sha512_filename, _sha512_line(expected), fd)
             return True
 
     def activate(self, name: str) -> None:
@@ -239,10 +261,11 @@ class VersionStore:
             return removed
 
     def remove_all(self) -> None:
-        """Removes `current`, every version, .sha512 file and leftover temp file; the directory itself stays."""
+        """Removes `current`, every version, .sha512 file, the owner's mark and leftover temp files; the directory
+        itself stays."""
         with self._directory() as fd:
             for entry in os.listdir(fd):
-                if entry == CURRENT or VERSION_NAME.fullmatch(entry) or SHA512_NAME.fullmatch(entry) or (
+                if entry in (CURRENT, OWNER) or VERSION_NAME.fullmatch(entry) or SHA512_NAME.fullmatch(entry) or (
                         entry.startswith(".") and entry.endswith(".tmp")):
                     _unlink_quietly(entry, fd)
             os.fsync(fd)
@@ -281,15 +304,40 @@ def _sha512_line(expected: Expected) -> bytes:
     return expected.sha512.encode() + b"\n"
 
 
-def _write_sha512(expected: Expected, fd: int) -> None:
-    """The version's .sha512 file, atomically: a temp file, fsynced, renamed into place."""
-    name = expected.sha512_filename
+def namespace_bytes(root: str, namespace: str) -> int:
+    """What the version files under `<root>/<namespace>/` add up to, in every directory below it (symlinks are
+    never followed)."""
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except OSError as e:
+        raise OutputError(f"delivery root {root}: {e.strerror}") from None
+    try:
+        try:
+            top = os.open(namespace, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            return 0
+        try:
+            total = 0
+            for _, _, files, dir_fd in os.fwalk(".", dir_fd=top):
+                for name in files:
+                    if VERSION_NAME.fullmatch(name):
+                        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                        total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            return total
+        finally:
+            os.close(top)
+    finally:
+        os.close(fd)
+
+
+def _write_small(name: str, data: bytes, fd: int) -> None:
+    """A small file (a .sha512 file, the owner's mark), atomically: a temp file, fsynced, renamed into place."""
     tmp = f".{name}.{os.getpid()}.tmp"
     _unlink_quietly(tmp, fd)
     try:
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
         with os.fdopen(out, "wb") as f:
-            f.write(_sha512_line(expected))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)

@@ -7,7 +7,9 @@ message naming waiting nodes would change with every node's report, and every st
 is an event for every agent watching builds. Writes are coalesced too, to at most one per build
 per `WINDOW` seconds (a lone change is written at once). A report only counts for the build it
 names by UID and for a node the selector picks now, so a node that leaves the selector stops
-counting at once, whatever its agent has (or has not) cleaned up.
+counting at once, whatever its agent has (or has not) cleaned up. When every failed node refuses the
+build for one reason of the admin's rules (QuotaExceeded, DeliveryConflict, NamespaceNotAllowed), that
+is the condition's reason.
 """
 
 import logging
@@ -51,14 +53,14 @@ def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, s
     selected = sorted(n for n, labels in node_labels.items() if matches(delivery.get("nodeSelector"), labels))
     output = (build.get("status") or {}).get("output") or {}
     digest = f"sha256:{output['sha256']}" if output.get("sha256") and output.get("reference") else None
-    phases: dict[str, tuple[str, str]] = {}
+    phases: dict[str, tuple[str, str, str]] = {}  # node -> phase, message, reason
     for report in reports:
         spec, status = report.get("spec") or {}, report.get("status") or {}
         if spec.get("buildUID") == build["metadata"]["uid"] and spec.get("nodeName") in selected:
             phase = status.get("phase") or "Pending"
             if phase == "Ready" and status.get("digest") != digest:
                 phase = "Pending"  # holds an older output: the new one is on its way
-            phases[spec["nodeName"]] = (phase, status.get("message") or "")
+            phases[spec["nodeName"]] = (phase, status.get("message") or "", status.get("reason") or "")
     ready = [n for n in selected if phases.get(n, ("",))[0] == "Ready"]
     failed = [n for n in selected if phases.get(n, ("",))[0] == "Failed"]
     waiting = [n for n in selected if n not in ready and n not in failed]
@@ -73,7 +75,7 @@ def _selects(build: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool
 
 
 def _condition(selected: list[str], ready: list[str], failed: list[str], waiting: int,
-               phases: Mapping[str, tuple[str, str]], digest: str | None) -> tuple[str, str, str]:
+               phases: Mapping[str, tuple[str, str, str]], digest: str | None) -> tuple[str, str, str]:
     if not selected:
         return "False", "NoNodes", "no node matches spec.delivery.nodeSelector"
     if digest is None:
@@ -84,7 +86,9 @@ def _condition(selected: list[str], ready: list[str], failed: list[str], waiting
     if failed:
         shown = "; ".join(f"{n}: {phases[n][1]}" for n in failed[:SHOWN_NODES])
         more = f" (and {len(failed) - SHOWN_NODES} more)" if len(failed) > SHOWN_NODES else ""
-        return "False", "DeliveryFailed", f"{held}; {len(failed)} failed: {shown}{more}"
+        reasons = {phases[n][2] for n in failed}
+        reason = reasons.pop() if len(reasons) == 1 and "" not in reasons else "DeliveryFailed"
+        return "False", reason, f"{held}; {len(failed)} failed: {shown}{more}"
     return "False", "Delivering", held
 
 

@@ -11,7 +11,7 @@ stay in memory; no message quotes a Secret's contents.
 
 import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -70,10 +70,13 @@ def secret_keys(read: Reader, namespace: str, spec: dict[str, Any]) -> list[tupl
             for name in registry_secret_names(spec)]
 
 
-def registry_options(read: Reader, namespace: str, spec: dict[str, Any]) -> RegistryOptions:
+def registry_options(read: Reader, namespace: str, spec: dict[str, Any],
+                     credentials: Sequence[tuple[str, str]] | None = None) -> RegistryOptions:
     """Client options for the build's registries: the credentials of its Secrets (for each registry, the
-    first Secret naming it answers, as in the build pod), its CA and its plain-HTTP hosts."""
-    keychains = [_keychain(read("secrets", namespace, name), name) for name in registry_secret_names(spec)]
+    first Secret naming it answers, as in the build pod), its CA and its plain-HTTP hosts. `credentials`,
+    the (namespace, name) of docker config Secrets, replaces the build's Secrets when given."""
+    secrets = credentials if credentials is not None else [(namespace, name) for name in registry_secret_names(spec)]
+    keychains = [_keychain(read("secrets", ns, name), name) for ns, name in secrets]
     registry = spec.get("registry") or {}
     insecure = tuple(registry_hosts(spec)) if registry.get("insecure") else ()
     ca = registry.get("caConfigMap")
