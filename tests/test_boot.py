@@ -1,5 +1,6 @@
 """The proof that "bootable" is true: Debian's kernel boots what we built and runs its /init."""
 
+import hashlib
 import re
 import subprocess
 
@@ -15,22 +16,31 @@ MARKER = "initramfs-operator-booted"
 INIT = f"""#!/bin/sh
 mount -t proc proc /proc
 cat /etc/motd
+busybox md5sum /big
 echo "{MARKER[:10]}""{MARKER[10:]} uid=$(id -u) console=$(ls /dev/console)"
 poweroff -f
 """
+# 9 MiB: more than one block of every format (lz4's are 8 MiB), and the kernel's md5 of it on the console
+BIG = b"".join(i.to_bytes(4, "little") for i in range(9 << 18))
 
 
-@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
-def test_boots_in_qemu(compression, kernel, busybox_static, tmp_path):
+@pytest.mark.parametrize("compression, level", [
+    ("gzip", None), ("zstd", None), ("none", None),
+    ("lz4", None), ("lz4", 12),  # fast and high compression mode
+    ("xz", 0), ("xz", 9),  # blocks of 1 MiB; the largest dictionary (64 MiB) the kernel must allocate
+])
+def test_boots_in_qemu(compression, level, kernel, busybox_static, tmp_path):
     lay = Layout(tmp_path / "layout")
     # two layers, the second replacing a file of the first, so the flattened tree is what boots
-    lay.tag(lay.image([busybox_entries(busybox_static, INIT, [E("etc/motd", data=b"old\n")]),
+    lay.tag(lay.image([busybox_entries(busybox_static, INIT, [E("etc/motd", data=b"old\n"), E("big", data=BIG)]),
                        [E("etc/motd", data=b"motd from the top layer\n")]]), "boot")
     initrd = tmp_path / f"initrd.{compression}"
-    build.build_file(layout.load(f"{lay.root}:boot"), str(initrd), build.BuildOptions(compression=compression))
+    options = build.BuildOptions(compression=compression, level=level)
+    build.build_file(layout.load(f"{lay.root}:boot"), str(initrd), options)
     console = boot(kernel, initrd, MARKER)
     assert f"{MARKER} uid=0 console=/dev/console" in console
     assert "motd from the top layer" in console
+    assert f"{hashlib.md5(BIG).hexdigest()}  /big" in console
 
 
 def test_the_readme_quick_start_builds_the_example_and_boots_it(kernel, busybox_static):

@@ -3,8 +3,11 @@
 import json
 
 import pytest
+import yaml
 
+from fixtures.tools import REPO
 from initramfs_operator import cli
+from initramfs_operator.archive import compress
 from initramfs_operator.kube import buildjob, conditions
 
 DIGEST = "sha256:" + "ab" * 32
@@ -64,6 +67,24 @@ def test_pvc_job_runs_the_builder_locked_down():
     assert manifest["spec"]["template"]["metadata"]["annotations"] == {buildjob.BUILD_NAME: "app"}
     fail_job = manifest["spec"]["podFailurePolicy"]["rules"][1]
     assert fail_job["action"] == "FailJob" and fail_job["onExitCodes"]["values"] == [2, 3, 4]  # not 5: retried
+
+
+def crd_compression() -> dict:
+    crd = yaml.safe_load((REPO / "crds/initramfsbuilds.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["compression"]
+
+
+def test_the_crd_offers_the_builder_s_formats():
+    assert crd_compression()["properties"]["format"]["enum"] == list(compress.FORMATS)
+
+
+@pytest.mark.parametrize("format", [f for f, (low, high, _) in compress.FORMATS.items() if high])
+def test_each_format_and_level_range_reaches_the_builder(format):
+    low, high, _ = compress.FORMATS[format]
+    for level in (low, high):
+        spec = {**build()["spec"], "compression": {"format": format, "level": level}}
+        parsed = cli.parser().parse_args(container(buildjob.build_job(build(spec), DIGEST, "builder:1", []))["args"])
+        assert (parsed.compression, compress.check(parsed.compression, parsed.level)) == (format, level)
 
 
 def test_every_option_reaches_the_builder_and_the_cli_accepts_it():

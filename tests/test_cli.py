@@ -123,6 +123,8 @@ def test_inspect_and_list_layers(image):
     (["build", "Not A Ref!", "-o", "x"], 2, "invalid image reference"),
     (["build", "IMAGE", "-o", "/nonexistent/dir/x", "--init", __file__], 5, "/nonexistent/dir"),
     (["build", "IMAGE", "-c", "gzip", "--level", "42"], 2, "out of range"),
+    (["build", "IMAGE", "-c", "lz4", "--level", "13"], 2, "lz4 level 13 is out of range 1..12"),
+    (["build", "IMAGE", "-c", "xz", "--level", "10"], 2, "xz level 10 is out of range 0..9"),
     (["build", "IMAGE", "--inject", "nope"], 2, "SRC:DEST"),
     (["build", "IMAGE", "--username", "u"], 2, "--password-stdin"),
     # refused before the image is fetched: nothing listens on 127.0.0.1:9 (that would be exit 3)

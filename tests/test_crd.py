@@ -18,6 +18,12 @@ def test_defaults_are_applied(builds):
     assert spec["compression"] == {"format": "gzip"} and spec["backoffLimit"] == 2
 
 
+@pytest.mark.parametrize("format, level", [("lz4", 1), ("lz4", 12), ("xz", 0), ("xz", 9), ("gzip", 1), ("zstd", 19)])
+def test_each_format_takes_its_levels(builds, format, level):
+    spec = builds.create(f"{format}-{level}", {**VALID, "compression": {"format": format, "level": level}})["spec"]
+    assert spec["compression"] == {"format": format, "level": level}
+
+
 def test_every_field_is_accepted(builds):
     spec = {
         "image": "registry.example.com:5000/team/app:1.0", "platform": "linux/arm/v7",
@@ -53,6 +59,11 @@ def test_every_field_is_accepted(builds):
     ({"compression": {"format": "brotli"}}, 'Unsupported value: "brotli"'),
     ({"compression": {"format": "gzip", "level": 12}}, "gzip compression.level must be 1-9"),
     ({"compression": {"format": "zstd", "level": 20}}, "should be less than or equal to 19"),
+    ({"compression": {"format": "gzip", "level": 0}}, "gzip compression.level must be 1-9"),
+    ({"compression": {"format": "zstd", "level": 0}}, "zstd compression.level must be 1-19"),
+    ({"compression": {"format": "lz4", "level": 13}}, "lz4 compression.level must be 1-12"),
+    ({"compression": {"format": "lz4", "level": 0}}, "lz4 compression.level must be 1-12"),
+    ({"compression": {"format": "xz", "level": 10}}, "xz compression.level must be 0-9"),
     ({"compression": {"format": "none", "level": 1}}, "compression.level does not apply to format none"),
     ({"inject": [{"path": "etc/x", "configMapKeyRef": CM}]}, "inject path must be an absolute file path"),
     ({"inject": [{"path": "/etc/../x", "configMapKeyRef": CM}]}, "must not contain '.', '..'"),

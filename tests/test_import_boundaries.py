@@ -51,6 +51,7 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "httpx": ("oci.registry", "kube", "delivery"),  # kube, delivery: timeouts they hand the registry client
     "zstandard": ("oci", "archive"),
     "zlib_ng": ("oci", "archive"),
+    "lz4": ("archive",),
     "isal": ("oci",),
     "kopf": ("kube",),
     "kubernetes": ("kube", "delivery"),

@@ -5,14 +5,17 @@ several; and the compressed archives hold exactly the uncompressed one."""
 import gzip
 import hashlib
 import io
+import lzma
 import random
+import subprocess
 
 import pytest
 import zstandard
 
 from fixtures.images import E, Layout
+from fixtures.tools import need
 from initramfs_operator import build
-from initramfs_operator.archive import blockgzip
+from initramfs_operator.archive import compress
 from initramfs_operator.oci import layout
 
 MIB = 1 << 20
@@ -43,7 +46,7 @@ VARIANTS = {  # memory budget, threads
 }
 
 
-@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "lz4", "xz"])
 def test_every_way_of_building_writes_the_same_bytes(tmp_path, compression):
     spec = image(tmp_path)
     outputs = {}
@@ -56,19 +59,55 @@ def test_every_way_of_building_writes_the_same_bytes(tmp_path, compression):
     assert len({hashlib.sha256(data).hexdigest() for data in outputs.values()}) == 1, list(outputs)
     plain = tmp_path / "plain.cpio"
     build.build_file(layout.load(spec), str(plain), build.BuildOptions(compression="none", memory_budget=0))
-    unpack = gzip.decompress if compression == "gzip" else zstandard.ZstdDecompressor().decompressobj().decompress
-    assert unpack(outputs["in memory"]) == plain.read_bytes()
+    assert UNPACK[compression](outputs["in memory"]) == plain.read_bytes()
 
 
-def test_block_gzip_bytes_depend_on_the_input_only():
-    data = _noise(7, 5 * MIB + 123)
-    outputs = set()
-    for threads, step in ((1, MIB), (2, 4096), (4, 777_777)):
-        out = io.BytesIO()
-        writer = blockgzip.Writer(out, 6, threads)
-        for i in range(0, len(data), step):
-            writer.write(data[i:i + step])
-        writer.close()
-        outputs.add(out.getvalue())
+def _lz4_dc(data: bytes) -> bytes:
+    return subprocess.run([need("lz4"), "-dc"], input=data, capture_output=True, check=True).stdout
+
+
+UNPACK = {"gzip": gzip.decompress, "zstd": zstandard.ZstdDecompressor().decompressobj().decompress,
+          "lz4": _lz4_dc, "xz": lzma.decompress}
+
+
+def _compressed(data: bytes, compression: str, level: int, threads: int, step: int) -> bytes:
+    out = io.BytesIO()
+    writer = compress.writer(out, compression, level, threads)
+    for i in range(0, len(data), step):
+        writer.write(data[i:i + step])
+    writer.close()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("compression, level, size", [
+    ("gzip", 6, 5 * MIB + 123),  # 1 MiB blocks
+    ("lz4", 1, 17 * MIB + 5),  # 8 MiB blocks, fast mode
+    ("lz4", 9, 17 * MIB + 5),  # high compression mode
+    ("xz", 0, 5 * MIB + 123),  # 1 MiB blocks
+])
+def test_block_compression_bytes_depend_on_the_input_only(compression, level, size):
+    data = _noise(7, size)
+    outputs = {_compressed(data, compression, level, threads, step)
+               for threads, step in ((1, MIB), (2, 4096), (4, 777_777))}
     assert len(outputs) == 1
-    assert gzip.decompress(outputs.pop()) == data
+    assert UNPACK[compression](outputs.pop()) == data
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 9, 12])
+def test_lz4_writes_the_bytes_of_lz4_legacy(level, tmp_path):
+    """The reference for the format the kernel reads is `lz4 -l`: the same liblz4 writes the same bytes."""
+    data = _noise(8, 9 * MIB)
+    (tmp_path / "in").write_bytes(data)
+    legacy = subprocess.run([need("lz4"), "-l", f"-{level}", "-c", str(tmp_path / "in")], capture_output=True,
+                            check=True).stdout
+    assert _compressed(data, "lz4", level, 2, MIB) == legacy
+
+
+def test_xz_is_one_stream_of_crc32_blocks_as_the_kernel_reads_it(tmp_path):
+    """XZ Embedded reads one stream of LZMA2 blocks checked by CRC32; `xz --list` shows how it was cut."""
+    path = tmp_path / "out.xz"
+    path.write_bytes(_compressed(_noise(9, 6 * MIB), "xz", 0, 2, MIB))
+    listing = subprocess.run([need("xz"), "--robot", "--list", str(path)], capture_output=True, text=True,
+                             check=True).stdout
+    file = next(line.split("\t") for line in listing.splitlines() if line.startswith("file\t"))
+    assert (file[1], file[2], file[6]) == ("1", "6", "CRC32")  # one stream, six blocks (of 1 MiB), CRC32

@@ -274,12 +274,13 @@ def parser() -> argparse.ArgumentParser:
     common(b)
     o = b.add_argument_group("output")
     o.add_argument("-o", "--output", metavar="FILE", help="file to write, atomically (default initramfs.cpio.gz, "
-                                                           ".cpio.zst or .cpio by compression)")
+                                                           ".cpio.zst, .cpio.lz4, .cpio.xz or .cpio by compression)")
     o.add_argument("--create-dirs", action="store_true", help="create the output file's missing parent directories")
     o.add_argument("--push", metavar="REF", help="push the initramfs to REF as an OCI artifact instead")
     o.add_argument("-c", "--compression", choices=list(compress.FORMATS), default="gzip",
                    help="compression (default gzip)")
-    o.add_argument("--level", type=int, help="compression level (gzip 1-9, default 6; zstd 1-19, default 3)")
+    o.add_argument("--level", type=int, help="compression level (gzip 1-9, default 6; zstd 1-19, default 3; "
+                                             "lz4 1-12, default 1, 3 and up is LZ4 HC; xz 0-9, default 6)")
     o.add_argument("--threads", type=int, help="compression threads (default: CPUs, at most 8); "
                                                "the output does not depend on it")
     o.add_argument("--source-date-epoch", metavar="SECONDS",

@@ -10,11 +10,10 @@ depends on the blocks it saw before: its bytes change with the thread count.)
 """
 
 import struct
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
 
 from zlib_ng import zlib_ng
+
+from .blocks import BlockWriter, Output
 
 BLOCK = 1 << 20
 WINDOW = 1 << 15
@@ -23,62 +22,33 @@ HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _TRAILER = struct.Struct("<II")  # CRC-32 and size modulo 2**32 of the input
 
 
-class Output(Protocol):
-    def write(self, data: bytes, /) -> object: ...
-
-
-def _deflate(block: bytes, window: bytes, level: int) -> bytes:
-    """One block as raw deflate, seeing `window` (the 32 KiB before it) as one stream would."""
-    if window:
-        stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -zlib_ng.MAX_WBITS, zdict=window)
-    else:
-        stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -zlib_ng.MAX_WBITS)
-    return stream.compress(block) + stream.flush(zlib_ng.Z_SYNC_FLUSH)
-
-
-class Writer:
-    """`write` buffers up to a block and hands full blocks to the pool; `close` ends the member.
-
-    At most `2 * threads` blocks are in flight; compressed blocks reach `out` in order, from the
-    thread calling `write` or `close`.
-    """
+class Writer(BlockWriter):
+    """One gzip member of blocks that each see the 32 KiB before them, as one deflate stream would."""
 
     def __init__(self, out: Output, level: int, threads: int):
-        self._out = out
+        super().__init__(out, BLOCK, threads, "deflate")
         self._level = level
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate")
-        self._in_flight: deque[Future[bytes]] = deque()
-        self._limit = 2 * threads
-        self._pending = bytearray()
         self._window = b""
         self._crc = 0
         self._size = 0
         out.write(HEADER)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._pending += data
-        while len(self._pending) >= BLOCK:
-            self._submit(bytes(self._pending[:BLOCK]))
-            del self._pending[:BLOCK]
-        return len(data)
-
-    def close(self) -> None:
-        try:
-            if self._pending:
-                self._submit(bytes(self._pending))
-                self._pending.clear()
-            while self._in_flight:
-                self._out.write(self._in_flight.popleft().result())
-            # An empty final block ends the deflate stream.
-            self._out.write(zlib_ng.compress(b"", self._level, -zlib_ng.MAX_WBITS))
-            self._out.write(_TRAILER.pack(self._crc, self._size & 0xFFFFFFFF))
-        finally:
-            self._pool.shutdown(cancel_futures=True)
-
-    def _submit(self, block: bytes) -> None:
+    def _cut(self, block: bytes) -> bytes:
+        window = self._window
+        self._window = block[-WINDOW:]
         self._crc = zlib_ng.crc32(block, self._crc)
         self._size += len(block)
-        self._in_flight.append(self._pool.submit(_deflate, block, self._window, self._level))
-        self._window = block[-WINDOW:]
-        while len(self._in_flight) >= self._limit or (self._in_flight and self._in_flight[0].done()):
-            self._out.write(self._in_flight.popleft().result())
+        return window
+
+    def _encode(self, block: bytes, window: bytes) -> bytes:
+        """One block as raw deflate, ending on a sync flush so that the next block joins it."""
+        if window:
+            stream = zlib_ng.compressobj(self._level, zlib_ng.DEFLATED, -zlib_ng.MAX_WBITS, zdict=window)
+        else:
+            stream = zlib_ng.compressobj(self._level, zlib_ng.DEFLATED, -zlib_ng.MAX_WBITS)
+        return stream.compress(block) + stream.flush(zlib_ng.Z_SYNC_FLUSH)
+
+    def _end(self) -> None:
+        # An empty final block ends the deflate stream.
+        self._out.write(zlib_ng.compress(b"", self._level, -zlib_ng.MAX_WBITS))
+        self._out.write(_TRAILER.pack(self._crc, self._size & 0xFFFFFFFF))

@@ -1,7 +1,8 @@
 """Compressed writers for every format the Linux initramfs unpacker accepts that we offer.
 
-Both compress on several threads, and the bytes they write depend on the input and the level
-only, never on the thread count: gzip in fixed blocks (`blockgzip`), zstd in jobs of a fixed size.
+All compress on several threads, and the bytes they write depend on the input and the level
+only, never on the thread count: gzip, lz4 and xz in blocks of a fixed size (`blocks`), zstd in
+jobs of a fixed size.
 """
 
 import os
@@ -10,11 +11,13 @@ from typing import IO, Protocol, cast
 import zstandard
 
 from ..errors import UsageError
-from . import blockgzip
+from . import blockgzip, blocklz4, blockxz
 
-FORMATS = {"gzip": (1, 9, 6), "zstd": (1, 19, 3), "none": (0, 0, 0)}  # (min level, max level, default)
-MEDIA_SUFFIX = {"gzip": "+gzip", "zstd": "+zstd", "none": ""}
-EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "none": ".cpio"}  # of an initramfs file
+# (min level, max level, default): each tool's own default level
+FORMATS = {"gzip": (1, 9, 6), "zstd": (1, 19, 3), "lz4": (1, 12, 1), "xz": (0, 9, 6), "none": (0, 0, 0)}
+MEDIA_SUFFIX = {"gzip": "+gzip", "zstd": "+zstd", "lz4": "+lz4", "xz": "+xz", "none": ""}
+EXTENSIONS = {"gzip": ".cpio.gz", "zstd": ".cpio.zst", "lz4": ".cpio.lz4", "xz": ".cpio.xz",
+              "none": ".cpio"}  # of an initramfs file
 
 
 def default_threads() -> int:
@@ -73,4 +76,8 @@ def writer(out: Sink, format: str, level: int | None = None, threads: int | None
             level, threads=threads, job_size=1 << window, write_checksum=True)
         cctx = zstandard.ZstdCompressor(compression_params=params)
         return cctx.stream_writer(cast(IO[bytes], out), closefd=False)
+    if format == "lz4":
+        return blocklz4.Writer(out, level, threads)
+    if format == "xz":
+        return blockxz.Writer(out, level, threads)
     return _Passthrough(out)

@@ -57,7 +57,7 @@ class Expected:
     sha256: str  # hex
     sha512: str  # hex
     size: int
-    compression: str  # "gzip", "zstd" or "none"
+    compression: str  # a key of EXTENSIONS: "gzip", "zstd", "lz4", "xz" or "none"
 
     @property
     def filename(self) -> str:

@@ -5,7 +5,7 @@
 - config: the empty descriptor (`application/vnd.oci.empty.v1+json`, the 2-byte `{}`);
 - one layer, the file as written, typed by the caller:
   `application/vnd.initramfs.v1.cpio` (uncompressed newc cpio),
-  `application/vnd.initramfs.v1.cpio+gzip` or `application/vnd.initramfs.v1.cpio+zstd`;
+  `application/vnd.initramfs.v1.cpio+gzip`, `+zstd`, `+lz4` or `+xz`;
   it carries `org.opencontainers.image.title` (the file name) so `oras pull` restores it;
 - manifest annotations: the caller's (`org.opencontainers.image.base.name`/`.base.digest`, ...),
   plus `org.opencontainers.image.title` and `org.opencontainers.image.created`
