@@ -87,6 +87,12 @@ def kstatus_bin() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def kstatus_of(kstatus_bin: Path, obj: dict) -> tuple[str, str]:
+    verdict = json.loads(subprocess.run([str(kstatus_bin)], input=json.dumps(obj), capture_output=True, text=True,
+                                        check=True).stdout)
+    return verdict["status"], verdict["message"]
+
+
 @pytest.fixture
 def health(kube: Cluster, builds: Builds, kstatus_bin: Path) -> Callable[[str], Health]:
     """health(name) -> kstatus's and Argo CD's verdicts on one snapshot of the build."""
@@ -94,10 +100,8 @@ def health(kube: Cluster, builds: Builds, kstatus_bin: Path) -> Callable[[str], 
 
     def judge(name: str) -> Health:
         snapshot = kube.kubectl("get", "initramfsbuild", name, "-n", builds.namespace, "-o", "json").stdout
-        verdict = json.loads(subprocess.run([str(kstatus_bin)], input=snapshot, capture_output=True, text=True,
-                                            check=True).stdout)
         obj = json.loads(snapshot)
-        found = Health(obj, (verdict["status"], verdict["message"]), argocd_health(lua, obj))
+        found = Health(obj, kstatus_of(kstatus_bin, obj), argocd_health(lua, obj))
         print(found)  # the table of verdicts, with -s or on failure
         return found
 
@@ -389,3 +393,27 @@ def test_builds_the_operator_has_not_observed_are_in_progress(kube, builds, node
     h = health("unseen")
     assert h.obj["status"]["observedGeneration"] == 2 and h.obj["status"]["output"]["compression"] == "zstd"
     assert h.kstatus == ("Current", "Resource is Ready")
+
+
+# --- suspended: the judges on the status the operator writes (no cluster: the verdicts read only the object) ---
+
+def paused(ready: str, message: str) -> dict:
+    """A suspended build as the operator writes it (conditions.suspended)."""
+    return {"apiVersion": "initramfs.dev/v1alpha1", "kind": "InitramfsBuild",
+            "metadata": {"name": "b", "namespace": "ns", "generation": 3},
+            "spec": {"suspend": True},
+            "status": {"observedGeneration": 3, "conditions": [
+                {"type": "Ready", "status": ready, "reason": "Suspended", "message": message, "observedGeneration": 3,
+                 "lastTransitionTime": "2024-01-01T00:00:00Z"}]}}
+
+
+@pytest.mark.parametrize(("ready", "message", "kstatus"), [
+    # An output stands: Current, so Flux's wait and kubectl wait --for=condition=Ready pass.
+    ("True", "built reg.example/out:v1: 10 bytes", ("Current", "Resource is Ready")),
+    # Nothing was built for this spec: not current, it has no output (it goes on once resumed).
+    ("False", "paused before this spec was built", ("InProgress", "paused before this spec was built")),
+])
+def test_a_suspended_build_is_suspended_in_argocd(ready, message, kstatus, kstatus_bin):
+    obj = paused(ready, message)
+    assert kstatus_of(kstatus_bin, obj) == kstatus
+    assert argocd_health(need("lua5.1"), obj) == ("Suspended", f"Suspended: {message}")

@@ -196,6 +196,28 @@ def test_spec_edit_supersedes_the_running_build(builds, start_operator):
     assert "Superseded" in event_reasons(builds, "edit")
 
 
+def test_a_suspended_build_starts_no_job_and_a_request_after_resume_is_handled(builds, kube, start_operator):
+    """The README's one-liners: kubectl patch spec.suspend, kubectl annotate initramfs.dev/requested-at."""
+    start_operator()
+    builds.create("paused", {"image": PINNED, "output": NOWHERE, "suspend": True, **UNSCHEDULABLE})
+    assert builds.wait_reason("paused", "Suspended")["status"]["observedGeneration"] == 1
+    builds.patch_spec("paused", {"compression": {"format": "zstd"}})  # an edit while paused is not built
+    wait_until(lambda: builds.get("paused")["status"]["observedGeneration"] == 2, what="generation 2 observed")
+    assert builds.condition("paused")["reason"] == "Suspended" and builds.jobs("paused") == []
+
+    kube.kubectl("patch", "-n", builds.namespace, "irb", "paused", "--type", "merge", "-p",
+                 '{"spec":{"suspend":false}}')
+    wait_until(lambda: builds.get("paused")["status"]["observedGeneration"] == 3, what="the resume observed")
+    resumed = builds.wait_reason("paused", "Unschedulable")["status"]
+    assert resumed["buildGeneration"] == 2 and [j.metadata.name for j in builds.jobs("paused")] == [resumed["jobName"]]
+    kube.kubectl("annotate", "--overwrite", "-n", builds.namespace, "irb", "paused",
+                 "initramfs.dev/requested-at=1700000000")
+    wait_until(lambda: builds.get("paused")["status"].get("lastHandledRequestedAt") == "1700000000",
+               what="the request handled")
+    assert [j.metadata.name for j in builds.jobs("paused")] == [resumed["jobName"]]  # same digest and spec
+    assert {"Suspended", "Resumed"} <= set(event_reasons(builds, "paused"))
+
+
 def test_deleting_the_build_garbage_collects_its_job_and_pods(builds, start_operator):
     start_operator()
     builds.create("gone", {"image": PINNED, "output": NOWHERE, **UNSCHEDULABLE})

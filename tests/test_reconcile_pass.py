@@ -28,11 +28,16 @@ RESULT = {"sha256": "f" * 64, "size": 10, "entries": 3, "output": "/out/x", "com
 
 
 def build(image: str = PINNED, generation: int = 1, status: dict | None = None, output: dict | None = None,
-          **spec: object) -> dict:
+          annotations: dict | None = None, **spec: object) -> dict:
+    """The build; a status given is as a pass wrote it, of this spec (its buildGeneration, its hash) unless it
+    says otherwise."""
+    the_spec = {"image": image, "output": output or {"pvc": {"claimName": "c", "path": "x"}}, **spec}
+    if status:
+        status = {"buildGeneration": status["observedGeneration"], "buildSpecHash": buildjob.spec_hash(the_spec),
+                  **status}
     return {"metadata": {"namespace": "ns", "name": "b", "uid": "u1", "generation": generation, "resourceVersion": "7",
-                         "creationTimestamp": T0},
-            "spec": {"image": image, "output": output or {"pvc": {"claimName": "c", "path": "x"}}, **spec},
-            "status": status or {}}
+                         "creationTimestamp": T0, **({"annotations": annotations} if annotations else {})},
+            "spec": the_spec, "status": status or {}}
 
 
 def job_name(generation: int = 1, digest: str = DIGEST) -> str:
@@ -234,6 +239,42 @@ ROWS = [
     Row("image reference that does not parse: Stalled, no retry", build("reg.example/App:!"),
         requests=[("PATCH", "status", "InvalidSpec"), ("POST", "event", "Warning", "InvalidSpec")],
         conditions={"Ready": ("False", "InvalidSpec", ""), "Stalled": ("True", "InvalidSpec", "")}),
+    Row("suspended, built: no offer, Ready stays True, reason Suspended, an Event",
+        build(status=BUILT_PVC, generation=2, suspend=True),
+        requests=[("PATCH", "status", "Suspended"), ("POST", "event", "Normal", "Suspended")],
+        conditions={"Ready": ("True", "Suspended", "built /out/x")},
+        status={"observedGeneration": 2, "buildGeneration": 1, "imageDigest": DIGEST}),
+    Row("suspended before it was built: Ready False, Suspended", build(suspend=True),
+        requests=[("PATCH", "status", "Suspended"), ("POST", "event", "Normal", "Suspended")],
+        conditions={"Ready": ("False", "Suspended", "paused before this spec was built")},
+        status={"observedGeneration": 1, "imageDigest": None}),
+    Row("suspended while queued: the digest it waited to build is dropped", build(generation=2, suspend=True, status=
+        written(("False", "Queued", "waiting for a build slot"), ("Queued", "waiting"), imageDigest=DIGEST)),
+        requests=[("PATCH", "status", "Suspended"), ("POST", "event", "Normal", "Suspended")],
+        conditions={"Ready": ("False", "Suspended", "it was Queued: waiting for a build slot")},
+        status={"imageDigest": None}),
+    Row("suspended and stalled: the failure stands", build(generation=2, suspend=True, status=written(
+        ("False", "BuildFailed", "boom"), stalled=("BuildFailed", "boom"))),
+        requests=[("PATCH", "status", "BuildFailed")],
+        conditions={"Ready": ("False", "BuildFailed", "boom"), "Stalled": ("True", "BuildFailed", "boom")}),
+    Row("resumed, built: Succeeded again with its output's words, a Resumed Event", build(generation=3, status={
+        **written(("True", "Suspended", "built /out/x"), imageDigest=DIGEST, output=BUILT_PVC["output"]),
+        "observedGeneration": 2, "buildGeneration": 1}),
+        requests=[("PATCH", "status", "Succeeded"), ("POST", "event", "Normal", "Resumed")],
+        conditions={"Ready": ("True", "Succeeded", "built /out/x")}, status={"observedGeneration": 3}),
+    Row("resumed before it was built: in flight again", build(generation=3, status={
+        **written(("False", "Suspended", "paused before this spec was built")), "observedGeneration": 2}),
+        requests=[("PATCH", "status", "Resumed"), ("POST", "event", "Normal", "Resumed")],
+        conditions={"Ready": ("False", "Resumed", ""), "Reconciling": ("True", "Resumed", "")}),
+    Row("requested-at already handled: nothing looked up, nothing sent but the claim's read",
+        build(TAG, status={**BUILT_PVC, "resolvedTime": T0, "lastHandledRequestedAt": "1"}, refreshInterval="1h",
+              annotations={"initramfs.dev/requested-at": "1"}),
+        elapsed=600, requests=[("GET", "persistentvolumeclaims")], requeue=3000,
+        conditions={"Ready": ("True", "Succeeded", "built")}),
+    Row("requested-at on a pinned digest: nothing to look up, handled", build(
+        status=BUILT_PVC, annotations={"initramfs.dev/requested-at": "2"}),
+        requests=[("GET", "persistentvolumeclaims"), ("PATCH", "status", None)],
+        conditions={"Ready": ("True", "Succeeded", "built")}, status={"lastHandledRequestedAt": "2"}),
     Row("job of an earlier generation: deleted, Superseded", build(generation=2),
         jobs=(job(condition("Complete"), generation=1),),
         requests=[("DELETE", job_name(1), "Background"), ("POST", "event", "Normal", "Superseded")]),
@@ -392,7 +433,7 @@ def test_a_spec_edit_supersedes_the_old_job_and_forgets_earlier_failures() -> No
     c.reconciler.admission.round()
     c.reconcile()  # JobRejected, the next attempt in 4 s
     old = job(condition("Failed", "BackoffLimitExceeded"), generation=1, uid="job-old")
-    c.build["metadata"]["generation"] = 2
+    c.build["metadata"]["generation"], c.build["spec"]["platform"] = 2, "linux/arm64"
     c.show(jobs=[old])
     c.kube.route("POST", JOBS_PATH, c.create_job)
     sent(c)
@@ -445,3 +486,127 @@ def test_a_failure_whose_job_expired_stands() -> None:
     assert c.reconcile() is None and sent(c) == []
     c.reconciler.admission.round()
     assert sent(c) == []  # not built again: its Job's TTL removed it
+
+
+# --- suspend and resume ---------------------------------------------------------------------------------------
+
+def test_a_suspended_build_offers_no_job_and_looks_nothing_up() -> None:
+    c = Cluster(build(TAG, suspend=True, refreshInterval="1h"))
+    c.registry.digests[TAG] = DIGEST
+    assert c.reconcile() is None
+    c.reconciler.admission.round()
+    assert sent(c) == [("PATCH", "status", "Suspended"), ("POST", "event", "Normal", "Suspended")]
+    c.show()
+    assert c.reconcile() is None and sent(c) == [] and c.registry.asked == [] and not c.registry.pending
+
+
+def test_a_job_running_when_suspended_is_observed_to_its_result_then_the_build_says_suspended() -> None:
+    c = Cluster(build(), jobs=(job(active=1),), pods=(pod("Running", {"running": {}}),))
+    c.reconcile()
+    assert sent(c)[0] == ("PATCH", "status", "Building")
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 2, True  # kubectl patch: a new generation
+    c.show()
+    c.reconcile()
+    assert sent(c) == [("PATCH", "status", "Building")]  # the same Job, not superseded: its generation is 2 now
+    c.clock.advance(70)
+    c.show(jobs=[job(condition("Complete"), succeeded=1, completionTime="2024-01-01T00:01:00Z")],
+           pods=[SUCCEEDED_POD])
+    c.reconcile()
+    assert sent(c) == [("GET", "persistentvolumeclaims"), ("PATCH", "status", "Succeeded"),
+                       ("POST", "event", "Normal", "Succeeded")]
+    assert c.build["status"]["output"]["sha256"] == "f" * 64
+    c.show()
+    c.reconcile()
+    assert sent(c) == [("PATCH", "status", "Suspended"), ("POST", "event", "Normal", "Suspended")]
+    assert c.conditions()["Ready"][:2] == ("True", "Suspended")
+    c.show()
+    assert c.reconcile() is None and sent(c) == []
+
+
+def test_a_resumed_build_is_not_built_again_and_a_due_refresh_happens() -> None:
+    c = Cluster(build(TAG, status={**BUILT_PVC, "resolvedTime": T0}, refreshInterval="1h"))
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 2, True
+    c.show()
+    c.reconcile()
+    sent(c)
+    c.clock.advance(7200)  # the refresh fell due while paused
+    c.show()
+    assert c.reconcile() is None and c.registry.asked == []
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 3, False
+    c.show()
+    c.reconcile()
+    assert sent(c) == [("PATCH", "status", "Succeeded"), ("POST", "event", "Normal", "Resumed")]
+    c.registry.digests[TAG] = DIGEST
+    c.show()
+    c.reconcile()
+    c.registry.run()
+    assert c.registry.asked == [TAG]
+    c.reconcile()
+    c.reconciler.admission.round()
+    assert sent(c) == [("GET", "persistentvolumeclaims"), ("PATCH", "status", None)]  # same digest: no Job
+    assert c.build["status"]["buildGeneration"] == 1 and c.build["status"]["observedGeneration"] == 3
+
+
+def test_a_spec_edited_while_suspended_is_built_once_resumed() -> None:
+    c = Cluster(build(status=BUILT_PVC))
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 2, True
+    c.show()
+    c.reconcile()
+    c.build["metadata"]["generation"], c.build["spec"]["platform"] = 3, "linux/arm64"
+    c.show()
+    c.reconcile()
+    c.reconciler.admission.round()
+    assert ("POST", "job", job_name(3)) not in sent(c)
+    assert c.conditions()["Ready"] == ("False", "Suspended", "paused before this spec was built")
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 4, False
+    for _ in range(2):  # the resume said, then acted on
+        c.show()
+        c.reconcile()
+    c.reconciler.admission.round()
+    assert sent(c)[-1] == ("POST", "job", job_name(3))  # of the edit's generation: resuming changed nothing built
+
+
+# --- the requested-at annotation ------------------------------------------------------------------------------
+
+def requested(c: Cluster, value: str) -> None:
+    c.build["metadata"].setdefault("annotations", {})[crd.REQUESTED_AT] = value
+    c.show()
+
+
+@pytest.mark.parametrize(("digest", "job_wanted"), [(DIGEST, False), (NEW, True)])
+def test_a_request_looks_the_tag_up_although_no_refresh_is_due(digest: str, job_wanted: bool) -> None:
+    c = Cluster(build(TAG, status={**BUILT_PVC, "resolvedTime": T0}, refreshInterval="1h"))
+    c.clock.advance(600)
+    c.registry.digests[TAG] = digest
+    requested(c, "1700000000")
+    c.reconcile()
+    c.registry.run()
+    assert c.registry.asked == [TAG]
+    sent(c)
+    c.reconcile()
+    c.reconciler.admission.round()
+    jobs = [r for r in sent(c) if r[:2] == ("POST", "job")]
+    assert jobs == ([("POST", "job", job_name(digest=NEW))] if job_wanted else [])
+    if job_wanted:  # recorded with the pass that reports the new Job
+        c.show(jobs=[job(active=1, digest=NEW, uid="job-2")])
+        c.reconcile()
+    assert c.build["status"]["lastHandledRequestedAt"] == "1700000000"
+    c.show()
+    c.reconcile()
+    assert c.registry.asked == [TAG]  # handled: not asked again
+
+
+def test_a_request_to_a_suspended_build_waits_for_the_resume() -> None:
+    c = Cluster(build(TAG, generation=2, status={**BUILT_PVC, "resolvedTime": T0}, refreshInterval="1h",
+                      suspend=True))
+    requested(c, "r1")
+    c.reconcile()
+    assert c.registry.asked == [] and "lastHandledRequestedAt" not in c.build["status"]
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 3, False
+    c.registry.digests[TAG] = DIGEST
+    for _ in range(2):
+        c.show()
+        c.reconcile()
+    c.registry.run()
+    c.reconcile()
+    assert c.registry.asked == [TAG] and c.build["status"]["lastHandledRequestedAt"] == "r1"

@@ -3,7 +3,9 @@
 -- Install it as `resource.customizations.health.initramfs.dev_InitramfsBuild` in the argocd-cm
 -- ConfigMap (see the README, "Health in Argo CD, Flux and kubectl wait"). It gives the verdicts
 -- kstatus computes (what Flux and `kubectl wait`-style tools use), mapped to Argo CD's words:
---   InProgress -> Progressing, Current -> Healthy, Failed -> Degraded.
+--   InProgress -> Progressing, Current -> Healthy, Failed -> Degraded;
+-- and a paused build (spec.suspend: Ready's reason Suspended, nothing in flight, nothing Stalled)
+-- is Suspended, with or without an output (kstatus: Current with one, InProgress without).
 -- A build the operator has not looked at yet reads status.observedGeneration 0 (the CRD's
 -- default): Progressing, as for kstatus. Without any status (a CRD from before that default) it
 -- is Progressing here too, where kstatus, seeing no conditions, would say Current.
@@ -57,6 +59,11 @@ if reconciling ~= nil and reconciling.status == "True" then
     -- A refresh rebuild: the previous output stays Ready until the new one lands.
     hs.message = explain(reconciling)
   end
+  return hs
+end
+if ready ~= nil and ready.reason == "Suspended" then
+  hs.status = "Suspended"
+  hs.message = explain(ready)
   return hs
 end
 if ready ~= nil and ready.status == "True" then

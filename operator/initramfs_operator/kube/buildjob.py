@@ -37,11 +37,26 @@ REASONS = {c.reason for c in (BuildError, UsageError, RegistryError, AuthError, 
 FINAL_EXIT_CODES = sorted(code for code in REASON_BY_EXIT_CODE if code != OutputError.exit_code)
 
 
+def spec_hash(spec: dict) -> str:
+    """What the build is of: its spec but `suspend`, hashed (status.buildSpecHash)."""
+    inputs = {k: v for k, v in spec.items() if k != "suspend"}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_generation(build: dict) -> int:
+    """The generation whose spec the build is of: metadata.generation, unless status says an earlier one had the
+    same spec but `suspend` (pausing or resuming changes the generation, not what is built)."""
+    meta, status = build["metadata"], build.get("status") or {}
+    if status.get("buildGeneration") and status.get("buildSpecHash") == spec_hash(build["spec"]):
+        return status["buildGeneration"]
+    return meta["generation"]
+
+
 def job_name(build: dict, digest: str) -> str:
-    """One name per (build object, generation, image digest): a restarted operator finds its Job by name."""
-    meta = build["metadata"]
-    key = hashlib.sha256(f"{meta['uid']}/{meta['generation']}/{digest}".encode()).hexdigest()[:10]
-    suffix = f"-{meta['generation']}-{key}"
+    """One name per (build object, build generation, image digest): a restarted operator finds its Job by name."""
+    meta, generation = build["metadata"], build_generation(build)
+    key = hashlib.sha256(f"{meta['uid']}/{generation}/{digest}".encode()).hexdigest()[:10]
+    suffix = f"-{generation}-{key}"
     return meta["name"][: MAX_NAME - len(suffix)].rstrip("-.") + suffix
 
 
@@ -78,7 +93,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
     meta, spec = build["metadata"], build["spec"]
     name = job_name(build, digest)
     labels = {MANAGED_BY: OPERATOR, "app.kubernetes.io/name": "initramfs-builder",
-              crd.BUILD_UID_LABEL: meta["uid"], GENERATION: str(meta["generation"])}
+              crd.BUILD_UID_LABEL: meta["uid"], GENERATION: str(build_generation(build))}
     args, mounts, volumes = builder_arguments(spec, digest, registry_secrets)
     security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
                 **({"runAsUser": ids.run_as_user} if ids.run_as_user is not None else {}),

@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from copy import deepcopy
 from typing import Any, TypeVar
 
-from . import buildjob
+from . import buildjob, crd
 
 JOB_UID = "batch.kubernetes.io/controller-uid"  # the label the Job controller puts on its pods
 T = TypeVar("T")
@@ -30,8 +30,10 @@ T = TypeVar("T")
 
 def build_entry(body: Mapping) -> dict:
     meta = body["metadata"]
-    return {"metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation", "resourceVersion",
-                                              "creationTimestamp", "deletionTimestamp") if k in meta},
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k == crd.REQUESTED_AT}
+    return {"metadata": {**{k: meta[k] for k in ("name", "namespace", "uid", "generation", "resourceVersion",
+                                                 "creationTimestamp", "deletionTimestamp") if k in meta},
+                         **({"annotations": annotations} if annotations else {})},
             "spec": deepcopy(dict(body.get("spec") or {})), "status": deepcopy(dict(body.get("status") or {}))}
 
 

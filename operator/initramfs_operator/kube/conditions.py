@@ -11,6 +11,11 @@
   so fixing the cause heals the build without a spec change.
 
 Reconciling and Stalled are never True together: kstatus reads the first of them it finds.
+
+A suspended build (spec.suspend) is paused, as Flux pauses its objects: Ready keeps saying whether a
+valid output exists (True: kstatus Current; False: InProgress, nothing was built to be current), with
+the reason Suspended and no Reconciling; a failure that needs someone stays Stalled (pausing fixes
+nothing); a Job that was running is reported as usual until its result is recorded.
 """
 
 from collections.abc import Mapping
@@ -20,6 +25,7 @@ from typing import Any
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 RESOLVING, QUEUED, BUILDING, REFRESHING, SUCCEEDED = "Resolving", "Queued", "Building", "Refreshing", "Succeeded"
+SUSPENDED, RESUMED = "Suspended", "Resumed"
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,14 @@ class State:
     reconciling: Reason | None = None
     stalled: Reason | None = None
     problem: Reason | None = None     # the failure behind this state, if any
+    news: Reason | None = None        # a pause or a resume: what an Event says, and no build finished
 
     @property
     def headline(self) -> Reason:
-        """What an Event about this state says: the problem if any, else the work in flight or the result."""
+        """What an Event about this state says: the pause or resume, the problem if any, else the work in
+        flight or the result."""
+        if self.news:
+            return self.news
         if self.problem:
             return self.problem
         if self.ready and self.reconciling:
@@ -74,6 +84,38 @@ def over_previous_output(state: State, previous: str) -> State:
         return State(True, kept, stalled=state.stalled, problem=state.problem)
     detail = explained(state.problem.reason, state.problem.message) if state.problem else state.summary.message
     return State(True, kept, reconciling=Reason(REFRESHING, detail), problem=state.problem)
+
+
+def recorded(status: dict) -> State:
+    """The state the conditions in `status` say."""
+    ready, reconciling, stalled = (find(status, t) for t in (READY, RECONCILING, STALLED))
+    def reason(c: dict) -> Reason | None:
+        return Reason(c["reason"], c.get("message") or "") if c.get("status") == "True" else None
+    summary = Reason(ready.get("reason") or RESOLVING, ready.get("message") or "")
+    return State(ready.get("status") == "True", summary, reason(reconciling), reason(stalled), reason(stalled))
+
+
+def suspended(before: State, built: bool) -> State:
+    """A paused build whose state was `before`; `built`: whether that state is of the current spec."""
+    if built and before.stalled:
+        return before
+    news = Reason(SUSPENDED, "spec.suspend is true: no build jobs and no registry lookups until it is false")
+    if built and before.summary.reason == SUSPENDED:
+        return State(before.ready, before.summary, news=news)
+    if built and before.ready:  # the output's own words, which a resume gives back to Succeeded
+        return State(True, Reason(SUSPENDED, before.summary.message), news=news)
+    if built:
+        return State(False, Reason(SUSPENDED, f"paused before a build finished; it was "
+                                              f"{explained(before.summary.reason, before.summary.message)}"), news=news)
+    return State(False, Reason(SUSPENDED, "paused before this spec was built"), news=news)
+
+
+def resumed(before: State) -> State:
+    """A paused build taken up again: Succeeded with its output, else in flight until the pass says more."""
+    news = Reason(RESUMED, "spec.suspend is false: building and looking up again")
+    if before.ready:
+        return State(True, Reason(SUCCEEDED, before.summary.message), news=news)
+    return State(False, Reason(RESUMED, news.message), reconciling=news, news=news)
 
 
 def explained(reason: str, message: str) -> str:

@@ -6,3 +6,6 @@ DELIVERY_KIND, DELIVERY_PLURAL = "InitramfsDelivery", "initramfsdeliveries"  # o
 
 BUILD_UID_LABEL = f"{GROUP}/build-uid"  # on build Jobs and pods, and on delivery reports: the build they serve
 NODE_LABEL = f"{GROUP}/node"            # on delivery reports: the node that wrote it
+# On builds: a new value asks for a registry lookup now, and a build if that or the spec changed (flux reconcile's
+# kind); status.lastHandledRequestedAt says which value was handled.
+REQUESTED_AT = f"{GROUP}/requested-at"

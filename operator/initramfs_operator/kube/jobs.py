@@ -77,7 +77,7 @@ class JobLifecycle:
             return
         s, build = self.settings, report.build
         self.admission.offer(Candidate(
-            report.namespace, report.name, report.uid, report.generation, report.meta["creationTimestamp"],
+            report.namespace, report.name, report.uid, report.observed_generation, report.meta["creationTimestamp"],
             buildjob.job_name(build, digest),
             lambda: buildjob.build_job(build, digest, s.builder_image, secrets, s.pod_ids, s.limits)))
 
@@ -122,9 +122,8 @@ class JobLifecycle:
             if not finishing(job):  # else its pods are going away: no news until the result
                 self.building(report, job, attempts)
             return
-        if report.same_generation and report.status.get("jobName") == name and \
-                not conditions.find(report.status, RECONCILING):
-            report.write(report.fields, None)  # already recorded
+        if recorded(report, job):
+            report.write(report.fields, None)
             return
         self.ended(report, job, result)
 
@@ -206,6 +205,12 @@ class JobLifecycle:
                     raise
             self.deleted[uid] = self.clock.monotonic()
             report.event("Normal", "Superseded", f"deleted build job {name}: the spec or the image digest changed")
+
+
+def recorded(report: Report, job: dict) -> bool:
+    """The Job is done and status holds its result."""
+    return finished(job) is not None and report.same_generation and \
+        report.status.get("jobName") == job["metadata"]["name"] and not conditions.find(report.status, RECONCILING)
 
 
 def deadline_message(job_name: str, failed: dict, before: dict) -> str:

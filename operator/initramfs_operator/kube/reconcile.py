@@ -15,6 +15,11 @@ A pass is the controller-runtime kind: it returns when it wants to look at the b
 (`Result.requeue_after`, the earliest of what its parts want), and the worker that ran it
 queues that (controller.py); it reads the time from the clock it is given. Its parts:
 resolve.py (which digest), jobs.py (the Job for it), report.py (status and Events).
+
+A suspended build (spec.suspend) is paused: its pass only reports the Job that runs on (see `pause`).
+The requested-at annotation (crd.REQUESTED_AT) makes a lookup due at once (resolve.py), recorded as
+status.lastHandledRequestedAt with the pass that used its answer; a suspended build leaves it unhandled,
+as Flux's suspended objects ignore `flux reconcile`, so resuming handles it.
 """
 
 from collections.abc import Callable, Hashable
@@ -22,12 +27,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from ..oci import registry
-from . import api, buildjob, cache, lookup, registry_access
+from . import api, buildjob, cache, conditions, lookup, registry_access
 from .admission import Admission
 from .clock import REAL, Clock
-from .jobs import JobLifecycle
+from .conditions import READY, SUSPENDED
+from .jobs import JobLifecycle, recorded
 from .report import NO_DIGEST, Report
-from .resolve import Claims, Resolver, Unresolved, refresh_in
+from .resolve import Claims, Resolver, Unresolved, known_digest, refresh_in
 from .settings import Settings
 from .workqueue import Retries
 
@@ -77,6 +83,13 @@ class Reconciler:
         if not report.same_generation:
             self.forget_failures(report.key)  # a spec edit may be the fix: its generation starts afresh
         jobs = {j["metadata"]["name"]: j for j in self.cache.jobs_of(report.uid)}
+        if report.suspended:
+            self.pause(report, jobs)
+            return
+        if conditions.find(report.status, READY).get("reason") == SUSPENDED:
+            # Taken up again: said in this pass, acted on in the next (the write queues it).
+            report.write(report.fields, conditions.resumed(conditions.recorded(report.status)))
+            return
         digest = self.resolver.target(report, jobs)
         if isinstance(digest, Unresolved):
             self.jobs.supersede(report, jobs, keep=None)
@@ -86,7 +99,7 @@ class Reconciler:
             return
         name = buildjob.job_name(report.build, digest)
         self.jobs.supersede(report, jobs, keep=name)
-        report.fields.update(imageDigest=digest, shortDigest=digest.split(":")[-1][:12])
+        report.with_digest(digest)
         job = jobs.get(name)
         if job is None:
             self.jobs.without_job(report, name, digest, self.resolver.built(report, digest))
@@ -95,6 +108,23 @@ class Reconciler:
         refresh = refresh_in(report)
         if refresh:
             report.again_in(refresh)
+
+    def pause(self, report: Report, jobs: dict[str, dict]) -> None:
+        """spec.suspend: no Job offered, nothing looked up, nothing deleted; the Job of this build that runs on
+        is reported until its result is recorded, then the build says Suspended."""
+        self.lookups.forget(report.key)
+        self.admission.withdraw(report.uid)
+        known = known_digest(report)
+        job = jobs.get(buildjob.job_name(report.build, known)) if known else None
+        if known and job is not None and not recorded(report, job):
+            report.with_digest(known)
+            self.jobs.observe(report, job)
+            return
+        before = conditions.recorded(report.status)
+        # Work that was in flight starts over on resume: its digest is not what the output was built from.
+        kept = report.same_generation and before.reconciling is None
+        report.write(report.fields if kept else {**report.fields, **NO_DIGEST},
+                     conditions.suspended(before, report.same_generation))
 
     def forget(self, key: KEY) -> None:
         self.lookups.forget(key)

@@ -12,7 +12,7 @@ from collections.abc import Hashable
 
 from kubernetes.client.rest import ApiException
 
-from . import api, cache, conditions, crd, metrics
+from . import api, buildjob, cache, conditions, crd, metrics
 from .clock import Clock
 from .conditions import READY, RECONCILING, RESOLVING, SUCCEEDED
 from .workqueue import Retry
@@ -37,17 +37,36 @@ class Report:
         self.status: dict = build.get("status") or {}
         self.namespace, self.name, self.uid = self.meta["namespace"], self.meta["name"], self.meta["uid"]
         self.key = (self.namespace, self.name)
-        self.generation = self.meta["generation"]
+        self.observed_generation = self.meta["generation"]  # what status.observedGeneration and conditions say
+        # The generation whose spec is built: pausing or resuming alone keeps it (buildjob.build_generation).
+        self.generation = buildjob.build_generation(build)
         self.now = clock.now()
-        self.same_generation = self.status.get("observedGeneration") == self.generation
-        self.fields: dict = {"observedGeneration": self.generation}
+        # Status is of this build generation (written before buildGeneration was: of the observed one).
+        self.same_generation = self.status.get("buildGeneration", self.status.get("observedGeneration")) == \
+            self.generation
+        self.fields: dict = {"observedGeneration": self.observed_generation, "buildGeneration": self.generation,
+                             "buildSpecHash": buildjob.spec_hash(self.spec)}
+        self.suspended = bool(self.spec.get("suspend"))
+        # A rebuild asked for with the requested-at annotation, not handled yet (a suspended build ignores it).
+        requested = (self.meta.get("annotations") or {}).get(crd.REQUESTED_AT)
+        self.request = requested if requested is not None and \
+            requested != self.status.get("lastHandledRequestedAt") else None
         self.requeue_after: float | None = None
         self.recorded = False  # status holds what the pass decided (written now, or already)
         self.answered: tuple | None = None  # the lookup whose answer the pass used: taken once recorded
         ready = conditions.find(self.status, READY)
         # A valid output of this generation: a rebuild for a new digest keeps it Ready meanwhile.
-        self.previous = ready.get("message") if ready.get("status") == "True" and \
-            ready.get("observedGeneration") == self.generation and self.status.get("output") else None
+        self.previous = ready.get("message") if ready.get("status") == "True" and self.same_generation and \
+            self.status.get("output") else None
+
+    def with_digest(self, digest: str) -> None:
+        """The status fields of building `digest`."""
+        self.fields.update(imageDigest=digest, shortDigest=digest.split(":")[-1][:12])
+
+    def handled_request(self) -> None:
+        """The requested-at annotation's lookup is done (or there was none to do): recorded with this pass."""
+        if self.request is not None:
+            self.fields["lastHandledRequestedAt"] = self.request
 
     def again_in(self, seconds: float) -> None:
         """Another pass in `seconds` at the latest (at once if <= 0)."""
@@ -76,9 +95,9 @@ class Report:
         """Patch status with `fields` (None removes one) and, if given, the conditions of `state`.
 
         A change of state is an Event, and a final state is counted in the metrics."""
-        patch = {**fields, "observedGeneration": self.generation}
+        patch = {**fields, "observedGeneration": self.observed_generation}
         if state:
-            patch["conditions"] = conditions.conditions(self.status.get("conditions"), state, self.generation,
+            patch["conditions"] = conditions.conditions(self.status.get("conditions"), state, self.observed_generation,
                                                         conditions.timestamp(self.now))
         merged = {k: v for k, v in {**self.status, **patch}.items() if v is not None}
         if merged == self.status:
@@ -111,7 +130,8 @@ class Report:
         self.headlines[self.key] = headline.reason
         if headline.reason != said and headline.reason != RESOLVING:  # a lookup in flight is no news
             self.event("Warning" if state.problem else "Normal", headline.reason, headline.message)
-        if state.reconciling is None and (conditions.find(before, RECONCILING) or headline.reason != said):
+        if state.news is None and state.reconciling is None and \
+                (conditions.find(before, RECONCILING) or headline.reason != said):
             metrics.finished(state.stalled.reason if state.stalled else SUCCEEDED, duration)
 
     def event(self, type_: str, reason: str, message: str) -> None:

@@ -72,6 +72,7 @@ class Resolver:
             report.write(NO_DIGEST, conditions.failed(e.reason, str(e)))
             return None
         if pinned:
+            report.handled_request()  # nothing to look up: the spec says the digest
             if known_digest(report) != pinned:
                 report.fields["resolvedTime"] = conditions.timestamp(report.now)
             return pinned
@@ -80,6 +81,7 @@ class Resolver:
         self.lookups.forget(report.key, keep=(question, ("output", report.generation, known_digest(report))))
         if isinstance(answer, lookup.Answer):
             report.answered = question
+            report.handled_request()
             return self.resolved(report, answer)
         if answer is None and self.lookup_due(report, jobs):
             self.ask(report, question, spec["image"])
@@ -98,18 +100,20 @@ class Resolver:
                          lambda: self.current_digest(image, self.registry_options(namespace, spec)))
 
     def lookup_due(self, report: Report, jobs: dict[str, dict]) -> bool:
-        """A new generation, a retry whose time has come, or a refresh (never while building)."""
+        """A new generation, a retry whose time has come, or a refresh or a requested lookup (never while
+        building: the request waits for the Job to end)."""
+        known = known_digest(report)
+        current = jobs.get(buildjob.job_name(report.build, known)) if known else None
+        idle = current is None or finished(current) is not None
+        if report.request is not None and idle:
+            return True
         retry = self.retries.get(report.key)
         if retry:
             wait = retry.at - report.clock.monotonic()
             if wait > 0:
                 report.again_in(wait)
             return wait <= 0
-        known = known_digest(report)
-        if not known:
-            return True
-        current = jobs.get(buildjob.job_name(report.build, known))
-        return (current is None or finished(current) is not None) and refresh_in(report) == 0
+        return not known or (idle and refresh_in(report) == 0)
 
     def resolved(self, report: Report, answer: lookup.Answer) -> str | Unresolved:
         report.fields["resolvedTime"] = conditions.timestamp(answer.ended)
