@@ -34,11 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import kubernetes
-from kubernetes.client.rest import ApiException
 
 from ..errors import BuildError, RegistryError, UsageError
-from ..kube import api, conditions, crd, registry_access, selector
+from ..kube import api, client, conditions, crd, registry_access, selector
 from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci import reference
 from ..oci.registry import RegistryOptions, artifact
@@ -119,9 +117,9 @@ def report_name(build_name: str, node: str) -> str:
 
 
 class Agent:
-    def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = (),
+    def __init__(self, transport: api.Transport, node: str, root: str, namespaces: tuple[str, ...] = (),
                  verified: Verified | None = None, pulls: Pulls = Pulls()):
-        self.kube = api.Kube(client)  # the one client style of this process: the API's JSON as it is
+        self.kube = api.Kube(transport)  # the one client style of this process: the API's JSON as it is
         self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
                                                  {"secrets": READ_HINT, "configmaps": READ_HINT})
         self.node, self.root, self.namespaces = node, root, namespaces
@@ -291,7 +289,7 @@ class Agent:
         if reported is not None:
             try:
                 self.kube.delete(api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, key[0], reported["name"]))
-            except ApiException as e:
+            except api.ApiError as e:
                 if e.status != 404:
                     raise
 
@@ -324,7 +322,7 @@ class Agent:
             self.kube.call("PATCH", api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, meta["namespace"], name),
                            query={"fieldManager": FIELD_MANAGER, "force": "true"}, body=body,
                            content_type="application/apply-patch+yaml")
-        except ApiException as e:
+        except api.ApiError as e:
             log.warning("%s/%s: cannot report %s: %s", *key, phase, api.message_of(e))
             self.queue.add_after(key, BACKOFF.delay(1))
             return
@@ -367,9 +365,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"delivery root {args.root} is not a directory")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kubernetes.config.load_config()
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request, watches and pulls alike
     namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
-    agent = Agent(kubernetes.client.ApiClient(), args.node_name, args.root, namespaces)
+    agent = Agent(client.HttpxTransport(client.load()), args.node_name, args.root, namespaces)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()
