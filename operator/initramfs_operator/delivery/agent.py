@@ -18,6 +18,9 @@ exponential backoff. Builds are delivered by a few workers, at most `Pulls.per_r
 pulling from one registry, each pull bounded in time (`Pulls`): a registry that stalls holds up
 its own builds only, and they fail and are retried. When the node stops matching (or the build
 is deleted), the report is deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
+
+It serves its probes and metrics on one port (metrics.py): alive while its workers go round, ready once
+its informers have listed what they watch.
 """
 
 import argparse
@@ -29,7 +32,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +43,7 @@ from ..kube import api, client, conditions, crd, registry_access, selector
 from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci import reference
 from ..oci.registry import RegistryOptions, artifact
+from . import metrics
 from .informer import Informer, Key, Obj
 from .store import Expected, Readable, Verified, VersionStore
 
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "initramfs-delivery-agent"
 DEFAULT_KEEP = 3
+DEFAULT_PORT = 8082  # of /healthz, /readyz and /metrics; the operator's are 8080 and 8081
 BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
 # The chart grants the agent get on both in the namespaces it serves (deliveryNamespacedRules).
@@ -120,6 +125,7 @@ class Agent:
     def __init__(self, transport: api.Transport, node: str, root: str, namespaces: tuple[str, ...] = (),
                  verified: Verified | None = None, pulls: Pulls = Pulls()):
         self.kube = api.Kube(transport)  # the one client style of this process: the API's JSON as it is
+        self.metrics = metrics.Metrics()
         self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent",
                                                  {"secrets": READ_HINT, "configmaps": READ_HINT})
         self.node, self.root, self.namespaces = node, root, namespaces
@@ -130,11 +136,13 @@ class Agent:
         # and to find the reports of builds this node no longer serves; seeded by one LIST at start.
         self.reported: dict[Key, dict[str, Any]] = {}
         self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
-        self.verified = verified or Verified()  # files hashed lately, for every build's store
+        # files hashed lately, for every build's store
+        self.verified = verified or Verified(observe=self.metrics.verify.observe)
         self.pulls = pulls
         self._registry_slots: dict[str, threading.Semaphore] = {}
         self._slots_lock = threading.Lock()
         self.stopping = threading.Event()
+        self._beats: dict[str, float] = {}  # worker thread name -> when it last went round or moved bytes
         self.builds = self._build_informers(namespaces)
         self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
                               {"fieldSelector": f"metadata.name={node}"})
@@ -187,6 +195,7 @@ class Agent:
     def _work(self) -> None:
         """One worker: the queue hands a build to one worker at a time."""
         while not self.stopping.is_set():
+            self._beat()
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
@@ -197,6 +206,20 @@ class Agent:
                 self.queue.add_after(key, BACKOFF.delay(1))
             finally:
                 self.queue.done(key)
+
+    def _beat(self) -> None:
+        self._beats[threading.current_thread().name] = time.monotonic()
+
+    def alive(self) -> str | None:
+        """What is stuck (the liveness probe's answer), or None."""
+        now = time.monotonic()
+        stalled = sorted(name for name, beat in list(self._beats.items()) if now - beat > metrics.STALLED_SECONDS)
+        return f"{', '.join(stalled)} stalled for more than {metrics.STALLED_SECONDS:.0f}s" if stalled else None
+
+    def ready(self) -> str | None:
+        """What has not been listed yet (the readiness probe's answer), or None."""
+        waiting = [i.name for i in (self.nodes, *self.builds) if not i.synced.is_set()]
+        return f"waiting for the first listing of {', '.join(waiting)}" if waiting else None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -242,8 +265,12 @@ class Agent:
                 finally:
                     slot.release()
                 store.activate(name)
+                self.metrics.deliveries.labels(metrics.DELIVERED).inc()
             store.prune(want.keep)
         except (BuildError, OSError) as e:
+            self.metrics.deliveries.labels(metrics.FAILED).inc()
+            self.metrics.failures.labels(metrics.stage_of(e)).inc()
+            self.metrics.holds(*key, self._held(store))
             retry = self.retries.failed(key)
             self.queue.add_after(key, retry.delay)
             message = f"{e}; current is unchanged; retrying in {retry.delay:.0f}s (attempt {retry.failures})"
@@ -252,6 +279,7 @@ class Agent:
                         digest=self._held(store))
             return
         self.retries.reset(key)
+        self.metrics.holds(*key, f"sha256:{want.expected.sha256}")
         # Due once the file's verification has expired (jittered, so a fleet's disks are not read at once).
         self.queue.add_after(key, self.verified.max_age * (1 + 0.1 * random.random()))
         self.report(key, build, "Ready", f"current is {want.expected.filename}", path=path,
@@ -272,8 +300,12 @@ class Agent:
             raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
                              f"output sha256:{want.expected.sha256} ({want.expected.size} bytes)")
         expected, limit = want.expected, self.pulls.limit(layer.size)
-        return artifact.read_layer(want.reference, layer, options,
-                                   lambda stream: store.install(_Deadline(stream, limit, want.reference), expected))
+        return artifact.read_layer(want.reference, layer, options, lambda stream: store.install(
+            _Deadline(stream, limit, want.reference, self._pulled), expected))
+
+    def _pulled(self, size: int) -> None:
+        self.metrics.pulled.inc(size)
+        self._beat()  # a long pull is progress, not a stuck worker
 
     def release(self, key: Key, build: Obj | None) -> None:
         """The node no longer serves the build: delete the report; keep or remove the files as the build's
@@ -285,6 +317,7 @@ class Agent:
             except (BuildError, OSError) as e:
                 log.warning("%s/%s: cannot remove %s: %s", *key, want.directory, e)
         self.retries.reset(key)
+        self.metrics.holds(*key, None)
         reported = self.reported.pop(key, None)
         if reported is not None:
             try:
@@ -324,6 +357,7 @@ class Agent:
                            content_type="application/apply-patch+yaml")
         except api.ApiError as e:
             log.warning("%s/%s: cannot report %s: %s", *key, phase, api.message_of(e))
+            self.metrics.failures.labels(metrics.REPORT).inc()
             self.queue.add_after(key, BACKOFF.delay(1))
             return
         self.reported[key] = {**status, "name": name}
@@ -336,16 +370,19 @@ class Agent:
 
 class _Deadline:
     """A transfer that must be over within `seconds` of its start (checked between reads, each of which the
-    read timeout bounds): a registry trickling a byte now and then is given up too."""
+    read timeout bounds): a registry trickling a byte now and then is given up too. `pulled` is told the
+    size of each read."""
 
-    def __init__(self, stream: Readable, seconds: float, what: str | None):
-        self._stream, self._seconds, self._what = stream, seconds, what
+    def __init__(self, stream: Readable, seconds: float, what: str | None, pulled: Callable[[int], None]):
+        self._stream, self._seconds, self._what, self._pulled = stream, seconds, what, pulled
         self._end = time.monotonic() + seconds
 
     def read(self, n: int = -1, /) -> bytes:
         if time.monotonic() > self._end:
             raise RegistryError(f"{self._what}: the transfer took more than {self._seconds:.0f}s")
-        return self._stream.read(n)
+        chunk = self._stream.read(n)
+        self._pulled(len(chunk))
+        return chunk
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -357,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="host directory holding every delivery ($INITRAMFS_DELIVERY_ROOT, default /var/lib/initramfs)")
     p.add_argument("--namespaces", default=env("INITRAMFS_WATCH_NAMESPACES", ""),
                    help="comma-separated namespaces to serve ($INITRAMFS_WATCH_NAMESPACES; default: all)")
+    p.add_argument("--port", type=int, default=int(env("INITRAMFS_DELIVERY_PORT", DEFAULT_PORT)),
+                   help=f"port of /healthz, /readyz and /metrics ($INITRAMFS_DELIVERY_PORT, default {DEFAULT_PORT})")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.node_name:
@@ -369,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request, watches and pulls alike
     namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
     agent = Agent(client.HttpxTransport(client.load()), args.node_name, args.root, namespaces)
+    metrics.serve(args.port, agent.metrics, agent.alive, agent.ready)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()
