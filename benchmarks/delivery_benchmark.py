@@ -85,7 +85,7 @@ def main() -> int:
             root.mkdir(parents=True)
             log = open(work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
             agents.append(subprocess.Popen([sys.executable, "-m", "initramfs_operator.delivery.agent",
-                                            "--node-name", name, "--root", str(root)],
+                                            "--node-name", name, "--root", str(root), "--port", "0"],
                                            env={**os.environ, "KUBECONFIG": str(agent_kubeconfig)},
                                            stdout=log, stderr=subprocess.STDOUT))
         stack.callback(lambda: [a.terminate() for a in agents])

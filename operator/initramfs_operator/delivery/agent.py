@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--namespaces", default=env("INITRAMFS_WATCH_NAMESPACES", ""),
                    help="comma-separated namespaces to serve ($INITRAMFS_WATCH_NAMESPACES; default: all)")
     p.add_argument("--port", type=int, default=int(env("INITRAMFS_DELIVERY_PORT", DEFAULT_PORT)),
-                   help=f"port of /healthz, /readyz and /metrics ($INITRAMFS_DELIVERY_PORT, default {DEFAULT_PORT})")
+                   help=f"port of /healthz, /readyz and /metrics ($INITRAMFS_DELIVERY_PORT, default {DEFAULT_PORT}; "
+                   "0: any free one)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.node_name:
