@@ -270,13 +270,13 @@ class Agent:
         except (BuildError, OSError) as e:
             self.metrics.deliveries.labels(metrics.FAILED).inc()
             self.metrics.failures.labels(metrics.stage_of(e)).inc()
-            self.metrics.holds(*key, self._held(store))
+            held = self._held(store)
+            self.metrics.holds(*key, held)
             retry = self.retries.failed(key)
             self.queue.add_after(key, retry.delay)
             message = f"{e}; current is unchanged; retrying in {retry.delay:.0f}s (attempt {retry.failures})"
             log.warning("%s/%s: %s", *key, message)
-            self.report(key, build, "Failed", message, attempts=retry.failures, path=path,
-                        digest=self._held(store))
+            self.report(key, build, "Failed", message, attempts=retry.failures, path=path, digest=held)
             return
         self.retries.reset(key)
         self.metrics.holds(*key, f"sha256:{want.expected.sha256}")

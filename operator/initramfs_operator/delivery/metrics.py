@@ -37,8 +37,8 @@ def stage_of(error: Exception) -> str:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.deliveries = Counter("initramfs_deliveries", "Versions pulled for a build, by result: Delivered "
-                                  "(verified, and current points at it) or Failed", ["result"],
+        self.deliveries = Counter("initramfs_deliveries", "Passes over a build that placed a new version "
+                                  "(Delivered: verified, and current points at it) or failed (Failed)", ["result"],
                                   registry=self.registry)
         self.failures = Counter("initramfs_delivery_failures", "Failed deliveries and reports, by stage: pull, "
                                 "verify, disk, or report (the API server refused the InitramfsDelivery)", ["stage"],
