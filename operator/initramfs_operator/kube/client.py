@@ -134,6 +134,8 @@ class HttpxTransport:
 
     def __init__(self, config: Config):
         self.config = config
+        # Not through $HTTPS_PROXY, nor with the environment's CA bundle: the API server is reached directly
+        # (as the kubernetes client does) and trusted by the configured CA alone.
         self._client = httpx.Client(base_url=config.server, verify=config.tls or False, trust_env=False)
 
     @contextmanager
