@@ -23,17 +23,17 @@ import json
 import logging
 import os
 import signal
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import kubernetes
-
 import _paths  # noqa: F401  (first: operator/ on sys.path)
 from initramfs_operator.delivery import store
 from initramfs_operator.delivery.agent import Agent
+from initramfs_operator.kube import client
 
 DOWNLOADED: Counter[str] = Counter()  # delivery root -> bytes streamed into its version stores
 INSTALLS: Counter[str] = Counter()
@@ -60,14 +60,9 @@ def count_pulls() -> None:
     store.VersionStore.install = counted  # type: ignore[method-assign]
 
 
-def client_for(server: str, ca: str, token: str) -> kubernetes.client.ApiClient:
-    """One API client per agent, as each host's agent has its own (connections, credentials)."""
-    config = kubernetes.client.Configuration()
-    config.host = server
-    config.ssl_ca_cert = ca
-    config.api_key = {"authorization": token}
-    config.api_key_prefix = {"authorization": "Bearer"}
-    return kubernetes.client.ApiClient(config)
+def client_for(server: str, ca: str, token: str) -> client.HttpxTransport:
+    """One API client per agent, as each host's agent has its own (connections, credentials): the agent's own."""
+    return client.HttpxTransport(client.Config(server, ssl.create_default_context(cafile=ca), token))
 
 
 class Counted:

@@ -413,8 +413,9 @@ def test_delivery_agent_reads_only_the_secrets_the_values_name(kube: Cluster, se
                                              "readableSecrets": {team: ["registry-push"]},
                                              # No node runs it here: only its RBAC matters.
                                              "nodeSelector": {"initramfs.dev/test": "no-such-node"}}})
-    agent = one(manifest, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"]
-    sa = kube.serviceaccount_kubeconfig(ops, agent, tmp_path / "agent.kubeconfig")
+    daemonset = one(manifest, "DaemonSet")  # in the agents' own namespace, which the chart creates
+    agent = daemonset["spec"]["template"]["spec"]["serviceAccountName"]
+    sa = kube.serviceaccount_kubeconfig(daemonset["metadata"]["namespace"], agent, tmp_path / "agent.kubeconfig")
     kube.kubectl("get", "secret", "agent-pull", "-n", ops, kubeconfig=sa)
     kube.kubectl("get", "secret", "registry-push", "-n", team, kubeconfig=sa)
     for namespace, name in ((ops, "operator-only"), (team, "team-other"), (elsewhere, "registry-push")):

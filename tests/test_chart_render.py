@@ -145,6 +145,8 @@ def test_update_crds_keeps_template_syntax_literal_and_refuses_foreign_metadata(
     ({"runAsGroup": "65532"}, "/runAsGroup"),
     ({"fsGroup": 4294967296}, "/fsGroup"),
     ({"healthPort": 70000}, "/healthPort"),
+    ({"delivery": {"port": 0}}, "/delivery/port"),
+    ({"delivery": {"namespace": "Not_A_Namespace"}}, "/delivery/namespace"),
     ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
     ({"serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
     ({"podLabels": {"team": 1}}, "/podLabels/team"),
@@ -354,6 +356,48 @@ def test_user_roles_aggregate_into_the_built_in_ones(static_helm: Helm):
                     name="r-initramfs-operator-view")
 
 
+AGENT = "r-initramfs-operator-delivery-agent"
+
+
+def test_delivery_agent_runs_in_its_own_privileged_namespace_with_probes(static_helm: Helm):
+    """The agent's hostPath and root user need `privileged`: its namespace, not the operator's, has it."""
+    docs = release_objects(static_helm.render("r", "ops", {"delivery": {"enabled": True, "port": 9100},
+                                                           "imagePullSecrets": [{"name": "regcred"}], **NAMESPACED}))
+    namespace = one(docs, "Namespace")
+    assert namespace["metadata"]["name"] == "ops-delivery"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # The agent and all that names it are there; the operator's objects stay in the release namespace.
+    one(docs, "ServiceAccount", name=AGENT, namespace="ops-delivery")
+    daemonset = one(docs, "DaemonSet", name=AGENT, namespace="ops-delivery")
+    bindings = find(docs, "ClusterRoleBinding", name=AGENT) + find(docs, "RoleBinding", name=AGENT)
+    assert sorted(b["metadata"].get("namespace", "") for b in bindings) == ["", "team-a", "team-b"]
+    assert {(s["name"], s["namespace"]) for b in bindings for s in b["subjects"]} == {(AGENT, "ops-delivery")}
+    one(docs, "Deployment", namespace="ops")
+    assert [d["kind"] for d in docs if d["metadata"].get("namespace") == "ops-delivery"] == [
+        "ServiceAccount", "DaemonSet"]
+    pod = daemonset["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    # Probes on the port the agent is told to serve.
+    assert container_env(daemonset)["INITRAMFS_DELIVERY_PORT"] == "9100"
+    assert [(p, container[p]["httpGet"]["path"], port_number(container, container[p]["httpGet"]["port"]))
+            for p in ("livenessProbe", "readinessProbe")] == [("livenessProbe", "/healthz", 9100),
+                                                             ("readinessProbe", "/readyz", 9100)]
+
+
+def test_delivery_namespace_may_be_named_and_left_to_the_user(static_helm: Helm):
+    docs = release_objects(static_helm.render("r", "ops", {"delivery": {
+        "enabled": True, "namespace": "vm-hosts", "createNamespace": False}}))
+    assert find(docs, "Namespace") == []
+    one(docs, "DaemonSet", name=AGENT, namespace="vm-hosts")
+    one(docs, "ServiceAccount", name=AGENT, namespace="vm-hosts")
+    [subject] = one(docs, "ClusterRoleBinding", name=AGENT)["subjects"]
+    assert subject["namespace"] == "vm-hosts"
+    # The release namespace exists already: the chart cannot create it.
+    refused = static_helm.template("r", "ops", {"delivery": {"enabled": True, "namespace": "ops"}}, check=False)
+    assert refused.returncode != 0 and "delivery.createNamespace=false" in refused.stderr
+
+
 def test_helm_test_hook_checks_the_release_operator(static_helm: Helm):
     docs = static_helm.render("r", "ops", {"healthPort": 9001})
     test_objects = hooks(docs, "test")
@@ -389,7 +433,7 @@ def test_helm_test_hook_checks_the_release_operator(static_helm: Helm):
 def test_delivery_agents_read_only_the_named_secrets_and_write_only_their_nodes_reports(static_helm: Helm):
     docs = release_objects(static_helm.render("r", "ops", DELIVERY_TENANCY))
     agent = "r-initramfs-operator-delivery-agent"
-    account = {"kind": "ServiceAccount", "name": agent, "namespace": "ops"}
+    account = {"kind": "ServiceAccount", "name": agent, "namespace": "ops-delivery"}  # the agent's own namespace
     # Secrets and ConfigMaps: by name, only where the values say; the pull Secret in the release's namespace.
     readable = {}
     for role in find(docs, "Role") + find(docs, "ClusterRole"):
@@ -417,7 +461,7 @@ def test_delivery_agents_read_only_the_named_secrets_and_write_only_their_nodes_
     [rule] = policy["matchConstraints"]["resourceRules"]
     assert rule["resources"] == ["initramfsdeliveries"] and set(rule["operations"]) == {"CREATE", "UPDATE", "DELETE"}
     assert [c["expression"] for c in policy["matchConditions"]] == [
-        f"request.userInfo.username == 'system:serviceaccount:ops:{agent}'"]
+        f"request.userInfo.username == 'system:serviceaccount:ops-delivery:{agent}'"]
     variables = {v["name"]: v["expression"] for v in policy["variables"]}
     assert "request.userInfo.extra[?'authentication.kubernetes.io/node-name']" in variables["tokenNode"]
     assert variables["report"] == "request.operation == 'DELETE' ? oldObject : object"

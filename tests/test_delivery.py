@@ -1,25 +1,30 @@
 """Delivery to VM hosts end to end, on the real node: the chart installed with `helm install` and
-delivery.enabled, its agent DaemonSet writing into a host directory the test owns, the operator
-summing the agent's report into status.delivery; the file `current` points at is the registry's
-artifact, has the status's hashes, and boots in qemu.
+delivery.enabled into a namespace labelled `restricted` (as the README installs it), its agent
+DaemonSet in the privileged namespace the chart creates for it, writing into a host directory the test
+owns, the operator summing the agent's report into status.delivery; the file `current` points at is
+the registry's artifact, has the status's hashes, and boots in qemu. The agent's probes pass, its
+/metrics (read on the pod's IP) count the delivery, and the idle agent's memory is read from /proc.
 """
 
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.boot import boot
 from fixtures.helm import Helm
 from fixtures.images import E, Layout, busybox_entries
-from fixtures.kube import Cluster, fresh_namespace, wait_until, write_kubeconfig
+from fixtures.kube import RESTRICTED, Cluster, fresh_namespace, wait_until, write_kubeconfig
 from fixtures.node import Node
 from fixtures.operator import RELEASE, Builds, operator_values
 from fixtures.registry import Registry, unique_repo
@@ -27,16 +32,21 @@ from fixtures.registry import Registry, unique_repo
 MARKER = "initramfs-delivered-booted"
 # The marker is split so that the script itself does not show it on the console.
 INIT = f'#!/bin/sh\nmount -t proc proc /proc\necho "{MARKER[:10]}""{MARKER[10:]} $(cat /etc/hello)"\npoweroff -f\n'
-# hostPath volumes are refused under the restricted and baseline profiles.
-PRIVILEGED = {"pod-security.kubernetes.io/enforce": "privileged"}
 AGENT = "app.kubernetes.io/component=delivery-agent"
+IDLE_RSS_LIMIT = 40 << 20
 
 
 @pytest.fixture
 def release_namespace(kube: Cluster, namespace: str) -> Iterator[str]:
-    """Where the release goes: privileged, apart from the restricted namespace the builds run in."""
-    with fresh_namespace(kube, f"{namespace}-system", PRIVILEGED) as name:
+    """Where the release goes: `restricted`, and warning of anything that is not, as the README installs it."""
+    with fresh_namespace(kube, f"{namespace}-system", {**RESTRICTED, "pod-security.kubernetes.io/warn": "restricted"}
+                         ) as name:
         yield name
+
+
+def agent_namespace(release_namespace: str) -> str:
+    """The chart's default: <release namespace>-delivery."""
+    return f"{release_namespace}-delivery"
 
 
 @pytest.fixture
@@ -52,12 +62,14 @@ def delivering_operator(kube: Cluster, crd: None, node: Node, project_image: str
     try:
         helm.install(RELEASE, release_namespace, values)
         apps = kubernetes.client.AppsV1Api(kube.api_client())
-        wait_until(lambda: (ds := apps.list_namespaced_daemon_set(release_namespace, label_selector=AGENT).items)
+        wait_until(lambda: (ds := apps.list_namespaced_daemon_set(agent_namespace(release_namespace),
+                                                                  label_selector=AGENT).items)
                    and ds[0].status.number_ready == 1, timeout=120, what="the delivery agent pod Ready")
         yield host_root
     finally:
-        for component in ("operator", "delivery-agent"):
-            print(kube.kubectl("logs", "-n", release_namespace, "-l", f"app.kubernetes.io/component={component}",
+        for component, where in (("operator", release_namespace),
+                                 ("delivery-agent", agent_namespace(release_namespace))):
+            print(kube.kubectl("logs", "-n", where, "-l", f"app.kubernetes.io/component={component}",
                                "--tail=60", check=False).stdout)
         helm.uninstall(RELEASE, release_namespace)
 
@@ -89,11 +101,15 @@ def reports(builds: Builds, name: str) -> list[dict[str, Any]]:
     return [r for r in items if r["spec"]["buildName"] == name]
 
 
-def assert_least_privilege(kube: Cluster, release_namespace: str, host_root: Path) -> None:
+def agent_pod(kube: Cluster, release_namespace: str) -> kubernetes.client.V1Pod:
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    [pod] = core.list_namespaced_pod(agent_namespace(release_namespace), label_selector=AGENT).items
+    return pod
+
+
+def assert_least_privilege(pod: kubernetes.client.V1Pod, host_root: Path) -> None:
     """The agent's pod as the chart made it: no capability, read-only root, RuntimeDefault seccomp, no host
     volume but the delivery root."""
-    core = kubernetes.client.CoreV1Api(kube.api_client())
-    [pod] = core.list_namespaced_pod(release_namespace, label_selector=AGENT).items
     [container] = pod.spec.containers
     assert container.security_context.read_only_root_filesystem
     assert container.security_context.capabilities.drop == ["ALL"] and not container.security_context.capabilities.add
@@ -102,11 +118,44 @@ def assert_least_privilege(kube: Cluster, release_namespace: str, host_root: Pat
     assert [v.host_path.path for v in pod.spec.volumes if v.host_path] == [str(host_root)]
 
 
+def scrape(pod: kubernetes.client.V1Pod) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The agent's /metrics, read on the pod's IP (the node does not forward to Service endpoints), parsed."""
+    text = httpx.get(f"http://{pod.status.pod_ip}:8082/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def resident_bytes(pod: kubernetes.client.V1Pod) -> int:
+    """VmRSS of the agent's process, found on this machine by the pod's UID in its cgroup path."""
+    uid = pod.metadata.uid
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if (uid in cgroup or uid.replace("-", "_") in cgroup) and b"initramfs-delivery-agent" in cmdline:
+            found.append(int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) << 10)
+    assert len(found) == 1, f"expected one agent process of pod {uid}, found {len(found)}"
+    return found[0]
+
+
 def test_delivers_to_the_selected_node_and_qemu_boots_current(
         builds: Builds, node: Node, node_registry: Registry, busybox_static: Path, delivering_operator: Path,
         node_label: Callable[[str | None], str], kube: Cluster, kernel: Path, tmp_path: Path) -> None:
     host_root = delivering_operator
-    assert_least_privilege(kube, f"{builds.namespace}-system", host_root)
+    # The operator's namespace is restricted; the agent runs, ready, in the privileged one the chart made.
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    assert core.read_namespace(f"{builds.namespace}-system").metadata.labels[
+        "pod-security.kubernetes.io/enforce"] == "restricted"
+    pod = agent_pod(kube, f"{builds.namespace}-system")
+    assert pod.status.phase == "Running" and all(c.ready for c in pod.status.container_statuses)
+    assert_least_privilege(pod, host_root)
+    idle = resident_bytes(pod)
+    print(f"idle delivery agent: VmRSS {idle / (1 << 20):.1f} MiB")
+    assert idle <= IDLE_RSS_LIMIT
     key = node_label("yes")
     ref = push_image(node_registry, busybox_static, tmp_path / "layout", b"delivered to the node\n")
     target = unique_repo("delivered")
@@ -135,6 +184,11 @@ def test_delivers_to_the_selected_node_and_qemu_boots_current(
     assert report["spec"]["nodeName"] == node.name and report["status"]["phase"] == "Ready"
     assert report["status"]["path"] == str(current)
     assert "delivered to the node" in boot(kernel, current, MARKER)
+    samples = scrape(pod)
+    assert samples[("initramfs_deliveries_total", (("result", "Delivered"),))] == 1
+    assert samples[("initramfs_delivery_pulled_bytes_total", ())] == len(data)
+    assert samples[("initramfs_delivery_current", (("build", "vm"), ("digest", f"sha256:{status['output']['sha256']}"),
+                                                   ("namespace", builds.namespace)))] == 1
 
     # The node leaves the selector: it stops counting and its report goes; the files stay (Retain).
     node_label("no")
@@ -144,6 +198,7 @@ def test_delivers_to_the_selected_node_and_qemu_boots_current(
     assert builds.get("vm")["status"]["delivery"] == {"desired": 0, "ready": 0, "failed": 0, "nodes": "0/0"}
     assert builds.condition("vm", "Delivered")["reason"] == "NoNodes"
     assert os.path.realpath(current) == str(delivered) and delivered.read_bytes() == data
+    assert not [sample for sample in scrape(pod) if sample[0] == "initramfs_delivery_current"]
 
 
 def probe_report(node_name: str, label: str | None = None) -> str:
@@ -158,15 +213,15 @@ def test_an_agent_writes_only_its_own_nodes_reports(builds: Builds, node: Node, 
                                                     kube: Cluster, tmp_path: Path) -> None:
     """With a token bound to the agent's pod, as the kubelet's projected token is, the API server names the
     pod's node in the token's user info, and the chart's ValidatingAdmissionPolicy holds the agent to it."""
-    release_namespace = f"{builds.namespace}-system"
+    agents = agent_namespace(f"{builds.namespace}-system")
     core = kubernetes.client.CoreV1Api(kube.api_client())
-    [pod] = core.list_namespaced_pod(release_namespace, label_selector=AGENT).items
+    [pod] = core.list_namespaced_pod(agents, label_selector=AGENT).items
     account = pod.spec.service_account_name
     request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                "spec": {"expirationSeconds": 600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
                                                                      "name": pod.metadata.name,
                                                                      "uid": pod.metadata.uid}}}
-    token = core.create_namespaced_service_account_token(account, release_namespace, request).status.token
+    token = core.create_namespaced_service_account_token(account, agents, request).status.token
     agent = tmp_path / "agent.kubeconfig"
     write_kubeconfig(agent, kube.server, kube.ca_file, "agent", {"token": token}, builds.namespace)
     whoami = json.loads(kube.kubectl("auth", "whoami", "-o", "json", kubeconfig=agent).stdout)["status"]["userInfo"]
@@ -188,7 +243,7 @@ def test_an_agent_writes_only_its_own_nodes_reports(builds: Builds, node: Node, 
     refused = kube.kubectl("delete", "initramfsdelivery/probe.other-node", kubeconfig=agent, check=False)
     assert refused.returncode != 0 and "may write only that node's reports" in refused.stderr, refused.stderr
     # The same ServiceAccount's token bound to no pod names no node.
-    unbound = kube.serviceaccount_kubeconfig(release_namespace, account, tmp_path / "unbound.kubeconfig")
+    unbound = kube.serviceaccount_kubeconfig(agents, account, tmp_path / "unbound.kubeconfig")
     refused = kube.kubectl("delete", own, "-n", builds.namespace, kubeconfig=unbound, check=False)
     assert refused.returncode != 0 and "the delivery agent's token names no node" in refused.stderr, refused.stderr
     kube.kubectl("delete", own, kubeconfig=agent)

@@ -21,7 +21,7 @@ from fixtures.registry import FaultProxy, unique_repo
 from initramfs_operator.delivery.agent import Agent, Pulls, report_name
 from initramfs_operator.delivery.store import OWNER, Verified
 from initramfs_operator.delivery.tenancy import Tenancy
-from initramfs_operator.kube import crd
+from initramfs_operator.kube import client, crd
 from initramfs_operator.oci.registry import push
 
 CPIO_GZ = "application/vnd.initramfs.v1.cpio+gzip"
@@ -35,7 +35,8 @@ class Host:
         self.name = f"vm-host-{uuid.uuid4().hex[:6]}"
         self.core = kubernetes.client.CoreV1Api(kube.api_client())
         self.core.create_node({"metadata": {"name": self.name, "labels": labels}})
-        self.agent = Agent(kube.api_client(), self.name, str(root), **agent_options)
+        transport = client.HttpxTransport(client.from_kubeconfig(kube.kubeconfig))
+        self.agent = Agent(transport, self.name, str(root), **agent_options)
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
         self.thread.start()
 

@@ -3,15 +3,18 @@
 errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/
 (the cpio format, compression, output) beside each other, archive knowing nothing of images or trees;
 rootfs/ (the flattened tree) on both; build and cli on top. kube/ (the operator) sits beside the engine:
-it may use all of it, and nothing in the engine imports kube/ or the operator's libraries. kube/api.py
-and kube/metrics.py, at the bottom of kube/, import nothing of the package. delivery/ (the agent on each
-VM host) uses the engine and the few parts of kube/ both programs share (the API client, the API's
-names, conditions' timestamps, selectors, registry access, the work queue); kube/ never imports delivery/, nor
-the engine either.
+it may use all of it, and nothing in the engine imports kube/ or the operator's libraries. kube/api.py,
+kube/client.py and kube/metrics.py, at the bottom of kube/, import nothing of the package. delivery/ (the
+agent on each VM host) uses the engine and the few parts of kube/ both programs share (the API client and
+its own transport, the API's names, conditions' timestamps, selectors, registry access, the work queue);
+kube/ never imports delivery/, nor the engine either. The agent's process never loads the kubernetes
+package (most of its memory): delivery/ may not import it, and what delivery/ imports of kube/ does not
+either (checked in a fresh interpreter).
 """
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -41,9 +44,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "kube": ("", "errors", "oci", "archive", "rootfs", "build", "cli", "extra", "kube"),
     # the lowest level of the operator: the API client and the metrics know nothing of the domain
     "kube.api": (),
+    "kube.client": (),
     "kube.metrics": (),
-    "delivery": ("errors", "oci", "archive", "extra", "kube.api", "kube.conditions", "kube.crd", "kube.selector",
-                 "kube.registry_access", "kube.workqueue", "delivery"),
+    "delivery": ("errors", "oci", "archive", "extra", "kube.api", "kube.client", "kube.conditions", "kube.crd",
+                 "kube.selector", "kube.registry_access", "kube.workqueue", "delivery"),
 }
 # Third-party imports (by top-level name) and the layers allowed to use them; anything else that is
 # not in the standard library is refused.
@@ -54,9 +58,11 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "lz4": ("archive",),
     "isal": ("oci",),
     "kopf": ("kube",),
-    "kubernetes": ("kube", "delivery"),
-    "prometheus_client": ("kube",),
+    "kubernetes": ("kube",),
+    "prometheus_client": ("kube", "delivery"),
+    "yaml": ("kube",),  # kube/client.py: kubeconfig files
 }
+DISTRIBUTIONS = {"yaml": "pyyaml"}  # the requirement's name, where it is not the module's
 
 # _typeshed: the standard library's stubs-only module, imported under TYPE_CHECKING
 STANDARD_LIBRARY = sys.stdlib_module_names | {"_typeshed"}
@@ -177,8 +183,17 @@ def test_the_cli_needs_only_base_dependencies_and_the_operator_its_extra():
     base = _requirement_names(project["dependencies"])
     extra = _requirement_names(project["optional-dependencies"]["operator"])
     operator_only = {name for name, layers in THIRD_PARTY.items() if set(layers) <= {"kube", "delivery"}}
-    assert extra == operator_only == {"kopf", "kubernetes", "prometheus_client"}
+    assert extra == {DISTRIBUTIONS.get(name, name) for name in operator_only} == {
+        "kopf", "kubernetes", "prometheus_client", "pyyaml"}
     assert base == set(THIRD_PARTY) - operator_only
+
+
+def test_the_delivery_agent_process_never_loads_kubernetes():
+    """What `initramfs-delivery-agent` imports, in a fresh interpreter: the kubernetes package stays out."""
+    probe = ("import sys, initramfs_operator.delivery.agent; "
+             "print(sorted({m.partition('.')[0] for m in sys.modules} & {'kubernetes', 'kopf', 'urllib3'}))")
+    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_every_layer_exists():
@@ -200,13 +215,13 @@ PLANTED = {
     "archive/compress.py": "import zstandard\nimport kopf\n",
     "rootfs/__init__.py": "",
     "rootfs/tree.py": "from ..archive import cpio, compress\nimport httpx\n",
-    "build.py": "from .kube import crd\nimport yaml\n",
+    "build.py": "from .kube import crd\nimport requests\n",
     "kube/__init__.py": "",
     "kube/crd.py": "import kubernetes\nfrom .. import errors\n",
     "kube/buildjob.py": "from ..delivery import store\n",
     "delivery/__init__.py": "",
     "delivery/store.py": "from ..archive import cpio\nimport kubernetes\n",
-    "delivery/agent.py": "from ..kube import crd, buildjob\nimport prometheus_client\n",
+    "delivery/agent.py": "from ..kube import crd, buildjob\nimport kopf\n",
     "cli.py": "from . import __version__, build\nfrom .delivery import agent\n",
     "tools/helper.py": "",
 }
@@ -217,11 +232,12 @@ EXPECTED = [
     "rootfs.tree:1 imports archive.compress: layer rootfs may import only",
     "rootfs.tree:2 imports httpx: only ('oci.registry', 'kube', 'delivery') may use it",
     "build:1 imports kube.crd: layer build may import only",
-    "build:2 imports yaml: not a dependency",
+    "build:2 imports requests: not a dependency",
     "cli:2 imports delivery.agent: layer cli may import only",
     "kube.buildjob:1 imports delivery.store: layer kube may import only",
     "delivery.agent:1 imports kube.buildjob: layer delivery may import only",
-    "delivery.agent:2 imports prometheus_client: only ('kube',) may use it",
+    "delivery.store:2 imports kubernetes: only ('kube',) may use it",
+    "delivery.agent:2 imports kopf: only ('kube',) may use it",
     "tools.helper: in no layer",
     "import cycle: archive.cpio -> rootfs.tree -> archive.cpio",
     "import cycle: oci.registry.client -> oci.source -> oci.registry.client",

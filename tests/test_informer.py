@@ -1,6 +1,6 @@
 """The delivery agent's informer over `api.Kube`: LIST, then WATCH from its resourceVersion with bookmarks,
 relisting on 410 Gone. The API server here is a script of HTTP answers (the real one is in
-test_delivery_agent.py); the client is the real one, streaming newline-delimited JSON events."""
+test_delivery_agent.py); the client is the agent's own (kube/client.py), streaming newline-delimited JSON events."""
 
 import json
 import threading
@@ -8,10 +8,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import kubernetes
-
 from initramfs_operator.delivery.informer import Informer
-from initramfs_operator.kube import api
+from initramfs_operator.kube import api, client
 
 
 def node(name: str, version: str, labels: dict | None = None) -> dict:
@@ -65,9 +63,9 @@ def test_lists_watches_and_relists_after_410_gone():
     Script.answers, Script.requests = list(ANSWERS), []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Script)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{server.server_port}")
     changes = []
-    informer = Informer("nodes", api.Kube(kubernetes.client.ApiClient(config)), api.path("v1", "nodes"),
+    transport = client.HttpxTransport(client.Config(f"http://127.0.0.1:{server.server_port}", None))
+    informer = Informer("nodes", api.Kube(transport), api.path("v1", "nodes"),
                         lambda key, old, new: changes.append((key[1], old and old["metadata"]["resourceVersion"],
                                                               new and new["metadata"]["resourceVersion"])),
                         {"fieldSelector": "metadata.name=a"})

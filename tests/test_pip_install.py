@@ -17,7 +17,7 @@ from fixtures.tools import REPO, need
 # What the wheel's build and the venv need, downloaded from PyPI once and used from here afterwards (no index).
 WHEELS = Path(os.environ.get("INITRAMFS_TOOLS_CACHE", Path.home() / ".cache/initramfs-operator")) / "wheels"
 FROM_CACHE = ["--no-index", "--find-links", str(WHEELS)]
-OPERATOR_EXTRA = ("kopf", "kubernetes", "prometheus_client")
+OPERATOR_EXTRA = ("kopf", "kubernetes", "prometheus_client", "yaml")
 # The venv's programs see the installed wheel only, not a checkout that PYTHONPATH may name.
 VENV_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 

@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-from kubernetes.client.rest import ApiException
 
 from initramfs_operator.errors import AccessDenied, UsageError
 from initramfs_operator.kube import api, registry_access
@@ -55,9 +54,9 @@ def reader(objects: list) -> registry_access.ObjectReader:
     def get(url: str) -> dict:
         doc = by_path.get(url)
         if doc is None:
-            raise ApiException(status=404, reason="Not Found")
+            raise api.ApiError(404, "Not Found")
         if doc is FORBIDDEN:
-            raise ApiException(status=403, reason="Forbidden")
+            raise api.ApiError(403, "Forbidden")
         return doc
     return registry_access.ObjectReader(get, "the operator", {"secrets": HINT})
 
@@ -144,6 +143,6 @@ def test_registry_access_refused(case):
 
 def test_an_api_error_other_than_missing_or_forbidden_is_not_the_specs():
     def get(url: str) -> dict:
-        raise ApiException(status=500, reason="Internal Server Error")
-    with pytest.raises(ApiException):
+        raise api.ApiError(500, "Internal Server Error")
+    with pytest.raises(api.ApiError):
         registry_access.registry_options(registry_access.ObjectReader(get, "the operator"), NAMESPACE, spec())

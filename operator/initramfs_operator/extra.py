@@ -4,7 +4,7 @@ import importlib
 import sys
 
 # What `pip install 'initramfs-operator[operator]'` adds to the CLI's dependencies.
-OPERATOR_EXTRA = ("kopf", "kubernetes", "prometheus_client")
+OPERATOR_EXTRA = ("kopf", "kubernetes", "prometheus_client", "yaml")
 
 
 def run(command: str, module: str) -> None:

@@ -162,6 +162,11 @@ optional; the CRD is installed before the operator), kopf peering objects (it ru
 {{- end }}
 {{- end }}
 
+{{/* The delivery agent's namespace: delivery.namespace, else <release namespace>-delivery. */}}
+{{- define "initramfs-operator.deliveryNamespace" -}}
+{{- .Values.delivery.namespace | default (printf "%s-delivery" .Release.Namespace | trunc 63 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "initramfs-operator.deliverySelectorLabels" -}}
 app.kubernetes.io/name: {{ include "initramfs-operator.name" . }}-delivery-agent
 app.kubernetes.io/instance: {{ .Release.Name }}

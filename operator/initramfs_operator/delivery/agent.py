@@ -26,6 +26,9 @@ exponential backoff. Builds are delivered by a few workers, at most `Pulls.per_r
 pulling from one registry, each pull bounded in time (`Pulls`): a registry that stalls holds up
 its own builds only, and they fail and are retried. When the node stops matching (or the build
 is deleted), the report is deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
+
+It serves its probes and metrics on one port (metrics.py): alive while its workers go round, ready once
+its informers have listed what they watch.
 """
 
 import argparse
@@ -37,19 +40,18 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import kubernetes
-from kubernetes.client.rest import ApiException
 
 from ..errors import BuildError, RegistryError, UsageError
-from ..kube import api, conditions, crd, registry_access, selector
+from ..kube import api, client, conditions, crd, registry_access, selector
 from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci import reference
 from ..oci.registry import RegistryOptions, artifact
+from . import metrics
 from .informer import Informer, Key, Obj
 from .store import Expected, Readable, Verified, VersionStore, namespace_bytes
 from .tenancy import (
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "initramfs-delivery-agent"
 DEFAULT_KEEP = 3
+DEFAULT_PORT = 8082  # of /healthz, /readyz and /metrics; the operator's are 8080 and 8081
 BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
 # The chart lets the agent read only the objects its values name, by name.
@@ -144,10 +147,11 @@ def report_name(build_name: str, node: str) -> str:
 
 
 class Agent:
-    def __init__(self, client: kubernetes.client.ApiClient, node: str, root: str, namespaces: tuple[str, ...] = (),
+    def __init__(self, transport: api.Transport, node: str, root: str, namespaces: tuple[str, ...] = (),
                  verified: Verified | None = None, pulls: Pulls = Pulls(), tenancy: Tenancy | None = None,
                  pull_secret: tuple[str, str] | None = None):
-        self.kube = api.Kube(client)  # the one client style of this process: the API's JSON as it is
+        self.kube = api.Kube(transport)  # the one client style of this process: the API's JSON as it is
+        self.metrics = metrics.Metrics()
         self.read = registry_access.ObjectReader(self.kube.get, "the delivery agent", READ_HINTS)
         self.node, self.root, self.namespaces = node, root, namespaces
         self.tenancy, self.pull_secret = tenancy or Tenancy(), pull_secret  # pull_secret: (namespace, name)
@@ -158,7 +162,8 @@ class Agent:
         # and to find the reports of builds this node no longer serves; seeded by one LIST at start.
         self.reported: dict[Key, dict[str, Any]] = {}
         self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
-        self.verified = verified or Verified()  # files hashed lately, for every build's store
+        # files hashed lately, for every build's store
+        self.verified = verified or Verified(observe=self.metrics.verify.observe)
         self.pulls = pulls
         self._registry_slots: dict[str, threading.Semaphore] = {}
         self._slots_lock = threading.Lock()
@@ -168,6 +173,7 @@ class Agent:
         self._quota_lock = threading.Lock()
         self._pulling: dict[str, int] = {}
         self.stopping = threading.Event()
+        self._beats: dict[str, float] = {}  # worker thread name -> when it last went round or moved bytes
         self.builds = self._build_informers(namespaces)
         self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
                               {"fieldSelector": f"metadata.name={node}"})
@@ -244,6 +250,7 @@ class Agent:
     def _work(self) -> None:
         """One worker: the queue hands a build to one worker at a time."""
         while not self.stopping.is_set():
+            self._beat()
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
@@ -254,6 +261,20 @@ class Agent:
                 self.queue.add_after(key, BACKOFF.delay(1))
             finally:
                 self.queue.done(key)
+
+    def _beat(self) -> None:
+        self._beats[threading.current_thread().name] = time.monotonic()
+
+    def alive(self) -> str | None:
+        """What is stuck (the liveness probe's answer), or None."""
+        now = time.monotonic()
+        stalled = sorted(name for name, beat in list(self._beats.items()) if now - beat > metrics.STALLED_SECONDS)
+        return f"{', '.join(stalled)} stalled for more than {metrics.STALLED_SECONDS:.0f}s" if stalled else None
+
+    def ready(self) -> str | None:
+        """What has not been listed yet (the readiness probe's answer), or None."""
+        waiting = [i.name for i in self.informers if not i.synced.is_set()]
+        return f"waiting for the first listing of {', '.join(waiting)}" if waiting else None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -305,16 +326,21 @@ class Agent:
                 if name is None:
                     return  # every pull slot of its registry is taken: looked at again shortly
                 store.activate(name)
+                self.metrics.deliveries.labels(metrics.DELIVERED).inc()
             store.prune(want.keep)
         except (BuildError, OSError) as e:
+            self.metrics.deliveries.labels(metrics.FAILED).inc()
+            self.metrics.failures.labels(metrics.stage_of(e)).inc()
+            current = self._held(store)
+            self.metrics.holds(*key, current)
             retry = self.retries.failed(key)
             self.queue.add_after(key, retry.delay)
             message = f"{e}; current is unchanged; retrying in {retry.delay:.0f}s (attempt {retry.failures})"
             log.warning("%s/%s: %s", *key, message)
-            self.report(key, build, "Failed", message, attempts=retry.failures, path=path,
-                        digest=self._held(store))
+            self.report(key, build, "Failed", message, attempts=retry.failures, path=path, digest=current)
             return
         self.retries.reset(key)
+        self.metrics.holds(*key, f"sha256:{want.expected.sha256}")
         # Due once the file's verification has expired (jittered, so a fleet's disks are not read at once).
         self.queue.add_after(key, self.verified.max_age * (1 + 0.1 * random.random()))
         self.report(key, build, "Ready", f"current is {want.expected.filename}", path=path,
@@ -394,8 +420,12 @@ class Agent:
             raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
                              f"output sha256:{want.expected.sha256} ({want.expected.size} bytes)")
         expected, limit = want.expected, self.pulls.limit(layer.size)
-        return artifact.read_layer(want.reference, layer, options,
-                                   lambda stream: store.install(_Deadline(stream, limit, want.reference), expected))
+        return artifact.read_layer(want.reference, layer, options, lambda stream: store.install(
+            _Deadline(stream, limit, want.reference, self._pulled), expected))
+
+    def _pulled(self, size: int) -> None:
+        self.metrics.pulled.inc(size)
+        self._beat()  # a long pull is progress, not a stuck worker
 
     def _credentials(self, build: Obj) -> list[tuple[str, str]]:
         """The docker config Secrets of the agent's pulls: the chart's delivery pull Secret, else the build's push
@@ -418,11 +448,12 @@ class Agent:
             except (BuildError, OSError) as e:
                 log.warning("%s/%s: cannot remove %s: %s", *key, want.directory, e)
         self.retries.reset(key)
+        self.metrics.holds(*key, None)
         reported = self.reported.pop(key, None)
         if reported is not None:
             try:
                 self.kube.delete(api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, key[0], reported["name"]))
-            except ApiException as e:
+            except api.ApiError as e:
                 if e.status != 404:
                     raise
 
@@ -458,8 +489,9 @@ class Agent:
             self.kube.call("PATCH", api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, meta["namespace"], name),
                            query={"fieldManager": FIELD_MANAGER, "force": "true"}, body=body,
                            content_type="application/apply-patch+yaml")
-        except ApiException as e:
+        except api.ApiError as e:
             log.warning("%s/%s: cannot report %s: %s", *key, phase, api.message_of(e))
+            self.metrics.failures.labels(metrics.REPORT).inc()
             self.queue.add_after(key, BACKOFF.delay(1))
             return
         self.reported[key] = {**status, "name": name}
@@ -472,16 +504,19 @@ class Agent:
 
 class _Deadline:
     """A transfer that must be over within `seconds` of its start (checked between reads, each of which the
-    read timeout bounds): a registry trickling a byte now and then is given up too."""
+    read timeout bounds): a registry trickling a byte now and then is given up too. `pulled` is told the
+    size of each read."""
 
-    def __init__(self, stream: Readable, seconds: float, what: str | None):
-        self._stream, self._seconds, self._what = stream, seconds, what
+    def __init__(self, stream: Readable, seconds: float, what: str | None, pulled: Callable[[int], None]):
+        self._stream, self._seconds, self._what, self._pulled = stream, seconds, what, pulled
         self._end = time.monotonic() + seconds
 
     def read(self, n: int = -1, /) -> bytes:
         if time.monotonic() > self._end:
             raise RegistryError(f"{self._what}: the transfer took more than {self._seconds:.0f}s")
-        return self._stream.read(n)
+        chunk = self._stream.read(n)
+        self._pulled(len(chunk))
+        return chunk
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -506,6 +541,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pull-secret", default=env("INITRAMFS_DELIVERY_PULL_SECRET", ""),
                    help="NAMESPACE/NAME of the docker config Secret to pull every build with, instead of the build's "
                         "push Secret ($INITRAMFS_DELIVERY_PULL_SECRET)")
+    p.add_argument("--port", type=int, default=int(env("INITRAMFS_DELIVERY_PORT", DEFAULT_PORT)),
+                   help=f"port of /healthz, /readyz and /metrics ($INITRAMFS_DELIVERY_PORT, default {DEFAULT_PORT}; "
+                   "0: any free one)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.node_name:
@@ -516,12 +554,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--pull-secret {args.pull_secret!r} is not NAMESPACE/NAME")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kubernetes.config.load_config()
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request, watches and pulls alike
     tenancy = Tenancy(frozenset(_names(args.delivery_namespaces)), args.delivery_namespace_selector,
                       args.namespace_quota_bytes)
     pull_secret = tuple(args.pull_secret.split("/")) if args.pull_secret else None
-    agent = Agent(kubernetes.client.ApiClient(), args.node_name, args.root, _names(args.namespaces),
+    agent = Agent(client.HttpxTransport(client.load()), args.node_name, args.root, _names(args.namespaces),
                   tenancy=tenancy, pull_secret=pull_secret)
+    metrics.serve(args.port, agent.metrics, agent.alive, agent.ready)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()

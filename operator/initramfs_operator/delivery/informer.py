@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
 from ..kube import api
 
 log = logging.getLogger(__name__)
@@ -53,7 +51,7 @@ class Informer:
         while not self._stopping.is_set():
             try:
                 self._relist_and_watch()
-            except ApiException as e:
+            except api.ApiError as e:
                 if e.status != 410:
                     log.warning("%s: %s %s; listing again in %.0fs", self.name, e.status, e.reason, RETRY_SECONDS)
                     time.sleep(RETRY_SECONDS)
@@ -76,7 +74,7 @@ class Informer:
                     return
                 obj = event["object"]
                 if event["type"] == "ERROR":
-                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                    raise api.ApiError(status=obj.get("code"), reason=obj.get("message"))
                 version = obj["metadata"]["resourceVersion"]
                 if event["type"] == "BOOKMARK":
                     continue

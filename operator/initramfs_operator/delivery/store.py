@@ -72,11 +72,13 @@ class Verified:
     """Version files hashed lately and found as expected, by where they are and what they were expected
     to be: one memory shared by the stores of one agent (its workers use it at once).
 
-    `bytes_hashed` counts the bytes read back from disk to verify files already there.
+    `bytes_hashed` counts the bytes read back from disk to verify files already there; `observe`, if given,
+    is told how many seconds each such verification took.
     """
 
-    def __init__(self, max_age: float = REVERIFY_SECONDS, clock: Callable[[], float] = time.monotonic):
-        self.max_age, self._clock = max_age, clock
+    def __init__(self, max_age: float = REVERIFY_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 observe: Callable[[float], None] | None = None):
+        self.max_age, self._clock, self.observe = max_age, clock, observe
         self._files: dict[str, tuple[Expected, tuple[int, ...], float]] = {}
         self._lock = threading.Lock()
         self.bytes_hashed = 0
@@ -215,10 +217,14 @@ class VersionStore:
                     return False
                 if not self.verified.trusts(path, before, expected):
                     self.verified.forget(path)
+                    started = time.monotonic()
                     try:
                         self._copy_verified(_Counted(stream, self.verified.count), None, expected)
                     except InvalidImageError:
                         return False
+                    finally:
+                        if self.verified.observe is not None:
+                            self.verified.observe(time.monotonic() - started)
                     # The identity from before the bytes were read: a write while they were makes it stale.
                     self.verified.remember(path, before, expected)
             if _read_small(expected.sha512_filename, fd) != _sha512_line(expected):

@@ -18,8 +18,6 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from kubernetes.client.rest import ApiException
-
 from . import api, metrics
 from .buildjob import finished
 from .cache import Cache
@@ -181,7 +179,7 @@ class Admission:
         url = api.path("batch/v1", "jobs", candidate.namespace)
         try:
             created = self.kube.create(url, candidate.manifest())
-        except ApiException as e:
+        except api.ApiError as e:
             if e.status == 409:
                 return  # created before (by a replica that lost the lead, or before a restart): the watch shows it
             if e.status in (400, 403, 422):  # quota, admission, validation: the API server's word is final

@@ -1,18 +1,19 @@
-"""The operator's own requests to the API server: plain JSON in and out, timed by verb.
+"""Requests to the API server, of the operator and of the delivery agent: plain JSON in and out, timed by verb.
 
 The generated client's models would convert every object into pydantic classes and back;
-the operator only moves JSON between the API and its pure functions (buildjob.py), so it
-sends and receives the API's documents as they are. The kubernetes client still does the
-authentication (client certificates, refreshed ServiceAccount tokens) and TLS.
+both programs only move JSON between the API and their pure functions (buildjob.py), so they
+send and receive the API's documents as they are. Authentication and TLS are a transport's
+(`Transport`): the operator's wraps the kubernetes client (kubernetes_transport.py), the agent's is
+the project's own (client.py), so the agent's process never loads the kubernetes package. Either
+way a refused request raises `ApiError`.
 """
 
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 from urllib.parse import quote
-
-import kubernetes
-from kubernetes.client.rest import ApiException
 
 TIMEOUT = (5.0, 30.0)  # connect, read: a request that hangs must not hold a worker for long
 WATCH_SLACK = 30.0     # a watch is quiet until its timeoutSeconds at most: silent longer, the connection is dead
@@ -20,6 +21,31 @@ MERGE_PATCH = "application/merge-patch+json"
 
 # Told of every request: its verb, its HTTP status code ("error" if none came back) and its duration in seconds.
 Observer = Callable[[str, str, float], None]
+
+
+class ApiError(Exception):
+    """The API server refused a request: its HTTP status, reason phrase, and body (a Status document)."""
+
+    def __init__(self, status: int | None, reason: str | None, body: str = ""):
+        super().__init__(f"HTTP {status} {reason}")
+        self.status, self.reason, self.body = status, reason, body
+
+
+class Reply(Protocol):
+    status: int
+    reason: str
+
+    def read(self) -> bytes: ...
+
+    def lines(self) -> Iterator[bytes]: ...
+
+
+class Transport(Protocol):
+    def open(self, method: str, url: str, query: list[tuple[str, str]], headers: dict[str, str],
+             body: dict[str, Any] | None, timeout: tuple[float, float]) -> AbstractContextManager[Reply]:
+        """Sends one request (`url` a path on the API server, `body` a JSON document) and gives its answer,
+        unread; closes the connection's use (without draining it) when the context ends."""
+        ...
 
 
 def path(group_version: str, plural: str, namespace: str | None = None, name: str | None = None,
@@ -44,8 +70,8 @@ def verb(method: str, named: bool) -> str:
 
 
 class Kube:
-    def __init__(self, client: kubernetes.client.ApiClient, observe: Observer | None = None):
-        self.client = client
+    def __init__(self, transport: Transport, observe: Observer | None = None):
+        self.transport = transport
         self.observe = observe
 
     def get(self, url: str, query: dict | None = None) -> dict:
@@ -69,42 +95,31 @@ class Kube:
         after `timeout_seconds`. Not observed: a watch's duration says nothing of the API server's speed."""
         query = {**(query or {}), "watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
                  "timeoutSeconds": str(timeout_seconds)}
-        request = self.client.param_serialize(method="GET", resource_path=url,
-                                              header_params={"Accept": "application/json"},
-                                              query_params=list(query.items()), auth_settings=["BearerToken"])
-        # The REST client does not preload what it receives: the body is read line by line as it arrives.
-        response = self.client.call_api(*request, _request_timeout=(TIMEOUT[0], timeout_seconds + WATCH_SLACK))
-        try:
-            if not 200 <= response.status <= 299:
-                raise ApiException(http_resp=response, body=response.read().decode())
-            for line in response.response:  # one JSON event a line
+        with self.transport.open("GET", url, list(query.items()), {"Accept": "application/json"}, None,
+                                 (TIMEOUT[0], timeout_seconds + WATCH_SLACK)) as reply:
+            if not 200 <= reply.status <= 299:
+                raise ApiError(reply.status, reply.reason, reply.read().decode())
+            for line in reply.lines():  # one JSON event a line, read as it arrives
                 if line.strip():
                     yield json.loads(line)
-        finally:
-            # Closed, not drained: a watch left early would otherwise be read to its end first.
-            response.response.close()
-            response.response.release_conn()
 
     def call(self, method: str, url: str, *, query: dict | None = None, body: dict | None = None,
              content_type: str = "application/json") -> dict:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
-        request = self.client.param_serialize(method=method, resource_path=url, header_params=headers,
-                                              query_params=list((query or {}).items()), body=body,
-                                              auth_settings=["BearerToken"])
         started = time.perf_counter()
         code = "error"
         try:
-            response = self.client.call_api(*request, _request_timeout=TIMEOUT)
-            response.read()
-            code = str(response.status)
+            with self.transport.open(method, url, list((query or {}).items()), headers, body, TIMEOUT) as reply:
+                text = reply.read().decode()
+                status, reason = reply.status, reply.reason
+            code = str(status)
         finally:
             if self.observe is not None:
                 self.observe(verb(method, _named(url)), code, time.perf_counter() - started)
-        text = response.data.decode()
-        if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response, body=text)
+        if not 200 <= status <= 299:
+            raise ApiError(status, reason, text)
         return json.loads(text) if text else {}
 
 
@@ -117,7 +132,7 @@ def _named(url: str) -> bool:
     return len(rest) >= 2
 
 
-def message_of(e: ApiException) -> str:
+def message_of(e: ApiError) -> str:
     """The API server's own words for a refused request (its Status message), else the HTTP reason."""
     try:
         return json.loads(e.body)["message"]

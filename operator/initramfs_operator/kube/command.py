@@ -10,6 +10,7 @@ import prometheus_client
 
 from . import api, buildjob, conditions, diagnosis, handlers, metrics
 from .controller import Operator
+from .kubernetes_transport import KubernetesTransport
 from .settings import Settings
 
 SERVICEACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                         buildjob.PodIds(args.build_run_as_user, args.build_run_as_group, args.build_fs_group),
                         buildjob.Limits(args.build_deadline, args.job_ttl))
     metrics.known_results((conditions.SUCCEEDED, *sorted(buildjob.REASONS | diagnosis.REASONS)))
-    operator = Operator(api.Kube(kubernetes.client.ApiClient(), metrics.observe_request), settings,
+    operator = Operator(api.Kube(KubernetesTransport(kubernetes.client.ApiClient()), metrics.observe_request), settings,
                         (args.lease_namespace, args.lease_name), args.lease_duration, deliveries=args.delivery)
     if args.delivery:
         handlers.register_delivery()

@@ -18,8 +18,6 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
 from . import api, conditions, crd
 from .cache import Cache, snapshot
 from .selector import matches
@@ -216,6 +214,6 @@ class DeliveryStatus:
                 "status": {"delivery": summary.status(), "conditions": [*others, condition]}}
         try:
             self.kube.merge_patch(api.path(crd.API_VERSION, crd.PLURAL, namespace, name, "status"), body)
-        except ApiException as e:
+        except api.ApiError as e:
             if e.status not in (404, 409):
                 raise

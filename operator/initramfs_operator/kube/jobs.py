@@ -8,8 +8,6 @@ one place that creates them.
 
 from collections.abc import Callable, Hashable
 
-from kubernetes.client.rest import ApiException
-
 from ..errors import BuildError
 from . import api, buildjob, cache, conditions, diagnosis
 from .admission import Admission, Candidate, Rejection
@@ -200,7 +198,7 @@ class JobLifecycle:
             try:
                 self.kube.delete(api.path("batch/v1", "jobs", report.namespace, name),
                                  {"propagationPolicy": "Background"})
-            except ApiException as e:
+            except api.ApiError as e:
                 if e.status != 404:
                     raise
             self.deleted[uid] = self.clock.monotonic()

@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from kubernetes.client.rest import ApiException
-
 from . import api, metrics
 
 log = logging.getLogger(__name__)
@@ -71,7 +69,7 @@ class LeaderElector:
             return True
         try:
             lease = self.kube.get(self.url)
-        except ApiException as e:
+        except api.ApiError as e:
             if e.status != 404:
                 raise
             return self._write(self.kube.create, self.url.rsplit("/", 1)[0], {
@@ -101,7 +99,7 @@ class LeaderElector:
     def _write(self, write: Callable[[str, dict], dict], url: str, body: dict) -> bool:
         try:
             written = write(url, body)
-        except ApiException as e:
+        except api.ApiError as e:
             if e.status == 409:  # another replica wrote it first
                 return False
             raise

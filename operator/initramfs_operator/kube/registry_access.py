@@ -14,8 +14,6 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
 from ..errors import AccessDenied, UsageError
 from ..oci import reference
 from ..oci.registry import Keychain, RegistryOptions
@@ -40,7 +38,7 @@ class ObjectReader:
         kind = KINDS[plural]
         try:
             return self.get(api.path("v1", plural, namespace, name))
-        except ApiException as e:
+        except api.ApiError as e:
             if e.status == 404:
                 raise UsageError(f"{kind} {name} not found") from None
             if e.status == 403:

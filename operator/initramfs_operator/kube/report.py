@@ -10,8 +10,6 @@ import logging
 import socket
 from collections.abc import Hashable
 
-from kubernetes.client.rest import ApiException
-
 from . import api, buildjob, cache, conditions, crd, metrics
 from .clock import Clock
 from .conditions import READY, RECONCILING, RESOLVING, SUCCEEDED
@@ -110,7 +108,7 @@ class Report:
         try:
             written = self.kube.merge_patch(
                 api.path(crd.API_VERSION, crd.PLURAL, self.namespace, self.name, "status"), body)
-        except ApiException as e:
+        except api.ApiError as e:
             if e.status not in (404, 409):
                 raise
             log.debug("%s/%s changed meanwhile: its next event brings it back", self.namespace, self.name)
@@ -148,7 +146,7 @@ class Report:
         }
         try:
             self.kube.create(api.path("v1", "events", self.namespace), body)
-        except ApiException as e:
+        except api.ApiError as e:
             log.warning("cannot post event %s on %s/%s: %s", reason, self.namespace, self.name, e.reason)
 
 

@@ -5,8 +5,6 @@ import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from kubernetes.client.rest import ApiException
-
 from ..errors import RegistryError, UsageError
 from ..oci import registry
 from . import api, buildjob, conditions, lookup, registry_access
@@ -43,7 +41,7 @@ class Claims:
         if self.clock.monotonic() - read > CLAIM_SECONDS:
             try:
                 uid = self.kube.get(api.path("v1", "persistentvolumeclaims", *key))["metadata"]["uid"]
-            except ApiException as e:
+            except api.ApiError as e:
                 if e.status != 404:
                     raise
                 uid = None
