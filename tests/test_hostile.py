@@ -129,6 +129,19 @@ def test_the_result_says_which_init_the_archive_holds(tmp_path, capsys, init_fil
 # -- resources -------------------------------------------------------------------------------------------------
 
 
+# The CLI, recording its own peak RSS as it exits. Not the child's ru_maxrss: Linux carries a process's
+# maxrss across exec, so a child forked from a big pytest would report pytest's size, not the CLI's.
+# VmHWM is the high-water mark of the exec'd image alone.
+PEAK_RSS_CLI = """import atexit, runpy, sys
+peak_file = sys.argv.pop(1)
+def record():
+    with open("/proc/self/status") as status, open(peak_file, "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(record)
+runpy.run_module("initramfs_operator.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_bounded(args: list[str], max_file: int, timeout: float = 60) -> tuple[int, str, float, int]:
     """The CLI in a child that can write no file larger than `max_file` (the kernel enforces it);
     returns exit code, stderr, the child's CPU seconds (user and system: what the input cost it, whatever
@@ -137,9 +150,10 @@ def run_bounded(args: list[str], max_file: int, timeout: float = 60) -> tuple[in
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file, max_file))
 
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*CLI, "build", "-q", *args], stdout=subprocess.DEVNULL, stderr=err,
-                                preexec_fn=limits)
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as err:
+        peak = Path(tmp) / "peak-kib"
+        proc = subprocess.Popen([sys.executable, "-c", PEAK_RSS_CLI, str(peak), "build", "-q", *args],
+                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=limits)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -148,7 +162,9 @@ def run_bounded(args: list[str], max_file: int, timeout: float = 60) -> tuple[in
             timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
-        return proc.returncode, err.read().decode(), usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024
+        assert peak.exists(), f"the CLI did not exit by itself (code {proc.returncode})"
+        return (proc.returncode, err.read().decode(), usage.ru_utime + usage.ru_stime,
+                int(peak.read_text()) // 1024)
 
 
 def gzip_bomb(files: int, size: int) -> bytes:
