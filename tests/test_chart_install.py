@@ -76,8 +76,10 @@ def make_namespace(kube: Cluster):
 
 
 @pytest.fixture
-def release(helm: Helm):
-    """release(namespace, values) -> (name, manifest): `helm install`ed, uninstalled after the test."""
+def release(helm: Helm, make_namespace):
+    """release(namespace, values) -> (name, manifest): `helm install`ed, uninstalled after the test, and
+    before the test's namespaces are deleted (it depends on make_namespace for that order): deleting the
+    release's namespace first deletes helm's record of the release, and the uninstall fails."""
     installed: list[tuple[str, str]] = []
 
     def install(namespace: str, values: dict) -> tuple[str, list[dict]]:
