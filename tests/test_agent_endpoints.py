@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fixtures.kube import wait_until
 from fixtures.registry import Registry, unique_repo
 from initramfs_operator.delivery import metrics
-from initramfs_operator.delivery.agent import Agent
+from initramfs_operator.delivery.agent import Agent, holding
 from initramfs_operator.kube import client, crd
 from initramfs_operator.oci.registry import push
 
@@ -201,3 +201,27 @@ def test_metrics_after_deliveries_a_reverification_and_a_failure(
     assert 0 < samples[("initramfs_delivery_verify_seconds_sum", ())] < 5
     assert samples[("initramfs_delivery_pulled_bytes_total", ())] == len(data)
     assert samples[("initramfs_deliveries_total", (("result", "Delivered"),))] == 1
+
+
+HELD = {"metadata": {"uid": "u", "generation": 3, "annotations": {}},
+        "spec": {"image": "r/app:1", "output": {"oci": {"repository": "r/out", "tag": "v"}},
+                 "delivery": {"nodeSelector": {}, "keep": 3}},
+        "status": {"output": {"reference": "r/out@sha256:1", "sha256": "1", "sha512": "2", "size": 9}}}
+
+
+@pytest.mark.parametrize(("edit", "acts"), [
+    # Nothing a host holds: every selected agent must stay quiet, whatever the generation says.
+    ({"metadata": {"generation": 4}, "spec": {"suspend": True}}, False),
+    ({"metadata": {"generation": 4}, "spec": {"refreshInterval": "1h", "resources": {"limits": {"cpu": "1"}}}},
+     False),
+    ({"metadata": {"annotations": {"initramfs.dev/requested-at": "now"}}}, False),
+    ({"status": {"delivery": {"nodes": "1/2"}, "conditions": [{"type": "Delivered"}]}}, False),
+    # What a host holds, or how it pulls it.
+    ({"metadata": {"generation": 4}, "spec": {"delivery": {"nodeSelector": {}, "keep": 2}}}, True),
+    ({"metadata": {"generation": 4}, "spec": {"registry": {"insecure": True}}}, True),
+    ({"status": {"output": {"reference": "r/out@sha256:3", "sha256": "3", "sha512": "4", "size": 9}}}, True),
+    ({"metadata": {"uid": "v"}}, True),
+])
+def test_an_agent_acts_only_on_what_its_host_holds(edit: dict, acts: bool) -> None:
+    edited = {part: {**HELD[part], **edit.get(part, {})} for part in HELD}
+    assert (holding(edited) != holding(HELD)) is acts

@@ -8,7 +8,7 @@ the registry by digest and verified against the layer digest and `status.output.
 InitramfsDelivery object per build, which only the operator reads.
 
 An agent works on a build only when what its node should hold may have changed: the build's
-generation (its spec: selector, keep, reclaim policy, directory, registry access), its output,
+spec.delivery (selector, keep, reclaim policy, directory), its registry access, its output,
 or the node's labels. The operator's status writes and annotation edits, seen by every agent,
 cost a comparison each. A file once verified is not read again until its identity on disk
 changes or it is due for its periodic re-verification (store.py).
@@ -34,6 +34,7 @@ its informers have listed what they watch.
 import argparse
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import random
@@ -127,9 +128,12 @@ def wanted(build: Obj) -> Wanted:
 
 
 def holding(build: Obj) -> tuple[Any, ...]:
-    """What, of a build, decides what a node holds and reports: its spec (by generation) and its output."""
-    output = (build.get("status") or {}).get("output") or {}
-    return (build["metadata"]["uid"], build["metadata"].get("generation"),
+    """What, of a build, decides what a node holds and reports: the spec's delivery and how to reach the
+    registry (`registry`, `output`), and the output. Not the generation: an edit of anything else (suspend,
+    refreshInterval, resources) must not make every selected host act and write its report again."""
+    spec, output = build["spec"], (build.get("status") or {}).get("output") or {}
+    return (build["metadata"]["uid"], json.dumps([spec.get(k) for k in ("delivery", "registry", "output")],
+                                                 sort_keys=True),
             *(output.get(k) for k in ("reference", "sha256", "sha512", "size", "compression")))
 
 
