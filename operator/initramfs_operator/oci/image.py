@@ -265,6 +265,30 @@ def for_platform(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, pla
                  Descriptor(media_type, desc.digest, len(data)), index_digest)
 
 
+def offered(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch) -> list[Platform]:
+    """The platforms an image has, in its index's order (what `--platform all` builds): an index's entries
+    but attestations (`unknown/unknown`), or a single image's own, from its config."""
+    where = at_digest(name, top.digest)
+    doc = parse_json(top_bytes, where)
+    if kind(doc, top.media_type) == "manifest":
+        if not isinstance(doc.get("config"), dict):
+            raise InvalidImageError(f"{where}: manifest has no config")
+        config_desc = Descriptor.parse(doc["config"], f"{where}: config")
+        return [Config.parse(fetch(_document(config_desc, f"{where}: config")), f"{where}: config").platform]
+    manifests = doc.get("manifests") or []
+    if not isinstance(manifests, list):
+        raise InvalidImageError(f"{where}: manifests must be a list")
+    found: list[Platform] = []
+    for raw in manifests:
+        d = Descriptor.parse(raw, f"{name}: index entry")
+        platform = Platform.of(d.platform) if d.platform else None
+        if platform and platform.os not in ("", "unknown") and platform not in found:
+            found.append(platform)
+    if not found:
+        raise InvalidImageError(f"{where}: the index names no platform")
+    return found
+
+
 def _document(d: Descriptor, where: str) -> Descriptor:
     """`d`, if what it describes may be read into memory: checked before the fetch, not after."""
     if d.size > MAX_DOCUMENT:
