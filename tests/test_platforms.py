@@ -106,7 +106,7 @@ def test_one_push_of_all_platforms_is_one_index_that_skopeo_reads_per_arch(two_p
         layer = manifest["layers"][0]
         assert layer["digest"] == f"sha256:{p['sha256']}" and sha256(copy / p["sha256"]) == p["sha256"]
         # and the project's own reader, as the delivery agent reads an artifact, finds the same layer
-        found = artifact.layer_of(p["reference"], registry.options())
+        found = artifact.layer_of(registry.ref(repo, p["digest"]), registry.options())
         assert (found.digest, found.size) == (layer["digest"], p["size"])
 
 

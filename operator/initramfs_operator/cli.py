@@ -126,12 +126,6 @@ def _platforms(args: argparse.Namespace) -> list[Platform] | None:
     return wanted
 
 
-def _expand(template: str, platform: Platform) -> str:
-    """An output name for one platform: {platform} is os-arch[-variant], {arch} arch[variant] (armv7)."""
-    return (template.replace("{platform}", str(platform).replace("/", "-"))
-            .replace("{arch}", platform.architecture + platform.variant))
-
-
 def _output_paths(args: argparse.Namespace, platforms: list[Platform], several: bool) -> dict[Platform, str]:
     """The file each platform is written to, each checked: one name per platform."""
     extension = compress.EXTENSIONS[args.compression]
@@ -139,7 +133,7 @@ def _output_paths(args: argparse.Namespace, platforms: list[Platform], several: 
     if several and not any(p in template for p in PLACEHOLDERS):
         raise UsageError(f"-o {template}: several platforms need one file each: put {{arch}} or {{platform}} "
                          f"in the name, e.g. initramfs-{{arch}}{extension}")
-    paths = {p: _expand(template, p) for p in platforms}
+    paths = {p: p.expand(template) for p in platforms}
     if len(set(paths.values())) != len(paths):
         raise UsageError(f"-o {template}: platforms {', '.join(map(str, platforms))} would share a file name; "
                          f"use {{platform}}")
@@ -257,7 +251,7 @@ def _build_several(args: argparse.Namespace, platforms: list[Platform], options:
     staged = {p: _staged(path) for p, path in paths.items()}
     try:
         built = _each_platform(platforms, options, report, lambda p, opts, say: _build_platform(
-            args, p, opts, reg, target, staged.get(p) or _expand("initramfs-{arch}" + extension, p), say, None))
+            args, p, opts, reg, target, staged.get(p) or p.expand("initramfs-{arch}" + extension), say, None))
         for p, path in paths.items():
             try:
                 os.replace(staged[p], path)
@@ -271,11 +265,12 @@ def _build_several(args: argparse.Namespace, platforms: list[Platform], options:
     entries = []
     for p, b in zip(platforms, built, strict=True):
         entry = {k: v for k, v in _result(b.result).items() if k not in ("image", "compression")}
-        if target is None:
+        if b.pushed is None:
             entry["output"] = os.path.abspath(paths[p])
         else:
-            assert b.pushed is not None
-            entry.update(reference=f"{target.name}@{b.pushed.digest}", digest=b.pushed.digest)
+            # Its reference is the index's repository @ this digest; not repeated, so that the result of a
+            # few platforms fits a Kubernetes termination message (4 KiB), how the operator reads it.
+            entry["digest"] = b.pushed.digest
         entries.append(entry)
     out: dict[str, Any] = {"image": first.image, "imageDigest": built[0].index_digest, "compression": first.compression,
                            "platforms": entries}
@@ -325,7 +320,12 @@ def _each_platform(platforms: list[Platform], options: build.BuildOptions, repor
             if stop.is_set():
                 raise Cancelled(str(platform))
             report(f"{platform}: {phase}")
-        return work(platform, share, say)
+        try:
+            return work(platform, share, say)
+        except BuildError as e:
+            if not str(e).startswith(f"{platform}: "):  # a failed platform names itself
+                e.args = (f"{platform}: {e}", *e.args[1:])
+            raise
 
     with ThreadPoolExecutor(workers, thread_name_prefix="platform") as pool:
         futures = [pool.submit(run, p) for p in platforms]
@@ -427,7 +427,8 @@ def _print_build(out: dict[str, Any]) -> None:
     if "reference" in out:
         print(f"pushed {out['reference']} (tag {out['tag']}): an index of {len(out['platforms'])} platforms")
     for p in out["platforms"]:
-        print(f"{p['platform']}: wrote {p.get('output') or p['reference']}: {p['size']} bytes, {p['entries']} "
+        where = p.get("output") or f"{out['reference'].rpartition('@')[0]}@{p['digest']}"
+        print(f"{p['platform']}: wrote {where}: {p['size']} bytes, {p['entries']} "
               f"entries, {out['compression']}, init: {p['init']}\n  sha256:{p['sha256']}")
     print(f"source: {out['image']}" + (f"@{out['imageDigest']}" if out["imageDigest"] else ""))
 

@@ -110,6 +110,11 @@ class Platform:
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
+    def expand(self, template: str) -> str:
+        """A name for this platform's output: {platform} becomes os-arch[-variant], {arch} arch[variant]."""
+        return template.replace("{platform}", str(self).replace("/", "-")).replace(
+            "{arch}", self.architecture + self.variant)
+
 
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 
