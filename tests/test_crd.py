@@ -87,7 +87,7 @@ def test_every_field_is_accepted(builds):
     ({"platforms": ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/riscv64", "linux/s390x"]},
      "must have at most 4 items"),
     ({"platforms": ["linux/amd64", "linux/arm64"]}, "output.pvc.path needs {arch} or {platform}"),
-    ({"platforms": ["linux/amd64", "linux/arm64"], "output": {"pvc": {"claimName": "x", "path": "a" * 250 + "{arch}"}}},
+    ({"platforms": ["linux/amd64", "linux/arm64"], "output": {"pvc": {"claimName": "x", "path": "a" * 251 + "{arch}"}}},
      "output.pvc.path is at most 256 characters"),
     ({"backoffLimit": -1}, "should be greater than or equal to 0"),
     ({"activeDeadlineSeconds": 0}, "should be greater than or equal to 1"),
