@@ -16,6 +16,7 @@ from fixtures.images import E, Layout, busybox_entries
 from fixtures.registry import unique_repo
 from fixtures.tools import need
 from initramfs_operator import cli
+from initramfs_operator.errors import InvalidImageError
 from initramfs_operator.oci import image
 from initramfs_operator.oci.registry import artifact
 
@@ -105,9 +106,15 @@ def test_one_push_of_all_platforms_is_one_index_that_skopeo_reads_per_arch(two_p
         manifest = json.loads((copy / "manifest.json").read_bytes())
         layer = manifest["layers"][0]
         assert layer["digest"] == f"sha256:{p['sha256']}" and sha256(copy / p["sha256"]) == p["sha256"]
-        # and the project's own reader, as the delivery agent reads an artifact, finds the same layer
-        found = artifact.layer_of(registry.ref(repo, p["digest"]), registry.options())
-        assert (found.digest, found.size) == (layer["digest"], p["size"])
+        # and the project's own reader, as the delivery agent reads an artifact, finds the same layer, by the
+        # platform's digest or through the index by platform
+        for where, platform in [(p["digest"], None), (out["digest"], image.Platform("linux", arch))]:
+            found = artifact.layer_of(registry.ref(repo, where), registry.options(), platform)
+            assert (found.digest, found.size) == (layer["digest"], p["size"])
+    with pytest.raises(InvalidImageError, match="name the platform"):
+        artifact.layer_of(registry.ref(repo, out["digest"]), registry.options())
+    with pytest.raises(InvalidImageError, match="no manifest for platform linux/s390x; available: linux/amd64, "):
+        artifact.layer_of(registry.ref(repo, out["digest"]), registry.options(), image.Platform("linux", "s390x"))
 
 
 def test_inspect_lists_every_platform(two_platforms, capsys):
