@@ -129,7 +129,9 @@ def _platforms(args: argparse.Namespace) -> list[Platform] | None:
 def _output_paths(args: argparse.Namespace, platforms: list[Platform], several: bool) -> dict[Platform, str]:
     """The file each platform is written to, each checked: one name per platform."""
     extension = compress.EXTENSIONS[args.compression]
-    template = args.output or ("initramfs-{arch}" if several else "initramfs") + extension
+    template = args.output if args.output is not None else ("initramfs-{arch}" if several else "initramfs") + extension
+    if not template:
+        output.check_target(template)  # refused, as every path that cannot be a file
     if several and not any(p in template for p in PLACEHOLDERS):
         raise UsageError(f"-o {template}: several platforms need one file each: put {{arch}} or {{platform}} "
                          f"in the name, e.g. initramfs-{{arch}}{extension}")
@@ -189,9 +191,12 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     reg = _registry_options(args, progress)
     # parsed here, once: a bad destination (or one that is not a tag) fails before any download
     target = registry.push_target(args.push) if args.push else None
-    platforms = wanted if wanted is not None else source.platforms(args.image, reg)
     several = wanted is None or len(wanted) > 1
-    paths = _output_paths(args, platforms, several) if target is None else {}
+    # Checked before the registry is asked anything; `all`'s names once its platforms are known.
+    paths = _output_paths(args, wanted or [], several) if target is None else {}
+    platforms = wanted if wanted is not None else source.platforms(args.image, reg)
+    if target is None and wanted is None:
+        paths = _output_paths(args, platforms, several)
     try:
         if not several:
             return _build_one(args, platforms[0], options, reg, target, paths, progress.report)
