@@ -2,6 +2,7 @@
 index, and status says each platform's file; each boots on its own architecture."""
 
 import hashlib
+import os
 
 from fixtures.boot import boot
 from fixtures.images import E, Layout, busybox_entries
@@ -11,9 +12,9 @@ from initramfs_operator.oci import image
 MARKER = "operator-platform-booted"
 
 
-def test_two_platforms_are_ready_with_two_outputs_and_one_index(builds, node_registry, busybox_static, busybox_arm64,
-                                                                start_operator, kernel, arm64_kernel, tmp_path):
-    start_operator()
+def push_two_platforms(node_registry, busybox_static, busybox_arm64, tmp_path) -> tuple[str, dict]:
+    """A busybox image for linux/amd64 and linux/arm64, each /init printing its arch and `uname -m`, pushed to
+    the node's registry; returns its reference and each arch's manifest descriptor."""
     layout = Layout(tmp_path / "layout")
     per_arch = {}
     for arch, busybox in (("amd64", busybox_static), ("arm64", busybox_arm64)):
@@ -22,7 +23,13 @@ def test_two_platforms_are_ready_with_two_outputs_and_one_index(builds, node_reg
         per_arch[arch] = layout.image([busybox_entries(busybox, init, [E("bin/uname", "symlink", link="busybox")])],
                                       platform=("linux", arch, ""))
     layout.tag(layout.index(list(per_arch.values())), "v1")
-    source = node_registry.push(layout.root, "v1", unique_repo("platforms"))
+    return node_registry.push(layout.root, "v1", unique_repo("platforms")), per_arch
+
+
+def test_two_platforms_are_ready_with_two_outputs_and_one_index(builds, node_registry, busybox_static, busybox_arm64,
+                                                                start_operator, kernel, arm64_kernel, tmp_path):
+    start_operator()
+    source, per_arch = push_two_platforms(node_registry, busybox_static, busybox_arm64, tmp_path)
     target = unique_repo("platform-artifacts")
     builds.create("both", {"image": source, "platforms": ["linux/amd64", "linux/arm64"],
                            "registry": {"insecure": True}, "compression": {"format": "zstd"},
@@ -52,3 +59,21 @@ def test_two_platforms_are_ready_with_two_outputs_and_one_index(builds, node_reg
             console = boot(kernel_of, initrd, f"{MARKER} {o['architecture']}", arch=o["architecture"])
             assert f"{MARKER} {o['architecture']} {machine}" in console
     assert len(builds.jobs("both")) == 1
+
+
+def test_two_platforms_to_a_pvc_write_one_file_each(builds, node_registry, busybox_static, busybox_arm64, volume,
+                                                    start_operator, tmp_path):
+    start_operator()
+    source, per_arch = push_two_platforms(node_registry, busybox_static, busybox_arm64, tmp_path)
+    pv = volume("images")
+    builds.create("files", {"image": source, "platforms": ["linux/arm64", "linux/amd64"],
+                            "registry": {"insecure": True},
+                            "output": {"pvc": {"claimName": "images", "path": "boot/app-{arch}.cpio.gz"}}})
+    status = builds.wait_reason("files", "Succeeded", timeout=180)["status"]
+    assert status["output"]["path"] == "boot/app-{arch}.cpio.gz" and "sha256" not in status["output"]
+    assert sorted(os.listdir(pv / "boot")) == ["app-amd64.cpio.gz", "app-arm64.cpio.gz"]  # nothing staged is left
+    for o, arch in zip(status["outputs"], ("arm64", "amd64"), strict=True):  # in the spec's order
+        data = (pv / f"boot/app-{arch}.cpio.gz").read_bytes()
+        assert (o["architecture"], o["path"], o["imageDigest"]) == (arch, f"boot/app-{arch}.cpio.gz",
+                                                                    per_arch[arch]["digest"])
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (o["sha256"], o["size"])
