@@ -144,3 +144,15 @@ def test_one_platform_keeps_the_single_result_and_expands_the_name(two_platforms
                     "-o", str(tmp_path / "initrd-{arch}.cpio.gz"))
     assert code == 0 and "platforms" not in out and out["platform"] == "linux/arm64"
     assert out["output"] == str(tmp_path / "initrd-arm64.cpio.gz")
+
+
+def test_an_index_of_too_many_platforms_is_refused_before_any_build(tmp_path, capsys):
+    """`all` builds one initramfs per platform: an index offering more than a build takes costs nothing."""
+    lay = Layout(tmp_path / "layout")
+    one = lay.image([[E("init", data=b"#!/bin/sh\n", mode=0o755)]])
+    lay.tag(lay.index([{**one, "platform": {"os": "linux", "architecture": f"arch{i}"}}
+                       for i in range(cli.MAX_PLATFORMS + 1)]), "many")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli.main(["build", f"oci:{lay.root}:many", "--platform", "all", "-o", f"{out}/{{arch}}", "--quiet"]) == 4
+    assert f"offers {cli.MAX_PLATFORMS + 1} platforms" in capsys.readouterr().err and os.listdir(out) == []

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from . import __version__, build
 from .archive import compress, output
-from .errors import BuildError, OutputError, UsageError
+from .errors import BuildError, LimitExceeded, OutputError, UsageError
 from .oci import reference, registry, source
 from .oci.image import DEFAULT_PLATFORM, Descriptor, Image, Platform
 from .oci.layer import Limits
@@ -106,6 +106,7 @@ def _default_docker_config() -> str | None:
 
 ALL_PLATFORMS = "all"
 PLACEHOLDERS = ("{platform}", "{arch}")
+MAX_PLATFORMS = 32  # one build each: an index that offers more is refused rather than built
 
 
 def _platforms(args: argparse.Namespace) -> list[Platform] | None:
@@ -123,7 +124,17 @@ def _platforms(args: argparse.Namespace) -> list[Platform] | None:
         raise UsageError(str(e)) from None
     if len(set(wanted)) != len(wanted):
         raise UsageError(f"--platform {args.platform}: a platform is named twice")
+    if len(wanted) > MAX_PLATFORMS:
+        raise UsageError(f"--platform: {len(wanted)} platforms, at most {MAX_PLATFORMS} in one build")
     return wanted
+
+
+def _all_platforms(args: argparse.Namespace, reg: registry.RegistryOptions) -> list[Platform]:
+    platforms = source.platforms(args.image, reg)
+    if len(platforms) > MAX_PLATFORMS:
+        raise LimitExceeded(f"{args.image}: the index offers {len(platforms)} platforms, more than the "
+                            f"{MAX_PLATFORMS} one build takes: name the ones to build with --platform")
+    return platforms
 
 
 def _output_paths(args: argparse.Namespace, platforms: list[Platform], several: bool) -> dict[Platform, str]:
@@ -194,7 +205,7 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     several = wanted is None or len(wanted) > 1
     # Checked before the registry is asked anything; `all`'s names once its platforms are known.
     paths = _output_paths(args, wanted or [], several) if target is None else {}
-    platforms = wanted if wanted is not None else source.platforms(args.image, reg)
+    platforms = wanted if wanted is not None else _all_platforms(args, reg)
     if target is None and wanted is None:
         paths = _output_paths(args, platforms, several)
     try:
@@ -369,7 +380,7 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
     """One platform's description; with several (or `all`), the image and each platform's."""
     reg = _registry_options(args)
     wanted = _platforms(args)
-    platforms = wanted if wanted is not None else source.platforms(args.image, reg)
+    platforms = wanted if wanted is not None else _all_platforms(args, reg)
     described = []
     for platform in platforms:
         with source.load(args.image, platform, reg) as image:
