@@ -5,6 +5,7 @@ own architecture's kernel and machine."""
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from fixtures.boot import boot
 from fixtures.images import E, Layout, busybox_entries
 from fixtures.registry import unique_repo
-from fixtures.tools import need
+from fixtures.tools import REPO, need
 from initramfs_operator import cli
 from initramfs_operator.errors import InvalidImageError
 from initramfs_operator.oci import image
@@ -156,3 +157,14 @@ def test_an_index_of_too_many_platforms_is_refused_before_any_build(tmp_path, ca
     out.mkdir()
     assert cli.main(["build", f"oci:{lay.root}:many", "--platform", "all", "-o", f"{out}/{{arch}}", "--quiet"]) == 4
     assert f"offers {cli.MAX_PLATFORMS + 1} platforms" in capsys.readouterr().err and os.listdir(out) == []
+
+
+def test_the_readme_quick_start_with_arm64_builds_both_and_boots_both(kernel, arm64_kernel, busybox_arm64):
+    """`examples/run.sh --arm64`, the README's arm64 line: the example image with an arm64 half, one build call,
+    and each file booted on its own architecture by examples/boot.sh."""
+    need("qemu-system-aarch64")
+    done = subprocess.run([str(REPO / "examples/run.sh"), "--arm64"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for arch in ARCHES:
+        assert re.search(rf"^hello from Linux \S+-{arch} as hello in /srv/hello: it boots$", done.stdout, re.M), \
+            done.stdout[-2000:]
