@@ -168,3 +168,20 @@ def test_the_readme_quick_start_with_arm64_builds_both_and_boots_both(kernel, ar
     for arch in ARCHES:
         assert re.search(rf"^hello from Linux \S+-{arch} as hello in /srv/hello: it boots$", done.stdout, re.M), \
             done.stdout[-2000:]
+
+
+def test_a_failed_platform_names_itself_and_no_platform_s_file_appears(tmp_path, capsys):
+    lay = Layout(tmp_path / "layout")
+    init = [E("init", data=b"#!/bin/sh\n", mode=0o755)]
+    amd64 = lay.image([init], platform=("linux", "amd64", ""))
+    arm64 = lay.image([init + [E("etc/arm64", data=b"only here\n")]], platform=("linux", "arm64", ""))
+    lay.tag(lay.index([amd64, arm64]), "multi")
+    manifest = json.loads((lay.root / "blobs/sha256" / arm64["digest"][7:]).read_bytes())
+    (lay.root / "blobs/sha256" / manifest["layers"][0]["digest"][7:]).write_bytes(b"not the layer")  # arm64's only
+    out = tmp_path / "out"
+    out.mkdir()
+    code = cli.main(["build", f"oci:{lay.root}:multi", "--platform", "linux/amd64,linux/arm64",
+                     "-o", f"{out}/{{arch}}.cpio.gz", "--quiet"])
+    assert code == 4
+    assert capsys.readouterr().err.startswith("initramfs-builder: error: linux/arm64: ")
+    assert os.listdir(out) == []
