@@ -425,7 +425,9 @@ def test_delivery_agent_reads_only_the_secrets_the_values_name(kube: Cluster, se
     assert forbidden(kube, sa, "get", "configmap", "registry-ca", "-n", team)
     for namespace in (ops, team):
         assert forbidden(kube, sa, "get", "secrets", "-n", namespace)  # never listed
-    kube.kubectl("get", "initramfsbuilds", "--all-namespaces", kubeconfig=sa)  # what it is for does work
+    # What it is for does work: releases; the builds themselves it may not read.
+    kube.kubectl("get", "initramfsreleases", "--all-namespaces", kubeconfig=sa)
+    assert forbidden(kube, sa, "get", "initramfsbuilds", "--all-namespaces")
 
 
 # --- the operator, run with nothing but the chart's RBAC -----------------------------------------

@@ -4,12 +4,14 @@
 `desired` is every node the build's selector picks; a node that runs no agent never reports
 and is counted as waiting. The message counts (it names only failed nodes, the news): a
 message naming waiting nodes would change with every node's report, and every status write
-is an event for every agent watching builds. Writes are coalesced too, to at most one per build
+is an event for every watcher of builds (users' tools, Argo CD). Writes are coalesced too, to at most one per build
 per `WINDOW` seconds (a lone change is written at once). A report only counts for the build it
 names by UID and for a node the selector picks now, so a node that leaves the selector stops
 counting at once, whatever its agent has (or has not) cleaned up. When every failed node refuses the
 build for one reason of the admin's rules (QuotaExceeded, DeliveryConflict, NamespaceNotAllowed), that
 is the condition's reason.
+
+The same pass keeps the build's InitramfsRelease (release.py), what the agents watch, current.
 """
 
 import logging
@@ -20,6 +22,7 @@ from typing import Any
 
 from . import api, conditions, crd
 from .cache import Cache, snapshot
+from .release import Releases, released_output
 from .selector import matches
 from .workqueue import WorkQueue
 
@@ -49,8 +52,8 @@ def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, s
     if delivery is None:
         return None
     selected = sorted(n for n, labels in node_labels.items() if matches(delivery.get("nodeSelector"), labels))
-    output = (build.get("status") or {}).get("output") or {}
-    digest = f"sha256:{output['sha256']}" if output.get("sha256") and output.get("reference") else None
+    output = released_output(build)
+    digest = f"sha256:{output['sha256']}" if output else None
     phases: dict[str, tuple[str, str, str]] = {}  # node -> phase, message, reason
     for report in reports:
         spec, status = report.get("spec") or {}, report.get("status") or {}
@@ -128,6 +131,7 @@ class DeliveryStatus:
                  coalesce: Coalescer | None = None):
         self.kube, self.builds, self.leading = kube, builds, leading
         self.coalesce = coalesce or Coalescer()
+        self.releases = Releases(kube)
         self.queue = WorkQueue()
         self._reports: Mapping[Hashable, Any] = {}
         self._nodes: Mapping[Hashable, Any] = {}
@@ -135,8 +139,10 @@ class DeliveryStatus:
         # node_changed (kopf's event loop) touches it; the index has the new labels before the handler runs.
         self._labels_seen: dict[str, dict[str, str]] = {}
 
-    def bind(self, reports: Mapping[Hashable, Any], nodes: Mapping[Hashable, Any]) -> None:
+    def bind(self, reports: Mapping[Hashable, Any], nodes: Mapping[Hashable, Any],
+             releases: Mapping[Hashable, Any]) -> None:
         self._reports, self._nodes = reports, nodes
+        self.releases.bind(releases)
 
     def node_changed(self, name: str, labels: Mapping[str, str] | None) -> None:
         """A Node event; `labels` None when it was deleted. Only labels feed the selectors: a status update
@@ -188,6 +194,7 @@ class DeliveryStatus:
     def sync(self, key: Hashable) -> None:
         namespace, name = str(key[0]), str(key[1])  # type: ignore[index]
         build = self.builds.build(namespace, name)
+        self.releases.sync(namespace, name, build)
         if build is None or build["spec"].get("delivery") is None:
             self.coalesce.forget(key)
             return  # deleted, or nothing to deliver: no need to read every node's labels
