@@ -159,11 +159,11 @@ optional; the CRD is installed before the operator), kopf peering objects (it ru
 - apiGroups: [initramfs.dev]
   resources: [initramfsdeliveries]
   verbs: [list, watch]
-# What the agents hold: one release per delivering build, written only when it changes, deleted when the
-# build stops delivering (server-side apply creates it).
+# What the agents hold: one release per delivering build, written (server-side apply, which creates it
+# the first time) only when it changes, deleted when the build stops delivering.
 - apiGroups: [initramfs.dev]
   resources: [initramfsreleases]
-  verbs: [list, watch, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 {{- end }}
 {{- end }}
 
