@@ -74,22 +74,25 @@ class Builds:
     """Builds, and their releases as the operator writes them (release.py, after every change of a build:
     with no index to compare with, every write is applied, and an unchanged release stays unchanged)."""
 
-    def __init__(self, kube: Cluster, namespace: str, registry_host: str):
+    def __init__(self, kube: Cluster, namespace: str, registry_host: str, publish: bool = True):
         self.custom = kubernetes.client.CustomObjectsApi(kube.api_client())
         self.namespace, self.registry_host = namespace, registry_host
-        self.releases = Releases(api.Kube(client.HttpxTransport(client.from_kubeconfig(kube.kubeconfig))))
+        # publish False: the operator runs, and writes the releases itself.
+        self.releases = Releases(api.Kube(client.HttpxTransport(client.from_kubeconfig(kube.kubeconfig)))) \
+            if publish else None
 
     def publish(self, build: dict) -> dict:
-        self.releases.sync(self.namespace, build["metadata"]["name"], build)
+        if self.releases is not None:
+            self.releases.sync(self.namespace, build["metadata"]["name"], build)
         return build
 
-    def create(self, name: str, delivery: dict) -> dict:
+    def create(self, name: str, delivery: dict, **spec) -> dict:
         return self.publish(self.custom.create_namespaced_custom_object(
             crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, {
                 "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name},
                 "spec": {"image": f"{self.registry_host}/src/app:1", "registry": {"insecure": True},
                          "output": {"oci": {"repository": f"{self.registry_host}/out/{name}", "tag": "v"}},
-                         "delivery": delivery}}))
+                         "delivery": delivery, **spec}}))
 
     def annotate(self, name: str, annotations: dict) -> None:
         self.publish(self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL,
@@ -109,7 +112,9 @@ class Builds:
     def delete(self, name: str) -> None:
         """The build, and its release as the garbage collector deletes it (here at once)."""
         self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name)
-        self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.RELEASE_PLURAL, name)
+        if self.releases is not None:
+            self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.RELEASE_PLURAL,
+                                                        name)
 
     def release(self, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.RELEASE_PLURAL,

@@ -82,7 +82,7 @@ def test_a_release_is_written_only_when_it_changes(held, build, sent):
     if sent and sent[0][0] == "PATCH":
         body = requests[0].body
         assert requests[0].query == {"fieldManager": "initramfs-operator", "force": "true"}
-        assert body["spec"] == release_spec(build) and body["kind"] == crd.RELEASE_KIND
+        assert body["spec"] == release_spec(build, held=held) and body["kind"] == crd.RELEASE_KIND
         assert body["metadata"]["ownerReferences"] == [{"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": "vm",
                                                         "uid": "u", "controller": True, "blockOwnerDeletion": True}]
 

@@ -109,9 +109,11 @@ class Wanted:
     reclaim: str  # "Retain" or "Delete"
     reference: str | None  # repository@digest of the artifact, once the release has an output
     expected: Expected | None
+    now: bool = True  # whether this node may take it now (not while waiting for its wave)
 
 
-def wanted(release: Obj) -> Wanted:
+def wanted(release: Obj, node: str = "") -> Wanted:
+    """What `node` should hold of the release."""
     spec = release["spec"]
     delivery, output = spec["delivery"], spec.get("output")
     # Always under the build's namespace: one namespace's builds can never overwrite another's files.
@@ -120,7 +122,9 @@ def wanted(release: Obj) -> Wanted:
     if output:
         reference = output["reference"]
         expected = Expected(output["sha256"], output["sha512"], int(output["size"]), output.get("compression", "gzip"))
-    return Wanted(directory, int(delivery["keep"]), delivery["reclaimPolicy"], reference, expected)
+    waves = spec.get("rollout")
+    return Wanted(directory, int(delivery["keep"]), delivery["reclaimPolicy"], reference, expected,
+                  waves is None or node in (waves.get("nodes") or []))
 
 
 def _selects(release: Obj, labels: dict[str, str]) -> bool:
@@ -291,7 +295,7 @@ class Agent:
             self.last_seen.pop(key, None)
 
     def deliver(self, key: Key, release: Obj) -> None:
-        want = wanted(release)
+        want = wanted(release, self.node)
         store = VersionStore(self.root, want.directory, self.verified)
         path = os.path.join(self.root, want.directory, "current")
         try:
@@ -304,7 +308,15 @@ class Agent:
             if want.reference is None or want.expected is None:
                 self.report(key, release, "Pending", "waiting for the build's first OCI output", path=path)
                 return
-            if store.current() != want.expected.filename or not store.has(want.expected):
+            if store.current() != want.expected.filename and not want.now:
+                # Rolled out in waves, and this node's has not started: it keeps what it holds.
+                self.report(key, release, "Pending", f"waiting for its wave of {want.reference}", path=path,
+                            digest=self._held(store))
+                return
+            kept = store.has(want.expected)
+            if kept and store.current() != want.expected.filename:
+                store.activate(want.expected.filename)  # a version it keeps (a pin, a rollback): no download
+            elif not kept:
                 held = self._reserve(key[0], want, store)
                 if held is not None:
                     self.report(key, release, "Failed", f"namespace {key[0]} would hold {held} bytes on this node, "

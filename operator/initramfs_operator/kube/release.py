@@ -7,8 +7,9 @@ cost events in proportion to N per host. A release is written only when what it 
 with the release as the operator's index holds it: no write, no event), so a rollout is about one event
 per host, and the agents need no read access to builds at all.
 
-`release_spec` is a pure function of the build; `released_output` is the one place that decides which
-output hosts may take.
+`release_spec` is a pure function of the build, the release as last written and rollout.py's plan (which
+output, which hosts now); `rollout.released_output` is the one place that decides which output hosts may
+take at all.
 """
 
 from collections.abc import Hashable, Mapping
@@ -16,41 +17,40 @@ from typing import Any
 
 from . import api, crd
 from .cache import snapshot
+from .rollout import Plan, history, released_output
 
 FIELD_MANAGER = "initramfs-operator"
 DEFAULT_KEEP, DEFAULT_RECLAIM = 3, "Retain"  # the build CRD's defaults, for a build its schema did not default
-OUTPUT_FIELDS = ("reference", "digest", "sha256", "sha512", "size", "compression")
 
 
-def released_output(build: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The output the build's hosts may take: its latest pushed one. (A condition a build must meet before its
-    hosts get it, such as a verified boot, belongs here.)"""
-    output = (build.get("status") or {}).get("output") or {}
-    if not all(output.get(k) for k in ("reference", "sha256", "sha512")) or output.get("size") is None:
-        return None
-    return {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None}
-
-
-def release_spec(build: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What the build's release says; None when the build delivers nothing (or is being deleted)."""
+def release_spec(build: Mapping[str, Any], plan: Plan | None = None,
+                 held: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """What the build's release says, given which output its hosts may take and which of them may now (`plan`,
+    rollout.py; by default the build's latest output, every host) and the release as written last (`held`):
+    None when the build delivers nothing (or is being deleted)."""
     meta, spec = build["metadata"], build["spec"]
     delivery = spec.get("delivery")
     if delivery is None or meta.get("deletionTimestamp"):
         return None
+    plan = plan or Plan(released_output(build))
     registry = spec.get("registry") or {}
     push = (spec["output"].get("oci") or {}).get("pushSecret")
     access = {"insecure": bool(registry.get("insecure")), "caConfigMap": registry.get("caConfigMap"),
               "pullSecret": push["name"] if push else None}
-    released = {
+    keep = int(delivery.get("keep", DEFAULT_KEEP))
+    released: dict[str, Any] = {
         "buildUID": meta["uid"], "buildCreationTimestamp": meta["creationTimestamp"],
         "delivery": {"nodeSelector": delivery.get("nodeSelector") or {},
-                     "directory": delivery.get("directory") or meta["name"],
-                     "keep": int(delivery.get("keep", DEFAULT_KEEP)),
+                     "directory": delivery.get("directory") or meta["name"], "keep": keep,
                      "reclaimPolicy": delivery.get("reclaimPolicy", DEFAULT_RECLAIM)},
         "registry": {k: v for k, v in access.items() if v is not None},
     }
-    output = released_output(build)
-    return {**released, "output": output} if output else released
+    if plan.output:
+        released["output"] = plan.output
+    if plan.nodes is not None:
+        released["rollout"] = {"nodes": plan.nodes}
+    earlier = history(held, plan.output, keep)
+    return {**released, "history": earlier} if earlier else released
 
 
 def release_entry(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,11 +77,12 @@ class Releases:
         found: list[dict[str, Any]] = snapshot(lambda: store) if store is not None else []
         return found[0] if found else None
 
-    def sync(self, namespace: str, name: str, build: Mapping[str, Any] | None) -> None:
+    def sync(self, namespace: str, name: str, build: Mapping[str, Any] | None, plan: Plan | None = None) -> None:
         """`build` None: it is gone, and the garbage collector takes its release."""
         if build is None:
             return
-        wanted, held = release_spec(build), self.held(namespace, name)
+        held = self.held(namespace, name)
+        wanted = release_spec(build, plan, held)
         if wanted == held:
             return
         url = api.path(crd.API_VERSION, crd.RELEASE_PLURAL, namespace, name)
