@@ -86,7 +86,7 @@ class Counted:
         agent.kube.watch = counted  # type: ignore[method-assign]  # this instance only
 
     def stats(self) -> dict:
-        synced = self.agent.nodes.synced.is_set() and all(i.synced.is_set() for i in self.agent.builds)
+        synced = self.agent.nodes.synced.is_set() and all(i.synced.is_set() for i in self.agent.releases)
         return {"events": dict(self.events), "bookmarks": self.bookmarks,
                 "bytes_hashed": self.agent.verified.bytes_hashed, "downloaded": DOWNLOADED[self.agent.root],
                 "installs": INSTALLS[self.agent.root], "synced": synced}

@@ -22,8 +22,9 @@ message). The nodes have no kubelet either, and kube-controller-manager runs wit
 lifecycle controller (which would taint kubelet-less nodes mid-run: events no real fleet sees).
 
 Per rollout, printed with PASS/FAIL against the issue's budgets: the agents' API requests per host (audit
-log, by user), the operator's status writes to the build (audit log), watch events handed to each
-agent's informers (counted in the agent processes), bytes each host read back from disk (the agent's
+log, by user), the operator's status writes to the build and writes of its InitramfsRelease (audit log),
+watch events handed to each agent's informers (counted in the agent processes, by resource: its Node and
+the releases, which is all an agent watches), bytes each host read back from disk (the agent's
 own counter of re-hashed bytes, and the processes' /proc read_bytes) beside the bytes each pulled from
 the registry, and the time from the output appearing to Delivered N/N. Exit
 status 1 if a budget fails or a host does not hold the artifact.
@@ -72,7 +73,7 @@ MAX_DELIVERED_SECONDS = 60.0  # at 1,000 hosts, a 10 MB artifact, loopback
 # The chart's agent rules (README "Delivery to VM hosts"), for the agents' group: not system:masters, so
 # their requests are authorized and queued by API Priority and Fairness as a real DaemonSet's would be.
 AGENT_RULES = [
-    {"apiGroups": [crd.GROUP], "resources": [crd.PLURAL], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [crd.GROUP], "resources": [crd.RELEASE_PLURAL], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [crd.GROUP], "resources": [crd.DELIVERY_PLURAL],
      "verbs": ["get", "list", "create", "patch", "delete"]},
@@ -281,6 +282,7 @@ class Measured:
     requests_by_host: Counter            # node -> n
     status_writes: int
     status_writes_delivery: int          # of them, writes carrying status.delivery
+    release_writes: int                  # the operator's writes of the build's InitramfsRelease
     events: Counter                      # resource -> n, all agents
     events_by_host: Counter
     bookmarks: int
@@ -295,7 +297,7 @@ def measure(rollout: Rollout, audit: list[dict], hosts: int) -> Measured:
     assert rollout.before is not None and rollout.after is not None
     b, a = rollout.before, rollout.after
     agent_requests, by_host = Counter(), Counter()
-    writes = delivery_writes = 0
+    writes = delivery_writes = release_writes = 0
     for e in audit:
         if not in_window(e, rollout):
             continue
@@ -307,6 +309,9 @@ def measure(rollout: Rollout, audit: list[dict], hosts: int) -> Measured:
                 and (e.get("objectRef") or {}).get("name") == BUILD:
             writes += 1
             delivery_writes += "delivery" in ((e.get("requestObject") or {}).get("status") or {})
+        elif user == fleet.OPERATOR_USER and e["verb"] in ("create", "update", "patch", "delete") \
+                and resource(e) == crd.RELEASE_PLURAL:
+            release_writes += 1
     events, events_by_host = Counter(), Counter()
     for node, after in a.events.items():
         diff = after - b.events.get(node, Counter())
@@ -320,7 +325,8 @@ def measure(rollout: Rollout, audit: list[dict], hosts: int) -> Measured:
     from_output = rollout.delivered_at - rollout.output_at if rollout.delivered_at and rollout.output_at else None
     from_start = rollout.delivered_at - rollout.started if rollout.delivered_at else None
     return Measured(hosts, rollout.artifact.size, from_output, from_start, agent_requests, by_host, writes,
-                    delivery_writes, events, events_by_host, bookmarks, hashed, downloaded, installs, read_bytes)
+                    delivery_writes, release_writes, events, events_by_host, bookmarks, hashed, downloaded, installs,
+                    read_bytes)
 
 
 def print_rollout(rollout: Rollout, m: Measured) -> list[tuple[str, bool]]:
@@ -338,6 +344,7 @@ def print_rollout(rollout: Rollout, m: Measured) -> list[tuple[str, bool]]:
     for (verb, res), count in sorted(m.agent_requests.items(), key=lambda kv: -kv[1]):
         print(f"  {verb:8} {res:28} {count:7}  {count / n:.2f} per host")
     print(f"operator status writes to the build: {m.status_writes} ({m.status_writes_delivery} with status.delivery)")
+    print(f"operator writes of the build's release (what the agents watch): {m.release_writes}")
     ev = sum(m.events.values())
     most = max(m.events_by_host.values(), default=0)
     print(f"watch events handed to agents: {ev} ({ev / n:.2f} per host, max {most}; "
@@ -540,6 +547,7 @@ def main() -> int:
             ("time to Delivered N/N (s)", lambda m: f"{m.seconds_from_output:.1f}" if m.seconds_from_output else "-"),
             ("agent requests per host", lambda m: f"{sum(m.agent_requests.values()) / m.hosts:.2f}"),
             ("operator status writes (N/10+10)", lambda m: f"{m.status_writes} ({m.hosts / 10 + 10:.0f})"),
+            ("operator release writes", lambda m: f"{m.release_writes}"),
             ("watch events per host", lambda m: f"{sum(m.events.values()) / m.hosts:.2f}"),
             ("disk bytes read per host / file",
              lambda m: f"{(sum(m.hashed_by_host.values()) + m.read_bytes) / m.hosts / m.size:.3f}"),

@@ -1,8 +1,8 @@
 """The delivery agent's /healthz, /readyz and /metrics, as the kubelet and Prometheus read them, while a real
 agent delivers from the test registry into a directory of the test's. The API server is a stand-in of the
-test's (the real one is in test_delivery_agent.py and test_delivery.py): it lists one Node and two builds,
-keeps its watches quiet, and takes the agent's reports, holding the listing of builds or the reports back
-when the test says.
+test's (the real one is in test_delivery_agent.py and test_delivery.py): it lists one Node and the releases of
+two builds, keeps its watches quiet, and takes the agent's reports, holding the listing of releases or the
+reports back when the test says.
 """
 
 import hashlib
@@ -22,27 +22,30 @@ from prometheus_client.parser import text_string_to_metric_families
 from fixtures.kube import wait_until
 from fixtures.registry import Registry, unique_repo
 from initramfs_operator.delivery import metrics
-from initramfs_operator.delivery.agent import Agent, holding
+from initramfs_operator.delivery.agent import Agent
 from initramfs_operator.kube import client, crd
+from initramfs_operator.kube.release import release_spec
 from initramfs_operator.oci.registry import push
 
 NODE = "vm-host-1"
 
 
-def build(name: str, output: dict, registry_host: str) -> dict:
-    return {"apiVersion": crd.API_VERSION, "kind": crd.KIND,
-            "metadata": {"namespace": "team", "name": name, "uid": f"uid-{name}", "generation": 1,
-                         "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"image": f"{registry_host}/src/app:1", "registry": {"insecure": True},
-                     "output": {"oci": {"repository": f"{registry_host}/out/{name}", "tag": "v"}},
-                     "delivery": {"nodeSelector": {"matchLabels": {"vm-host": "true"}}}},
-            "status": {"output": output}}
+def release(name: str, output: dict, registry_host: str) -> dict:
+    """The InitramfsRelease the operator writes for a build with this output."""
+    meta = {"namespace": "team", "name": name, "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1",
+            "creationTimestamp": "2026-01-01T00:00:00Z"}
+    build = {"metadata": meta,
+             "spec": {"image": f"{registry_host}/src/app:1", "registry": {"insecure": True},
+                      "output": {"oci": {"repository": f"{registry_host}/out/{name}", "tag": "v"}},
+                      "delivery": {"nodeSelector": {"matchLabels": {"vm-host": "true"}}}},
+             "status": {"output": output}}
+    return {"apiVersion": crd.API_VERSION, "kind": crd.RELEASE_KIND, "metadata": meta, "spec": release_spec(build)}
 
 
 class StandIn(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    builds: list[dict] = []
-    listing = threading.Event()   # set: the builds may be listed
+    releases: list[dict] = []
+    listing = threading.Event()   # set: the releases may be listed
     reporting = threading.Event()  # set: reports are taken
     closing = threading.Event()
     reports: dict[str, dict] = {}
@@ -55,9 +58,9 @@ class StandIn(BaseHTTPRequestHandler):
         elif url.path == "/api/v1/nodes":
             self._json({"metadata": {"resourceVersion": "1"}, "items": [
                 {"metadata": {"name": NODE, "resourceVersion": "1", "labels": {"vm-host": "true"}}}]})
-        elif url.path.endswith("/" + crd.PLURAL):
+        elif url.path.endswith("/" + crd.RELEASE_PLURAL):
             self.listing.wait()
-            self._json({"metadata": {"resourceVersion": "1"}, "items": self.builds})
+            self._json({"metadata": {"resourceVersion": "1"}, "items": self.releases})
         else:  # this node's reports, listed at start: none yet
             self._json({"metadata": {"resourceVersion": "1"}, "items": []})
 
@@ -90,7 +93,7 @@ class StandIn(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api_server() -> Iterator[type[StandIn]]:
-    StandIn.builds, StandIn.reports = [], {}
+    StandIn.releases, StandIn.reports = [], {}
     for event in (StandIn.listing, StandIn.reporting, StandIn.closing):
         event.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
@@ -148,7 +151,7 @@ def probe(endpoints: str, path: str) -> tuple[int, str]:
 def test_readiness_waits_for_the_first_listing(api_server: type[StandIn], agent: tuple[Agent, str]):
     running, endpoints = agent
     wait_until(lambda: running.nodes.synced.is_set(), timeout=10, what="the node listed")
-    assert probe(endpoints, "/readyz") == (503, "waiting for the first listing of builds")
+    assert probe(endpoints, "/readyz") == (503, "waiting for the first listing of releases")
     assert probe(endpoints, "/healthz") == (200, "ok")
     api_server.listing.set()
     wait_until(lambda: probe(endpoints, "/readyz")[0] == 200, timeout=10, what="/readyz 200")
@@ -160,7 +163,7 @@ def test_liveness_fails_while_a_worker_is_stuck(api_server: type[StandIn], agent
     """A worker held by a request that does not come back stops going round; the others still do."""
     monkeypatch.setattr(metrics, "STALLED_SECONDS", 1.0)
     running, endpoints = agent
-    api_server.builds = [build("waiting", {}, "registry.invalid")]
+    api_server.releases = [release("waiting", {}, "registry.invalid")]
     api_server.listing.set()  # the build has no output yet: the agent reports it Pending, and the report hangs
     wait_until(lambda: probe(endpoints, "/healthz")[0] == 503, timeout=10, what="/healthz 503")
     _, text = probe(endpoints, "/healthz")
@@ -175,9 +178,9 @@ def test_metrics_after_deliveries_a_reverification_and_a_failure(
     running, endpoints = agent
     data = os.urandom(300_000)
     good = artifact(registry, data, tmp_path)
-    # The second build's status claims other bytes than its artifact holds: its pull must fail.
+    # The second release claims other bytes than its artifact holds: its pull must fail.
     wrong = {**artifact(registry, b"not what the status says", tmp_path), "sha256": "0" * 64}
-    api_server.builds = [build("vm", good, registry.host), build("broken", wrong, registry.host)]
+    api_server.releases = [release("vm", good, registry.host), release("broken", wrong, registry.host)]
     api_server.reporting.set()
     api_server.listing.set()
     wait_until(lambda: scrape(endpoints)[("initramfs_deliveries_total", (("result", "Delivered"),))] == 1
@@ -201,27 +204,3 @@ def test_metrics_after_deliveries_a_reverification_and_a_failure(
     assert 0 < samples[("initramfs_delivery_verify_seconds_sum", ())] < 5
     assert samples[("initramfs_delivery_pulled_bytes_total", ())] == len(data)
     assert samples[("initramfs_deliveries_total", (("result", "Delivered"),))] == 1
-
-
-HELD = {"metadata": {"uid": "u", "generation": 3, "annotations": {}},
-        "spec": {"image": "r/app:1", "output": {"oci": {"repository": "r/out", "tag": "v"}},
-                 "delivery": {"nodeSelector": {}, "keep": 3}},
-        "status": {"output": {"reference": "r/out@sha256:1", "sha256": "1", "sha512": "2", "size": 9}}}
-
-
-@pytest.mark.parametrize(("edit", "acts"), [
-    # Nothing a host holds: every selected agent must stay quiet, whatever the generation says.
-    ({"metadata": {"generation": 4}, "spec": {"suspend": True}}, False),
-    ({"metadata": {"generation": 4}, "spec": {"refreshInterval": "1h", "resources": {"limits": {"cpu": "1"}}}},
-     False),
-    ({"metadata": {"annotations": {"initramfs.dev/requested-at": "now"}}}, False),
-    ({"status": {"delivery": {"nodes": "1/2"}, "conditions": [{"type": "Delivered"}]}}, False),
-    # What a host holds, or how it pulls it.
-    ({"metadata": {"generation": 4}, "spec": {"delivery": {"nodeSelector": {}, "keep": 2}}}, True),
-    ({"metadata": {"generation": 4}, "spec": {"registry": {"insecure": True}}}, True),
-    ({"status": {"output": {"reference": "r/out@sha256:3", "sha256": "3", "sha512": "4", "size": 9}}}, True),
-    ({"metadata": {"uid": "v"}}, True),
-])
-def test_an_agent_acts_only_on_what_its_host_holds(edit: dict, acts: bool) -> None:
-    edited = {part: {**HELD[part], **edit.get(part, {})} for part in HELD}
-    assert (holding(edited) != holding(HELD)) is acts

@@ -296,6 +296,11 @@ def test_users_bound_to_edit_create_builds_and_viewers_only_read(kube: Cluster, 
     kube.kubectl("create", "-n", team, "--as", "alice", "-f", "-", input=yaml.safe_dump(build))
     assert "mine" in kube.kubectl("get", "irb", "-n", team, "--as", "bob").stdout
     assert can_i(kube, "bob", "watch", team)
+    # The operator's releases (what every delivering host places on its disk): read, never written, even by admins.
+    releases = "initramfsreleases.initramfs.dev"
+    assert can_i(kube, "bob", "list", team, releases)
+    assert not [verb for user in ("alice", "carol") for verb in ("create", "patch", "delete")
+                if can_i(kube, user, verb, team, releases)]
     assert forbidden(kube, None, "delete", "irb", "mine", "-n", team, "--as", "bob")
     assert forbidden(kube, None, "create", "-n", team, "--as", "bob", "-f", "-",
                      input=yaml.safe_dump({**build, "metadata": {"name": "bobs"}}))
@@ -425,7 +430,9 @@ def test_delivery_agent_reads_only_the_secrets_the_values_name(kube: Cluster, se
     assert forbidden(kube, sa, "get", "configmap", "registry-ca", "-n", team)
     for namespace in (ops, team):
         assert forbidden(kube, sa, "get", "secrets", "-n", namespace)  # never listed
-    kube.kubectl("get", "initramfsbuilds", "--all-namespaces", kubeconfig=sa)  # what it is for does work
+    # What it is for does work: releases; the builds themselves it may not read.
+    kube.kubectl("get", "initramfsreleases", "--all-namespaces", kubeconfig=sa)
+    assert forbidden(kube, sa, "get", "initramfsbuilds", "--all-namespaces")
 
 
 # --- the operator, run with nothing but the chart's RBAC -----------------------------------------

@@ -349,8 +349,9 @@ def test_user_roles_aggregate_into_the_built_in_ones(static_helm: Helm):
         {aggregate + r for r in ("view", "edit", "admin")}
     assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregate)} == \
         {aggregate + r for r in ("edit", "admin")}
-    # Neither reaches the status, which is the operator's, nor writes the delivery agents' reports.
-    assert [r["resources"] for r in view["rules"]] == [["initramfsbuilds", "initramfsdeliveries"]]
+    # Neither reaches the status, which is the operator's, nor writes the delivery agents' reports or the
+    # operator's releases (what every host places on its disk).
+    assert [r["resources"] for r in view["rules"]] == [["initramfsbuilds", "initramfsdeliveries", "initramfsreleases"]]
     assert [r["resources"] for r in edit["rules"]] == [["initramfsbuilds"]]
     assert not find(static_helm.render("r", "ops", {"rbac": {"aggregateClusterRoles": False}}), "ClusterRole",
                     name="r-initramfs-operator-view")
@@ -476,4 +477,8 @@ def test_delivery_agents_read_only_the_named_secrets_and_write_only_their_nodes_
     agent_rules = [r for role in find(plain, "Role") + find(plain, "ClusterRole")
                    if role["metadata"]["name"].startswith(agent) for r in role["rules"]]
     assert not [r for r in agent_rules if {"secrets", "configmaps", "namespaces"} & set(r["resources"])]
+    # What to hold: the operator's releases, read; the builds, not at all.
+    assert {"apiGroups": ["initramfs.dev"], "resources": ["initramfsreleases"], "verbs": ["get", "list", "watch"]} \
+        in agent_rules
+    assert not [r for r in agent_rules if "initramfsbuilds" in r["resources"]]
     assert "INITRAMFS_DELIVERY_PULL_SECRET" not in container_env(one(plain, "DaemonSet"))

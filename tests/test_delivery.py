@@ -180,6 +180,11 @@ def test_delivers_to_the_selected_node_and_qemu_boots_current(
         manifest = c.get(f"/v2/{target}/manifests/{status['output']['digest']}",
                          headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
         assert c.get(f"/v2/{target}/blobs/{manifest['layers'][0]['digest']}").content == data
+    # What the agent acted on: the operator's release of the build, owned by it.
+    release = builds.custom.get_namespaced_custom_object("initramfs.dev", "v1alpha1", builds.namespace,
+                                                         "initramfsreleases", "vm")
+    assert release["spec"]["output"]["sha512"] == status["output"]["sha512"]
+    assert release["metadata"]["ownerReferences"][0]["uid"] == builds.get("vm")["metadata"]["uid"]
     [report] = reports(builds, "vm")
     assert report["spec"]["nodeName"] == node.name and report["status"]["phase"] == "Ready"
     assert report["status"]["path"] == str(current)

@@ -1,8 +1,9 @@
 """The delivery agent against a real API server and a real registry: what lands on the host's disk.
 
-The InitramfsBuild's status is written here the way the operator writes it after a build (the
-operator and the agent meet only through that status); the end-to-end path, with the operator
-building and the agent running as the chart's DaemonSet on the real node, is test_delivery.py.
+The InitramfsBuild's status is written here the way the operator writes it after a build, and its
+InitramfsRelease with the operator's own code (the operator and the agent meet only through the release);
+the end-to-end path, with the operator building and the agent running as the chart's DaemonSet on the
+real node, is test_delivery.py.
 """
 
 import hashlib
@@ -21,7 +22,8 @@ from fixtures.registry import FaultProxy, unique_repo
 from initramfs_operator.delivery.agent import Agent, Pulls, report_name
 from initramfs_operator.delivery.store import OWNER, Verified
 from initramfs_operator.delivery.tenancy import Tenancy
-from initramfs_operator.kube import client, crd
+from initramfs_operator.kube import api, client, crd
+from initramfs_operator.kube.release import Releases
 from initramfs_operator.oci.registry import push
 
 CPIO_GZ = "application/vnd.initramfs.v1.cpio+gzip"
@@ -69,31 +71,54 @@ def pushed(registry, repo: str, data: bytes, tmp_path: Path) -> dict:
 
 
 class Builds:
-    def __init__(self, kube: Cluster, namespace: str, registry_host: str):
+    """Builds, and their releases as the operator writes them (release.py, after every change of a build:
+    with no index to compare with, every write is applied, and an unchanged release stays unchanged)."""
+
+    def __init__(self, kube: Cluster, namespace: str, registry_host: str, publish: bool = True):
         self.custom = kubernetes.client.CustomObjectsApi(kube.api_client())
         self.namespace, self.registry_host = namespace, registry_host
+        # publish False: the operator runs, and writes the releases itself.
+        self.releases = Releases(api.Kube(client.HttpxTransport(client.from_kubeconfig(kube.kubeconfig)))) \
+            if publish else None
 
-    def create(self, name: str, delivery: dict) -> dict:
-        return self.custom.create_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, {
-            "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name},
-            "spec": {"image": f"{self.registry_host}/src/app:1", "registry": {"insecure": True},
-                     "output": {"oci": {"repository": f"{self.registry_host}/out/{name}", "tag": "v"}},
-                     "delivery": delivery}})
+    def publish(self, build: dict) -> dict:
+        if self.releases is not None:
+            self.releases.sync(self.namespace, build["metadata"]["name"], build)
+        return build
+
+    def create(self, name: str, delivery: dict, **spec) -> dict:
+        return self.publish(self.custom.create_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, {
+                "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name},
+                "spec": {"image": f"{self.registry_host}/src/app:1", "registry": {"insecure": True},
+                         "output": {"oci": {"repository": f"{self.registry_host}/out/{name}", "tag": "v"}},
+                         "delivery": delivery, **spec}}))
 
     def annotate(self, name: str, annotations: dict) -> None:
-        self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
-                                                   {"metadata": {"annotations": annotations}})
+        self.publish(self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL,
+                                                                name, {"metadata": {"annotations": annotations}}))
 
     def patch_spec(self, name: str, spec: dict) -> dict:
-        return self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
-                                                          {"spec": spec})
+        return self.publish(self.custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace,
+                                                                       crd.PLURAL, name, {"spec": spec}))
 
     def built(self, name: str, output: dict) -> None:
-        self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name,
-                                                          {"status": {"output": output}})
+        self.patch_status(name, {"output": output})
+
+    def patch_status(self, name: str, status: dict) -> None:
+        self.publish(self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, self.namespace,
+                                                                       crd.PLURAL, name, {"status": status}))
 
     def delete(self, name: str) -> None:
+        """The build, and its release as the garbage collector deletes it (here at once)."""
         self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name)
+        if self.releases is not None:
+            self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.RELEASE_PLURAL,
+                                                        name)
+
+    def release(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.RELEASE_PLURAL,
+                                                        name)
 
     def report(self, name: str, node: str) -> dict | None:
         try:
@@ -150,26 +175,27 @@ def test_delivers_verifies_rolls_forward_and_prunes(kube, namespace, registry, h
     assert (directory / f"{third['sha256']}.sha512").read_text() == third["sha512"] + "\n"
 
 
-def test_unrelated_events_do_not_read_the_delivered_file(kube, namespace, registry, host, tmp_path):
-    """The operator's status writes and annotation edits reach every agent; each costs a comparison, not a
-    read of the file. Only a change of what the node should hold (here `keep`) looks at it again, by identity."""
+def test_unrelated_events_do_not_reach_the_agent(kube, namespace, registry, host, tmp_path):
+    """The operator's status writes and annotation edits change the build, not its release: no agent hears
+    of them (its release keeps its resourceVersion, though written again after each), and the delivered file
+    is not read. A change of what the node should hold (here `keep`) looks at it again, by identity."""
     builds = Builds(kube, namespace, registry.host)
     builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}})
     output = pushed(registry, unique_repo("deliver"), os.urandom(1 << 20), tmp_path)
     builds.built("app", output)
     wait_until(ready_with(builds, "app", host.name, output), timeout=60, what="delivery")
-    hashed = host.agent.verified.bytes_hashed
-    for i in range(10):  # 20 watch events, as the operator's summary writes and a user's edits make them
+    hashed, version = host.agent.verified.bytes_hashed, builds.release("app")["metadata"]["resourceVersion"]
+    for i in range(10):  # 20 edits of the build, as the operator's summary writes and a user's edits make them
         builds.annotate("app", {"example.com/edit": str(i)})
-        builds.custom.patch_namespaced_custom_object_status(
-            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, "app",
-            {"status": {"delivery": {"desired": 1, "ready": 1, "failed": 0, "nodes": f"1/{i + 1}"}}})
-    # A change the node must act on, after the others: its report shows it was handled, so were they.
-    generation = builds.patch_spec("app", {"delivery": {"keep": 2}})["metadata"]["generation"]
-    wait_until(lambda: (builds.report("app", host.name) or {}).get("status", {}).get("observedBuildGeneration")
+        builds.patch_status("app", {"delivery": {"desired": 1, "ready": 1, "failed": 0, "nodes": f"1/{i + 1}"}})
+    assert builds.release("app")["metadata"]["resourceVersion"] == version
+    # A change the node must act on, after the others: its report shows it was handled.
+    builds.patch_spec("app", {"delivery": {"keep": 2}})
+    generation = builds.release("app")["metadata"]["generation"]
+    wait_until(lambda: (builds.report("app", host.name) or {}).get("status", {}).get("observedReleaseGeneration")
                == generation, timeout=30, what="the keep change handled")
     assert host.agent.verified.bytes_hashed - hashed <= output["size"]  # at most one read of the file
-    print(f"bytes hashed for 20 unrelated events and 1 keep change: {host.agent.verified.bytes_hashed - hashed}")
+    print(f"bytes hashed for 20 unrelated edits and 1 keep change: {host.agent.verified.bytes_hashed - hashed}")
 
 
 def test_a_file_changed_on_disk_is_found_and_replaced(kube, namespace, registry, tmp_path):

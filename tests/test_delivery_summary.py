@@ -9,7 +9,7 @@ from initramfs_operator.kube.delivery_status import Coalescer, summarize
 
 SHA = "a" * 64
 BUILD = {"metadata": {"uid": "u1"}, "spec": {"delivery": {"nodeSelector": {"matchLabels": {"vm": "yes"}}}},
-         "status": {"output": {"sha256": SHA, "reference": "r/x@sha256:" + "b" * 64}}}
+         "status": {"output": {"sha256": SHA, "sha512": "c" * 128, "size": 1, "reference": "r/x@sha256:" + "b" * 64}}}
 NODES = {"n1": {"vm": "yes"}, "n2": {"vm": "yes"}, "n3": {"vm": "no"}}
 
 

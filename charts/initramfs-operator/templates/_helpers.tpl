@@ -159,6 +159,11 @@ optional; the CRD is installed before the operator), kopf peering objects (it ru
 - apiGroups: [initramfs.dev]
   resources: [initramfsdeliveries]
   verbs: [list, watch]
+# What the agents hold: one release per delivering build, written (server-side apply, which creates it
+# the first time) only when it changes, deleted when the build stops delivering.
+- apiGroups: [initramfs.dev]
+  resources: [initramfsreleases]
+  verbs: [list, watch, create, patch, delete]
 {{- end }}
 {{- end }}
 
@@ -180,8 +185,9 @@ app.kubernetes.io/component: delivery-agent
 
 {{/* What the delivery agent may do in a namespace it serves (README "Delivery to VM hosts"). */}}
 {{- define "initramfs-operator.deliveryNamespacedRules" -}}
+# What to hold: the operator's InitramfsRelease of each delivering build. Not the builds themselves.
 - apiGroups: [initramfs.dev]
-  resources: [initramfsbuilds]
+  resources: [initramfsreleases]
   verbs: [get, list, watch]
 # Its own reports: server-side applied, listed once at start, deleted when it stops serving a build
 # (only its own node's: the ValidatingAdmissionPolicy in delivery-agent.yaml). No Secrets or ConfigMaps

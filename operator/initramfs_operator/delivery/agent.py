@@ -1,17 +1,17 @@
 """The delivery agent: one per VM host (the chart's DaemonSet), `initramfs-delivery-agent`.
 
-It follows the InitramfsBuilds whose `spec.delivery.nodeSelector` matches its own Node's
+It follows the InitramfsReleases whose `spec.delivery.nodeSelector` matches its own Node's
 labels (both from watches: no request per pass), and for each one keeps
-`<root>/<namespace>/<directory>/current` pointing at the build's latest output, pulled from
-the registry by digest and verified against the layer digest and `status.output.sha512`
+`<root>/<namespace>/<directory>/current` pointing at the release's output, pulled from
+the registry by digest and verified against the layer digest and its sha512
 (see store.py for the placement rules). What it holds it reports in one small
 InitramfsDelivery object per build, which only the operator reads.
 
-An agent works on a build only when what its node should hold may have changed: the build's
-spec.delivery (selector, keep, reclaim policy, directory), its registry access, its output,
-or the node's labels. The operator's status writes and annotation edits, seen by every agent,
-cost a comparison each. A file once verified is not read again until its identity on disk
-changes or it is due for its periodic re-verification (store.py).
+A release is the operator's digest of one InitramfsBuild (kube/release.py): exactly what hosts act on,
+written only when that changes. The agent never reads builds: their status writes and edits of fields
+hosts do not use reach no agent. So every release event is work, and the only other work is the
+node's labels changing. A file once verified is not read again until its identity on disk changes or
+it is due for its periodic re-verification (store.py).
 
 Before it writes anything it applies the admin's rules (tenancy.py): the build's namespace may
 deliver, the directory is the build's (not another build's of the namespace), and the namespace's
@@ -19,13 +19,13 @@ versions on this host stay within its quota. A build refused by one of them is r
 the rule as its reason, and nothing of it is written.
 
 The registry credentials are the chart's delivery pull Secret when there is one, else the build's push
-Secret: the agent reads only Secrets and ConfigMaps the admin named in the chart's values.
+Secret (the release names it): the agent reads only Secrets and ConfigMaps the admin named in the chart's values.
 
 A failed download or a mismatch leaves `current` where it was and is retried with
 exponential backoff. Builds are delivered by a few workers, at most `Pulls.per_registry` of them
 pulling from one registry, each pull bounded in time (`Pulls`): a registry that stalls holds up
 its own builds only, and they fail and are retried. When the node stops matching (or the build
-is deleted), the report is deleted and the files are kept or removed as `spec.delivery.reclaimPolicy` says.
+is deleted), the report is deleted and the files are kept or removed as its reclaimPolicy says.
 
 It serves its probes and metrics on one port (metrics.py): alive while its workers go round, ready once
 its informers have listed what they watch.
@@ -34,7 +34,6 @@ its informers have listed what they watch.
 import argparse
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import random
@@ -68,7 +67,6 @@ from .tenancy import (
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "initramfs-delivery-agent"
-DEFAULT_KEEP = 3
 DEFAULT_PORT = 8082  # of /healthz, /readyz and /metrics; the operator's are 8080 and 8081
 BACKOFF = Backoff(base=5.0, cap=300.0)
 MAX_NAME = 253
@@ -109,37 +107,33 @@ class Wanted:
     directory: str
     keep: int
     reclaim: str  # "Retain" or "Delete"
-    reference: str | None  # repository@digest of the artifact, once the build has an OCI output
+    reference: str | None  # repository@digest of the artifact, once the release has an output
     expected: Expected | None
+    now: bool = True  # whether this node may take it now (not while waiting for its wave)
 
 
-def wanted(build: Obj) -> Wanted:
-    spec, output = build["spec"], (build.get("status") or {}).get("output") or {}
-    delivery = spec.get("delivery") or {}
+def wanted(release: Obj, node: str = "") -> Wanted:
+    """What `node` should hold of the release."""
+    spec = release["spec"]
+    delivery, output = spec["delivery"], spec.get("output")
     # Always under the build's namespace: one namespace's builds can never overwrite another's files.
-    directory = f"{build['metadata']['namespace']}/{delivery.get('directory') or build['metadata']['name']}"
+    directory = f"{release['metadata']['namespace']}/{delivery['directory']}"
     expected = reference = None
-    if output.get("reference") and output.get("sha256") and output.get("sha512"):
+    if output:
         reference = output["reference"]
-        expected = Expected(output["sha256"], output["sha512"], int(output["size"]),
-                            output.get("compression", "gzip"))
-    return Wanted(directory, int(delivery.get("keep", DEFAULT_KEEP)), delivery.get("reclaimPolicy", "Retain"),
-                  reference, expected)
+        expected = Expected(output["sha256"], output["sha512"], int(output["size"]), output.get("compression", "gzip"))
+    waves = spec.get("rollout")
+    return Wanted(directory, int(delivery["keep"]), delivery["reclaimPolicy"], reference, expected,
+                  waves is None or node in (waves.get("nodes") or []))
 
 
-def holding(build: Obj) -> tuple[Any, ...]:
-    """What, of a build, decides what a node holds and reports: the spec's delivery and how to reach the
-    registry (`registry`, `output`), and the output. Not the generation: an edit of anything else (suspend,
-    refreshInterval, resources) must not make every selected host act and write its report again."""
-    spec, output = build["spec"], (build.get("status") or {}).get("output") or {}
-    return (build["metadata"]["uid"], json.dumps([spec.get(k) for k in ("delivery", "registry", "output")],
-                                                 sort_keys=True),
-            *(output.get(k) for k in ("reference", "sha256", "sha512", "size", "compression")))
+def _selects(release: Obj, labels: dict[str, str]) -> bool:
+    return selector.matches(release["spec"]["delivery"]["nodeSelector"], labels)
 
 
-def _claimant(build: Obj) -> Claimant:
-    meta = build["metadata"]
-    return Claimant(meta["creationTimestamp"], meta["name"], meta["uid"])
+def _claimant(release: Obj) -> Claimant:
+    spec = release["spec"]
+    return Claimant(spec["buildCreationTimestamp"], release["metadata"]["name"], spec["buildUID"])
 
 
 def report_name(build_name: str, node: str) -> str:
@@ -165,7 +159,7 @@ class Agent:
         # What each of this node's reports says now (its status, and its name), to write only changes
         # and to find the reports of builds this node no longer serves; seeded by one LIST at start.
         self.reported: dict[Key, dict[str, Any]] = {}
-        self.last_seen: dict[Key, Obj] = {}  # builds as last seen, for their reclaim policy after deletion
+        self.last_seen: dict[Key, Obj] = {}  # releases as last seen, for their reclaim policy after deletion
         # files hashed lately, for every build's store
         self.verified = verified or Verified(observe=self.metrics.verify.observe)
         self.pulls = pulls
@@ -178,47 +172,47 @@ class Agent:
         self._pulling: dict[str, int] = {}
         self.stopping = threading.Event()
         self._beats: dict[str, float] = {}  # worker thread name -> when it last went round or moved bytes
-        self.builds = self._build_informers(namespaces)
+        self.releases = self._release_informers(namespaces)
         self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
                               {"fieldSelector": f"metadata.name={node}"})
         # The namespaces the admin's selector picks (a namespace leaving it is a deletion to this watch).
         chosen = self.tenancy.namespace_selector
         self.selected = Informer("namespaces", self.kube, api.path("v1", "namespaces"), self._namespace_changed,
                                  {"labelSelector": chosen}) if chosen else None
-        self.informers = [self.nodes, *([self.selected] if self.selected else []), *self.builds]
+        self.informers = [self.nodes, *([self.selected] if self.selected else []), *self.releases]
 
-    def _build_informers(self, namespaces: tuple[str, ...]) -> list[Informer]:
-        """One watch over the cluster, or one per served namespace (all a namespaced install may do)."""
+    def _release_informers(self, namespaces: tuple[str, ...]) -> list[Informer]:
+        """One watch over the cluster, or one per served namespace (all a namespaced install may do). The
+        operator writes a release only when what it says changes: every event is work."""
         def changed(key: Key, old: Obj | None, new: Obj | None) -> None:
-            if old is None or new is None or holding(old) != holding(new):
-                self.queue.add(key)
+            self.queue.add(key)
             if old is None or new is None or wanted(old).directory != wanted(new).directory:
                 # A claimant came or went: the directory may be another build's now.
-                for build in (old, new):
-                    if build is not None:
-                        self._queue_claimants(wanted(build).directory)
+                for release in (old, new):
+                    if release is not None:
+                        self._queue_claimants(wanted(release).directory)
         if not namespaces:
-            return [Informer("builds", self.kube, api.path(crd.API_VERSION, crd.PLURAL), changed)]
-        return [Informer(f"builds in {ns}", self.kube, api.path(crd.API_VERSION, crd.PLURAL, ns), changed)
+            return [Informer("releases", self.kube, api.path(crd.API_VERSION, crd.RELEASE_PLURAL), changed)]
+        return [Informer(f"releases in {ns}", self.kube, api.path(crd.API_VERSION, crd.RELEASE_PLURAL, ns), changed)
                 for ns in namespaces]
 
-    def build(self, key: Key) -> Obj | None:
-        return next((i.objects[key] for i in self.builds if key in i.objects), None)
+    def release(self, key: Key) -> Obj | None:
+        return next((i.objects[key] for i in self.releases if key in i.objects), None)
 
-    def _namespace_builds(self, namespace: str) -> list[Obj]:
-        return [build for informer in self.builds for (ns, _), build in list(informer.objects.items())
+    def _namespace_releases(self, namespace: str) -> list[Obj]:
+        return [release for informer in self.releases for (ns, _), release in list(informer.objects.items())
                 if ns == namespace]
 
     def _queue_claimants(self, directory: str) -> None:
         namespace = directory.split("/", 1)[0]
-        for build in self._namespace_builds(namespace):
-            if wanted(build).directory == directory:
-                self.queue.add((namespace, build["metadata"]["name"]))
+        for release in self._namespace_releases(namespace):
+            if wanted(release).directory == directory:
+                self.queue.add((namespace, release["metadata"]["name"]))
 
     def _namespace_changed(self, key: Key, old: Obj | None, new: Obj | None) -> None:
         """A namespace entered or left the admin's selector: its builds may deliver now, or not."""
-        for build in self._namespace_builds(key[1]):
-            self.queue.add((key[1], build["metadata"]["name"]))
+        for release in self._namespace_releases(key[1]):
+            self.queue.add((key[1], release["metadata"]["name"]))
 
     def _node_changed(self, key: Key, old: Obj | None, new: Obj | None) -> None:
         """Only labels feed the selectors: the kubelet's status updates queue nothing."""
@@ -226,9 +220,9 @@ class Agent:
         if labels == self.node_labels and old is not None:
             return
         self.node_labels = labels
-        for informer in self.builds:
-            for build in list(informer.objects):
-                self.queue.add(build)
+        for informer in self.releases:
+            for key in list(informer.objects):
+                self.queue.add(key)
 
     def load_reports(self) -> None:
         """This node's reports as they are, so a restarted agent neither rewrites nor forgets them."""
@@ -292,39 +286,47 @@ class Agent:
         if not all(informer.synced.is_set() for informer in self.informers):
             self.queue.add_after(key, 1.0)  # labels, namespaces and claimants decide everything: wait for them
             return
-        build = self.build(key)
-        if build is not None and selector.matches((build["spec"].get("delivery") or {}).get("nodeSelector"),
-                                                  self.node_labels):
-            self.last_seen[key] = build
-            self.deliver(key, build)
+        release = self.release(key)
+        if release is not None and _selects(release, self.node_labels):
+            self.last_seen[key] = release
+            self.deliver(key, release)
         elif key in self.last_seen or key in self.reported:
-            self.release(key, build or self.last_seen.get(key))
+            self.leave(key, release or self.last_seen.get(key))
             self.last_seen.pop(key, None)
 
-    def deliver(self, key: Key, build: Obj) -> None:
-        want = wanted(build)
+    def deliver(self, key: Key, release: Obj) -> None:
+        want = wanted(release, self.node)
         store = VersionStore(self.root, want.directory, self.verified)
         path = os.path.join(self.root, want.directory, "current")
         try:
-            refused = self._refused(key[0], build, want, store)
+            refused = self._refused(key[0], release, want, store)
             if refused is not None:
                 # Looked at again when what decided it changes (a claimant, the namespace's labels).
                 reason, message = refused
-                self.report(key, build, "Failed", f"{message}; nothing was written", path=path, reason=reason)
+                self.report(key, release, "Failed", f"{message}; nothing was written", path=path, reason=reason)
                 return
             if want.reference is None or want.expected is None:
-                self.report(key, build, "Pending", "waiting for the build's first OCI output", path=path)
+                self.report(key, release, "Pending", "waiting for the build's first OCI output", path=path)
                 return
-            if store.current() != want.expected.filename or not store.has(want.expected):
+            if store.current() != want.expected.filename and not want.now:
+                # Rolled out in waves, and this node's has not started: it keeps what it holds.
+                self.report(key, release, "Pending", f"waiting for its wave of {want.reference}", path=path,
+                            digest=self._held(store))
+                return
+            kept = store.has(want.expected)
+            if kept and store.current() != want.expected.filename:
+                store.activate(want.expected.filename)  # a version it keeps (a pin, a rollback): no download
+            elif not kept:
                 held = self._reserve(key[0], want, store)
                 if held is not None:
-                    self.report(key, build, "Failed", f"namespace {key[0]} would hold {held} bytes on this node, more "
-                                f"than its quota of {self.tenancy.quota} (the chart's delivery.namespaceQuotaBytes); "
-                                "nothing was written", path=path, reason=QUOTA_EXCEEDED, digest=self._held(store))
+                    self.report(key, release, "Failed", f"namespace {key[0]} would hold {held} bytes on this node, "
+                                f"more than its quota of {self.tenancy.quota} (the chart's "
+                                "delivery.namespaceQuotaBytes); nothing was written", path=path,
+                                reason=QUOTA_EXCEEDED, digest=self._held(store))
                     self.queue.add_after(key, QUOTA_RECHECK_SECONDS)
                     return
                 try:
-                    name = self._pull(key, build, want, store, path)
+                    name = self._pull(key, release, want, store, path)
                 finally:
                     self._unreserve(key[0], want.expected.size)
                 if name is None:
@@ -341,35 +343,34 @@ class Agent:
             self.queue.add_after(key, retry.delay)
             message = f"{e}; current is unchanged; retrying in {retry.delay:.0f}s (attempt {retry.failures})"
             log.warning("%s/%s: %s", *key, message)
-            self.report(key, build, "Failed", message, attempts=retry.failures, path=path, digest=current)
+            self.report(key, release, "Failed", message, attempts=retry.failures, path=path, digest=current)
             return
         self.retries.reset(key)
         self.metrics.holds(*key, f"sha256:{want.expected.sha256}")
         # Due once the file's verification has expired (jittered, so a fleet's disks are not read at once).
         self.queue.add_after(key, self.verified.max_age * (1 + 0.1 * random.random()))
-        self.report(key, build, "Ready", f"current is {want.expected.filename}", path=path,
+        self.report(key, release, "Ready", f"current is {want.expected.filename}", path=path,
                     digest=f"sha256:{want.expected.sha256}")
 
-    def _refused(self, namespace: str, build: Obj, want: Wanted, store: VersionStore) -> tuple[str, str] | None:
+    def _refused(self, namespace: str, release: Obj, want: Wanted, store: VersionStore) -> tuple[str, str] | None:
         """Why the admin's rules refuse the build on this node, as (reason, message), or None; claims the
         directory for the build when it is the build's (tenancy.py)."""
         selected = [name for _, name in list(self.selected.objects)] if self.selected else []
         if not self.tenancy.may_deliver(namespace, selected):
             return NAMESPACE_NOT_ALLOWED, (f"namespace {namespace} may not deliver to this node (the chart's "
                                            "delivery.namespaces and delivery.namespaceSelector)")
-        uid = build["metadata"]["uid"]
-        others = [b for b in self._namespace_builds(namespace) if b["metadata"]["uid"] != uid]
-        claimants = [_claimant(build)] + [
-            _claimant(b) for b in others if wanted(b).directory == want.directory and selector.matches(
-                (b["spec"].get("delivery") or {}).get("nodeSelector"), self.node_labels)]
+        uid = release["spec"]["buildUID"]
+        others = [r for r in self._namespace_releases(namespace) if r["spec"]["buildUID"] != uid]
+        claimants = [_claimant(release)] + [
+            _claimant(r) for r in others if wanted(r).directory == want.directory and _selects(r, self.node_labels)]
         with self._claims_lock:
             mark = store.owner()
-            owner = directory_owner(mark, claimants, [uid, *(b["metadata"]["uid"] for b in others)])
+            owner = directory_owner(mark, claimants, [uid, *(r["spec"]["buildUID"] for r in others)])
             if owner == uid:
                 if mark != uid:
                     store.claim(uid)
                 return None
-        name = next(b["metadata"]["name"] for b in others if b["metadata"]["uid"] == owner)
+        name = next(r["metadata"]["name"] for r in others if r["spec"]["buildUID"] == owner)
         return DELIVERY_CONFLICT, (f"{want.directory} on this node belongs to build {name}, the first to claim it "
                                    "(give this build another spec.delivery.directory)")
 
@@ -391,20 +392,20 @@ class Agent:
         with self._quota_lock:
             self._pulling[namespace] -= size
 
-    def _pull(self, key: Key, build: Obj, want: Wanted, store: VersionStore, path: str) -> str | None:
+    def _pull(self, key: Key, release: Obj, want: Wanted, store: VersionStore, path: str) -> str | None:
         """The new version, verified and in place (not yet current); None when its registry has no pull slot
         free (the build is queued again)."""
         assert want.reference is not None
         registry = reference.parse(want.reference).registry
         slot = self._registry_slot(registry)
         if slot is None:
-            self.report(key, build, "Pending", f"waiting for one of {registry}'s {self.pulls.per_registry} pull slots",
-                        path=path)
+            self.report(key, release, "Pending",
+                        f"waiting for one of {registry}'s {self.pulls.per_registry} pull slots", path=path)
             self.queue.add_after(key, REGISTRY_BUSY_SECONDS)
             return None
         try:
-            self.report(key, build, "Pending", f"pulling {want.reference}", path=path)
-            return self.fetch(build, want, store)
+            self.report(key, release, "Pending", f"pulling {want.reference}", path=path)
+            return self.fetch(release, want, store)
         finally:
             slot.release()
 
@@ -414,11 +415,11 @@ class Agent:
             slots = self._registry_slots.setdefault(registry, threading.Semaphore(self.pulls.per_registry))
         return slots if slots.acquire(blocking=False) else None
 
-    def fetch(self, build: Obj, want: Wanted, store: VersionStore) -> str:
+    def fetch(self, release: Obj, want: Wanted, store: VersionStore) -> str:
         assert want.reference is not None and want.expected is not None
-        options = self.pulls.options(
-            registry_access.registry_options(self.read, build["metadata"]["namespace"], build["spec"],
-                                             self._credentials(build)))
+        options = self.pulls.options(registry_access.access_options(
+            self.read, release["metadata"]["namespace"], release["spec"]["registry"],
+            [reference.parse(want.reference).registry], self._credentials(release)))
         layer = artifact.layer_of(want.reference, options)
         if layer.digest != f"sha256:{want.expected.sha256}" or layer.size != want.expected.size:
             raise UsageError(f"{want.reference}: its layer {layer.digest} ({layer.size} bytes) is not the build's "
@@ -431,23 +432,23 @@ class Agent:
         self.metrics.pulled.inc(size)
         self._beat()  # a long pull is progress, not a stuck worker
 
-    def _credentials(self, build: Obj) -> list[tuple[str, str]]:
+    def _credentials(self, release: Obj) -> list[tuple[str, str]]:
         """The docker config Secrets of the agent's pulls: the chart's delivery pull Secret, else the build's push
         Secret (which pushed the artifact), as (namespace, name); none for anonymous pulls."""
         if self.pull_secret is not None:
             return [self.pull_secret]
-        push = (build["spec"]["output"].get("oci") or {}).get("pushSecret")
-        return [(build["metadata"]["namespace"], push["name"])] if push else []
+        push = release["spec"]["registry"].get("pullSecret")
+        return [(release["metadata"]["namespace"], push)] if push else []
 
-    def release(self, key: Key, build: Obj | None) -> None:
-        """The node no longer serves the build: delete the report; keep or remove the files as the build's
+    def leave(self, key: Key, release: Obj | None) -> None:
+        """The node no longer serves the build: delete the report; keep or remove the files as the release's
         reclaimPolicy says (a build deleted while the agent was down leaves its files: its policy is gone).
         Only a directory the build owns is emptied: another build's files stay, whatever this one's policy."""
-        if build is not None and (want := wanted(build)).reclaim == "Delete":
+        if release is not None and (want := wanted(release)).reclaim == "Delete":
             try:
                 store = VersionStore(self.root, want.directory)
                 with self._claims_lock:
-                    if store.owner() == build["metadata"]["uid"]:
+                    if store.owner() == release["spec"]["buildUID"]:
                         store.remove_all()
             except (BuildError, OSError) as e:
                 log.warning("%s/%s: cannot remove %s: %s", *key, want.directory, e)
@@ -461,17 +462,17 @@ class Agent:
                 if e.status != 404:
                     raise
 
-    def report(self, key: Key, build: Obj, phase: str, message: str, *, path: str, attempts: int = 0,
+    def report(self, key: Key, release: Obj, phase: str, message: str, *, path: str, attempts: int = 0,
                digest: str | None = None, reason: str | None = None) -> None:
         """Server-side apply of this node's InitramfsDelivery; only when something changed. `reason`: the rule
         that refuses the build (tenancy.py), if one does."""
         status: dict[str, Any] = {"phase": phase, "message": message[:2048], "attempts": attempts, "path": path,
-                                  "observedBuildGeneration": build["metadata"]["generation"]}
+                                  "observedReleaseGeneration": release["metadata"]["generation"]}
         if digest:
             status["digest"] = digest
         if reason:
             status["reason"] = reason
-        meta = build["metadata"]
+        meta, uid = release["metadata"], release["spec"]["buildUID"]
         name = report_name(meta["name"], self.node)
         previous = self.reported.get(key) or {}
         unchanged = {k: v for k, v in previous.items() if k not in ("lastTransitionTime", "name")} == status
@@ -483,16 +484,15 @@ class Agent:
         body = {
             "apiVersion": crd.API_VERSION, "kind": crd.DELIVERY_KIND,
             "metadata": {"name": name, "namespace": meta["namespace"],
-                         "labels": {crd.BUILD_UID_LABEL: meta["uid"], crd.NODE_LABEL: self.node},
+                         "labels": {crd.BUILD_UID_LABEL: uid, crd.NODE_LABEL: self.node},
                          "ownerReferences": [{"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": meta["name"],
-                                              "uid": meta["uid"]}]},
-            "spec": {"buildName": meta["name"], "buildUID": meta["uid"], "nodeName": self.node},
+                                              "uid": uid}]},
+            "spec": {"buildName": meta["name"], "buildUID": uid, "nodeName": self.node},
             "status": status,
         }
         try:
-            self.kube.call("PATCH", api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, meta["namespace"], name),
-                           query={"fieldManager": FIELD_MANAGER, "force": "true"}, body=body,
-                           content_type="application/apply-patch+yaml")
+            self.kube.apply(api.path(crd.API_VERSION, crd.DELIVERY_PLURAL, meta["namespace"], name), body,
+                            FIELD_MANAGER)
         except api.ApiError as e:
             log.warning("%s/%s: cannot report %s: %s", *key, phase, api.message_of(e))
             self.metrics.failures.labels(metrics.REPORT).inc()

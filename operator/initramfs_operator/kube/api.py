@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 TIMEOUT = (5.0, 30.0)  # connect, read: a request that hangs must not hold a worker for long
 WATCH_SLACK = 30.0     # a watch is quiet until its timeoutSeconds at most: silent longer, the connection is dead
+APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 
 # Told of every request: its verb, its HTTP status code ("error" if none came back) and its duration in seconds.
@@ -88,6 +89,11 @@ class Kube:
 
     def delete(self, url: str, body: dict | None = None) -> dict:
         return self.call("DELETE", url, body=body)
+
+    def apply(self, url: str, body: dict, field_manager: str) -> dict:
+        """Server-side apply of the whole object as `field_manager` owns it (a field it stops sending is removed)."""
+        return self.call("PATCH", url, query={"fieldManager": field_manager, "force": "true"}, body=body,
+                         content_type=APPLY_PATCH)
 
     def watch(self, url: str, resource_version: str, timeout_seconds: int, query: dict | None = None) -> Iterator[dict]:
         """The events of a collection from `resource_version` on, bookmarks included, as the API server streams

@@ -77,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--build-fs-group", type=pod_id, default=env("INITRAMFS_BUILD_FS_GROUP", default_id),
                    help="fsGroup of the build pods; empty: not set ($INITRAMFS_BUILD_FS_GROUP, default 65532)")
     p.add_argument("--delivery", action="store_true", default=env("INITRAMFS_DELIVERY", "") == "true",
-                   help="sum the delivery agents' reports into status.delivery and the Delivered condition "
+                   help="write each delivering build's InitramfsRelease for the delivery agents, and sum their "
+                        "reports into status.delivery and the Delivered condition "
                         "($INITRAMFS_DELIVERY=true; the chart sets it with delivery.enabled)")
     p.add_argument("--verbose", action="store_true")
     return p

@@ -3,6 +3,7 @@
 GROUP, VERSION, KIND, PLURAL = "initramfs.dev", "v1alpha1", "InitramfsBuild", "initramfsbuilds"
 API_VERSION = f"{GROUP}/{VERSION}"
 DELIVERY_KIND, DELIVERY_PLURAL = "InitramfsDelivery", "initramfsdeliveries"  # one per (build, node), by the agents
+RELEASE_KIND, RELEASE_PLURAL = "InitramfsRelease", "initramfsreleases"  # one per delivering build, by the operator
 
 BUILD_UID_LABEL = f"{GROUP}/build-uid"  # on build Jobs and pods, and on delivery reports: the build they serve
 NODE_LABEL = f"{GROUP}/node"            # on delivery reports: the node that wrote it

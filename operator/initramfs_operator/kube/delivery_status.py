@@ -4,12 +4,14 @@
 `desired` is every node the build's selector picks; a node that runs no agent never reports
 and is counted as waiting. The message counts (it names only failed nodes, the news): a
 message naming waiting nodes would change with every node's report, and every status write
-is an event for every agent watching builds. Writes are coalesced too, to at most one per build
+is an event for every watcher of builds (users' tools, Argo CD). Writes are coalesced too, to at most one per build
 per `WINDOW` seconds (a lone change is written at once). A report only counts for the build it
 names by UID and for a node the selector picks now, so a node that leaves the selector stops
 counting at once, whatever its agent has (or has not) cleaned up. When every failed node refuses the
 build for one reason of the admin's rules (QuotaExceeded, DeliveryConflict, NamespaceNotAllowed), that
 is the condition's reason.
+
+The same pass keeps the build's InitramfsRelease (release.py), what the agents watch, current.
 """
 
 import logging
@@ -18,8 +20,9 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import api, conditions, crd
+from . import api, conditions, crd, rollout
 from .cache import Cache, snapshot
+from .release import Releases
 from .selector import matches
 from .workqueue import WorkQueue
 
@@ -36,34 +39,61 @@ class Summary:
     ready: int
     failed: int
     condition: tuple[str, str, str]  # status, reason, message
+    digest: str | None = None        # the output being delivered
+    wave: str | None = None          # "2/5" while rolled out in waves
 
     def status(self) -> dict[str, Any]:
+        progress = {"digest": self.digest, "wave": self.wave}
         return {"desired": self.desired, "ready": self.ready, "failed": self.failed,
-                "nodes": f"{self.ready}/{self.desired}"}
+                "nodes": f"{self.ready}/{self.desired}", **{k: v for k, v in progress.items() if v}}
+
+
+def selected_nodes(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    delivery = build["spec"].get("delivery") or {}
+    return sorted(n for n, labels in node_labels.items() if matches(delivery.get("nodeSelector"), labels))
+
+
+def statuses(build: Mapping[str, Any], selected: Iterable[str],
+             reports: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """node -> its report's status, for the reports of this build (by UID) from selected nodes."""
+    chosen = set(selected)
+    return {spec["nodeName"]: report.get("status") or {} for report in reports
+            if (spec := report.get("spec") or {}).get("buildUID") == build["metadata"]["uid"]
+            and spec.get("nodeName") in chosen}
 
 
 def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, str]],
-              reports: Iterable[Mapping[str, Any]]) -> Summary | None:
-    """None for a build without spec.delivery."""
+              reports: Iterable[Mapping[str, Any]], plan: rollout.Plan | None = None) -> Summary | None:
+    """None for a build without spec.delivery. `plan`: which output the hosts may take (rollout.py), by default
+    the build's latest."""
     delivery = build["spec"].get("delivery")
     if delivery is None:
         return None
-    selected = sorted(n for n, labels in node_labels.items() if matches(delivery.get("nodeSelector"), labels))
-    output = (build.get("status") or {}).get("output") or {}
-    digest = f"sha256:{output['sha256']}" if output.get("sha256") and output.get("reference") else None
+    plan = plan or rollout.Plan(rollout.released_output(build))
+    selected = selected_nodes(build, node_labels)
+    digest = rollout.digest_of(plan.output)
     phases: dict[str, tuple[str, str, str]] = {}  # node -> phase, message, reason
-    for report in reports:
-        spec, status = report.get("spec") or {}, report.get("status") or {}
-        if spec.get("buildUID") == build["metadata"]["uid"] and spec.get("nodeName") in selected:
-            phase = status.get("phase") or "Pending"
-            if phase == "Ready" and status.get("digest") != digest:
-                phase = "Pending"  # holds an older output: the new one is on its way
-            phases[spec["nodeName"]] = (phase, status.get("message") or "", status.get("reason") or "")
+    for node, status in statuses(build, selected, reports).items():
+        phase = status.get("phase") or "Pending"
+        if phase == "Ready" and status.get("digest") != digest:
+            phase = "Pending"  # holds an older output: the new one is on its way
+        phases[node] = (phase, status.get("message") or "", status.get("reason") or "")
     ready = [n for n in selected if phases.get(n, ("",))[0] == "Ready"]
     failed = [n for n in selected if phases.get(n, ("",))[0] == "Failed"]
     waiting = [n for n in selected if n not in ready and n not in failed]
-    return Summary(len(selected), len(ready), len(failed), _condition(selected, ready, failed, len(waiting), phases,
-                                                                      digest))
+    condition = _condition(selected, ready, failed, len(waiting), phases, digest)
+    wave = f"{plan.wave}/{plan.waves}" if plan.waves else None
+    if plan.missing_pin:
+        condition = ("False", "PinNotFound", f"spec.delivery.pinnedDigest {plan.missing_pin} is none of the outputs "
+                     "this build's release has named (kubectl get initramfsrelease NAME -o yaml: output, history); "
+                     "the hosts keep what they hold")
+    elif plan.halted and condition[0] != "True":
+        shown = "; ".join(f"{n}: {phases[n][1]}" for n in plan.halted[:SHOWN_NODES])
+        condition = ("False", "RolloutHalted", f"rollout of {digest} halted in wave {wave}: {len(plan.halted)} "
+                     f"failed, more than spec.delivery.rollout.maxFailures: {shown}")
+    elif delivery.get("paused") and condition[0] != "True":
+        condition = ("False", "RolloutPaused", f"spec.delivery.paused: {condition[2]}")
+    return Summary(len(selected), len(ready), len(failed), condition, digest, wave)
 
 
 def _selects(build: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
@@ -128,6 +158,7 @@ class DeliveryStatus:
                  coalesce: Coalescer | None = None):
         self.kube, self.builds, self.leading = kube, builds, leading
         self.coalesce = coalesce or Coalescer()
+        self.releases = Releases(kube)
         self.queue = WorkQueue()
         self._reports: Mapping[Hashable, Any] = {}
         self._nodes: Mapping[Hashable, Any] = {}
@@ -135,8 +166,10 @@ class DeliveryStatus:
         # node_changed (kopf's event loop) touches it; the index has the new labels before the handler runs.
         self._labels_seen: dict[str, dict[str, str]] = {}
 
-    def bind(self, reports: Mapping[Hashable, Any], nodes: Mapping[Hashable, Any]) -> None:
+    def bind(self, reports: Mapping[Hashable, Any], nodes: Mapping[Hashable, Any],
+             releases: Mapping[Hashable, Any]) -> None:
         self._reports, self._nodes = reports, nodes
+        self.releases.bind(releases)
 
     def node_changed(self, name: str, labels: Mapping[str, str] | None) -> None:
         """A Node event; `labels` None when it was deleted. Only labels feed the selectors: a status update
@@ -189,9 +222,18 @@ class DeliveryStatus:
         namespace, name = str(key[0]), str(key[1])  # type: ignore[index]
         build = self.builds.build(namespace, name)
         if build is None or build["spec"].get("delivery") is None:
+            self.releases.sync(namespace, name, build)  # deleted with it, or deleted now
             self.coalesce.forget(key)
             return  # deleted, or nothing to deliver: no need to read every node's labels
-        summary = summarize(build, self.node_labels(), self._all(build["metadata"]["uid"]))
+        labels, reports = self.node_labels(), self._all(build["metadata"]["uid"])
+        selected = selected_nodes(build, labels)
+        plan = rollout.plan(build, self.releases.held(namespace, name), selected,
+                            {n: rollout.report_of(s) for n, s in statuses(build, selected, reports).items()},
+                            conditions.now())
+        self.releases.sync(namespace, name, build, plan)
+        if plan.requeue_after is not None:
+            self.queue.add_after(key, plan.requeue_after)  # a pause between waves ends
+        summary = summarize(build, labels, reports, plan)
         assert summary is not None  # it has spec.delivery
         status = build.get("status") or {}
         generation = build["metadata"]["generation"]

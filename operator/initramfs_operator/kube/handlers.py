@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from . import buildjob, cache, crd, diagnosis
+from . import buildjob, cache, crd, diagnosis, release
 from .controller import Operator
 
 # --- kopf: indexes, and events that queue builds ----------------------------------------------
@@ -63,7 +63,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes) -> None
     operator: Operator = memo.operator
     operator.cache.bind(indexes["builds"], indexes["build_jobs"], indexes["build_pods"], indexes["build_warnings"])
     if operator.delivery:
-        operator.delivery.bind(indexes["delivery_reports"], indexes["node_labels"])
+        operator.delivery.bind(indexes["delivery_reports"], indexes["node_labels"], indexes["releases"])
     operator.start()
 
 
@@ -111,6 +111,7 @@ def dependent_event(operator: Operator, namespace: str | None, annotations: Mapp
 # --- delivery: the agents' reports and the nodes' labels, only when the agents run -------------
 
 DELIVERIES = (crd.GROUP, crd.VERSION, crd.DELIVERY_PLURAL)
+RELEASES = (crd.GROUP, crd.VERSION, crd.RELEASE_PLURAL)
 NODES = ("", "v1", "nodes")
 
 
@@ -124,10 +125,20 @@ async def node_labels(name: str, labels: Mapping[str, str], **_) -> dict:
     return {name: dict(labels)}
 
 
+async def releases(body: kopf.Body, namespace: str | None, name: str, **_) -> dict:
+    return {(namespace, name): release.release_entry(body)}
+
+
 async def report_event(namespace: str | None, body: kopf.Body, memo: Any, **_) -> None:
     build = (body.get("spec") or {}).get("buildName")
     if memo.operator.delivery and namespace and build:
         memo.operator.delivery.queue.add((namespace, build))
+
+
+async def release_event(namespace: str | None, name: str, memo: Any, **_) -> None:
+    """A release changed or went (the operator's own write, mostly): its build's is compared again."""
+    if memo.operator.delivery and namespace:
+        memo.operator.delivery.queue.add((namespace, name))
 
 
 async def node_event(name: str, labels: Mapping[str, str], event: Mapping[str, Any], memo: Any, **_) -> None:
@@ -137,8 +148,10 @@ async def node_event(name: str, labels: Mapping[str, str], event: Mapping[str, A
 
 
 def register_delivery() -> None:
-    """Watches that cost nothing unless delivery is on (and need RBAC on nodes and reports then)."""
+    """Watches that cost nothing unless delivery is on (and need RBAC on nodes, reports and releases then)."""
     kopf.index(*DELIVERIES)(delivery_reports)
     kopf.index(*NODES)(node_labels)
+    kopf.index(*RELEASES)(releases)
     kopf.on.event(*DELIVERIES)(report_event)
+    kopf.on.event(*RELEASES)(release_event)
     kopf.on.event(*NODES)(node_event)

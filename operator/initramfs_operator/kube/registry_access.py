@@ -68,15 +68,20 @@ def secret_keys(read: Reader, namespace: str, spec: dict[str, Any]) -> list[tupl
             for name in registry_secret_names(spec)]
 
 
-def registry_options(read: Reader, namespace: str, spec: dict[str, Any],
-                     credentials: Sequence[tuple[str, str]] | None = None) -> RegistryOptions:
+def registry_options(read: Reader, namespace: str, spec: dict[str, Any]) -> RegistryOptions:
     """Client options for the build's registries: the credentials of its Secrets (for each registry, the
-    first Secret naming it answers, as in the build pod), its CA and its plain-HTTP hosts. `credentials`,
-    the (namespace, name) of docker config Secrets, replaces the build's Secrets when given."""
-    secrets = credentials if credentials is not None else [(namespace, name) for name in registry_secret_names(spec)]
+    first Secret naming it answers, as in the build pod), its CA and its plain-HTTP hosts."""
+    return access_options(read, namespace, spec.get("registry") or {}, registry_hosts(spec),
+                          [(namespace, name) for name in registry_secret_names(spec)])
+
+
+def access_options(read: Reader, namespace: str, registry: dict[str, Any], hosts: Sequence[str],
+                   secrets: Sequence[tuple[str, str]]) -> RegistryOptions:
+    """Client options for `hosts` (plain HTTP if `registry.insecure`), trusting `registry.caConfigMap` (in
+    `namespace`), with the credentials of the docker config Secrets `secrets` ((namespace, name), the first
+    naming a registry answers for it)."""
     keychains = [_keychain(read("secrets", ns, name), name) for ns, name in secrets]
-    registry = spec.get("registry") or {}
-    insecure = tuple(registry_hosts(spec)) if registry.get("insecure") else ()
+    insecure = tuple(hosts) if registry.get("insecure") else ()
     ca = registry.get("caConfigMap")
     ca_pem = _ca_pem(read("configmaps", namespace, ca["name"]), ca["name"], ca.get("key", DEFAULT_CA_KEY)) \
         if ca else None

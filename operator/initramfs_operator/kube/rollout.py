@@ -1,0 +1,132 @@
+"""Which output a build's hosts may take, and which of them may take it now: waves, pause, halt and pin.
+
+A pure function of the build, the release as written last, the selected nodes and their agents' reports:
+level-triggered, so a restarted operator picks a rollout up where the reports say it is.
+
+- `spec.delivery.pinnedDigest` names an output the release has held (its current one or its `history`,
+  as long as `keep`): every selected host switches to it at once (a host keeping the file only re-points
+  `current`; another pulls it). Not waved: a pin is a rollback.
+- Without `spec.delivery.rollout`, every selected host takes the build's output at once.
+- With it, the selected nodes in name order are cut into waves: the first `canary` of them, then
+  `waveSize` (a count or a percentage of the selection) at a time. A wave starts once every host of the
+  waves before holds the output and `pauseSeconds` have passed since the last of them got it. The release
+  names the hosts that may take the output (`spec.rollout.nodes`); the others keep their `current`. When
+  more than `maxFailures` hosts that may take it report Failed, the rollout halts where it is (the
+  Delivered condition says RolloutHalted and names them); it resumes once they recover, and a new output
+  (a fix) starts over with the canary.
+- `spec.delivery.paused` holds the release as it is.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import conditions
+
+OUTPUT_FIELDS = ("reference", "digest", "sha256", "sha512", "size", "compression")
+
+
+def released_output(build: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The output the build's hosts may take: its latest pushed one. (A condition a build must meet before its
+    hosts get it, such as a verified boot, belongs here.)"""
+    output = (build.get("status") or {}).get("output") or {}
+    if not all(output.get(k) for k in ("reference", "sha256", "sha512")) or output.get("size") is None:
+        return None
+    return {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None}
+
+
+@dataclass(frozen=True)
+class Report:
+    phase: str               # Pending, Ready or Failed
+    digest: str | None       # what its current is, sha256:<file sha256>
+    since: datetime | None   # when the phase last changed
+
+
+@dataclass(frozen=True)
+class Plan:
+    output: dict[str, Any] | None   # what the release names
+    nodes: list[str] | None = None  # the hosts that may take it; None: every selected host
+    wave: int = 0                   # 1-based, of `waves`; 0: not waved
+    waves: int = 0
+    halted: list[str] = field(default_factory=list)  # the failed hosts that halted it
+    missing_pin: str | None = None  # a pinnedDigest the release does not know
+    requeue_after: float | None = None  # a pause ends then
+
+
+def digest_of(output: Mapping[str, Any] | None) -> str | None:
+    return f"sha256:{output['sha256']}" if output else None
+
+
+def _known(held: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    return ([held["output"]] if held and held.get("output") else []) + list((held or {}).get("history") or [])
+
+
+def history(held: Mapping[str, Any] | None, output: Mapping[str, Any] | None, keep: int) -> list[dict[str, Any]]:
+    """The outputs the release named before, newest first, `output` apart: what a pin may name (as many as
+    hosts keep)."""
+    seen, earlier = {digest_of(output)}, []
+    for known in _known(held):
+        if digest_of(known) not in seen:
+            seen.add(digest_of(known))
+            earlier.append(known)
+    return earlier[:keep]
+
+
+def pinned(pin: str, build: Mapping[str, Any], held: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The output a pin names, by its file's sha256 digest or its artifact's digest."""
+    candidates = [o for o in [released_output(build)] if o] + _known(held)
+    return next((o for o in candidates if pin in (digest_of(o), o.get("digest"))), None)
+
+
+def wave_ends(count: int, rollout: Mapping[str, Any]) -> list[int]:
+    """How many of `count` hosts may hold the output once each wave has started, in order."""
+    canary = min(int(rollout.get("canary", 0)), count)
+    size = rollout.get("waveSize", "100%")
+    step = math.ceil(count * int(size[:-1]) / 100) if isinstance(size, str) else int(size)
+    ends, end = ([canary] if canary else []), canary
+    while end < count:
+        end = min(end + max(step, 1), count)
+        ends.append(end)
+    return ends or [count]
+
+
+def plan(build: Mapping[str, Any], held: Mapping[str, Any] | None, selected: Sequence[str],
+         reports: Mapping[str, Report], now: datetime) -> Plan:
+    delivery = build["spec"].get("delivery") or {}
+    if delivery.get("paused") and held is not None:
+        return Plan(held.get("output"), (held.get("rollout") or {}).get("nodes"))
+    pin = delivery.get("pinnedDigest")
+    if pin:
+        found = pinned(pin, build, held)
+        if found is None:
+            return Plan(held.get("output") if held else None, (held or {}).get("rollout", {}).get("nodes"),
+                        missing_pin=pin)
+        return Plan(found)
+    output, rollout = released_output(build), delivery.get("rollout")
+    if output is None or rollout is None:
+        return Plan(output)
+    digest, order = digest_of(output), sorted(selected)
+    holds = [n for n in order if reports.get(n, Report("", None, None)).digest == digest
+             and reports[n].phase == "Ready"]
+    ends = wave_ends(len(order), rollout)
+    # The first wave not yet done; the hosts of the waves before it all hold the output.
+    wave = next((i for i, end in enumerate(ends) if not set(order[:end]) <= set(holds)), len(ends) - 1)
+    allowed = order[:ends[wave]]
+    failed = [n for n in allowed if reports.get(n, Report("", None, None)).phase == "Failed"]
+    if len(failed) > int(rollout.get("maxFailures", 0)):
+        # Halted: no host beyond the ones that may take it already.
+        before = (held or {}).get("rollout", {}).get("nodes") if (held or {}).get("output") == output else None
+        return Plan(output, before if before is not None else allowed, wave + 1, len(ends), halted=failed)
+    if wave > 0:
+        done = [since for n in order[:ends[wave - 1]] if (since := reports[n].since) is not None]
+        left = float(rollout.get("pauseSeconds", 0)) - ((now - max(done)).total_seconds() if done else 0.0)
+        if left > 0:
+            return Plan(output, order[:ends[wave - 1]], wave, len(ends), requeue_after=left)
+    return Plan(output, None if len(allowed) == len(order) else allowed, wave + 1, len(ends))
+
+
+def report_of(status: Mapping[str, Any]) -> Report:
+    return Report(status.get("phase") or "Pending", status.get("digest"),
+                  conditions.parse_time(status.get("lastTransitionTime")))
