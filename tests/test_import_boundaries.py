@@ -1,15 +1,15 @@
 """One dependency direction through the package, read from the source with `ast` (nothing is imported).
 
-errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/
-(the cpio format, compression, output) beside each other, archive knowing nothing of images or trees;
-rootfs/ (the flattened tree) on both; build, boot/ (booting an output) and cli on top. kube/ (the operator) sits beside the engine:
-it may use all of it, and nothing in the engine imports kube/ or the operator's libraries. kube/api.py,
-kube/client.py and kube/metrics.py, at the bottom of kube/, import nothing of the package. delivery/ (the
-agent on each VM host) uses the engine and the few parts of kube/ both programs share (the API client and
-its own transport, the API's names, conditions' timestamps, selectors, registry access, the work queue);
-kube/ never imports delivery/, nor the engine either. The agent's process never loads the kubernetes
-package (most of its memory): delivery/ may not import it, and what delivery/ imports of kube/ does not
-either (checked in a fresh interpreter).
+errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/ (the
+cpio format, compression, output) beside each other, archive knowing nothing of images or trees; rootfs/ (the
+flattened tree) on both; build, boot/ (booting an output) and cli on top. kube/ (the operator) sits beside the
+engine: it may use all of it, and nothing in the engine imports kube/ or the operator's libraries.
+kube/api.py, kube/client.py and kube/metrics.py, at the bottom of kube/, import nothing of the package.
+delivery/ (the agent on each VM host) uses the engine and the few parts of kube/ both programs share (the API
+client and its own transport, the API's names, conditions' timestamps, selectors, registry access, the work
+queue); kube/ never imports delivery/, nor the engine either. The agent's process never loads the kubernetes
+package (most of its memory): delivery/ may not import it, and what delivery/ imports of kube/ does not either
+(checked in a fresh interpreter).
 """
 
 import ast

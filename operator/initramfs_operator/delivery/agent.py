@@ -114,7 +114,7 @@ class Wanted:
 
 
 def wanted(build: Obj) -> Wanted:
-    spec, output = build["spec"], (build.get("status") or {}).get("output") or {}
+    spec, output = build["spec"], crd.deliverable(build)
     delivery = spec.get("delivery") or {}
     # Always under the build's namespace: one namespace's builds can never overwrite another's files.
     directory = f"{build['metadata']['namespace']}/{delivery.get('directory') or build['metadata']['name']}"
@@ -131,7 +131,7 @@ def holding(build: Obj) -> tuple[Any, ...]:
     """What, of a build, decides what a node holds and reports: the spec's delivery and how to reach the
     registry (`registry`, `output`), and the output. Not the generation: an edit of anything else (suspend,
     refreshInterval, resources) must not make every selected host act and write its report again."""
-    spec, output = build["spec"], (build.get("status") or {}).get("output") or {}
+    spec, output = build["spec"], crd.deliverable(build)
     return (build["metadata"]["uid"], json.dumps([spec.get(k) for k in ("delivery", "registry", "output")],
                                                  sort_keys=True),
             *(output.get(k) for k in ("reference", "sha256", "sha512", "size", "compression")))

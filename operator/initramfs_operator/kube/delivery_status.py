@@ -49,8 +49,8 @@ def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, s
     if delivery is None:
         return None
     selected = sorted(n for n, labels in node_labels.items() if matches(delivery.get("nodeSelector"), labels))
-    output = (build.get("status") or {}).get("output") or {}
-    digest = f"sha256:{output['sha256']}" if output.get("sha256") and output.get("reference") else None
+    output = crd.deliverable(build)
+    digest = f"sha256:{output['sha256']}" if output else None
     phases: dict[str, tuple[str, str, str]] = {}  # node -> phase, message, reason
     for report in reports:
         spec, status = report.get("spec") or {}, report.get("status") or {}

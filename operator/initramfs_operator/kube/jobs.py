@@ -16,6 +16,7 @@ from .clock import Clock
 from .conditions import BUILDING, QUEUED, READY, RECONCILING, STALLED
 from .report import NO_JOB, Report
 from .settings import Settings
+from .verification import Verification
 from .workqueue import Retries
 
 RESULT_GRACE = 10.0          # how long after its Job finished a build pod's final status may still be on its way
@@ -29,8 +30,9 @@ class JobLifecycle:
 
     def __init__(self, kube: api.Kube, index: cache.Cache, admission: Admission, retries: Retries,
                  claim_uid: Callable[[str, dict], dict], secret_keys: Callable[[str, dict], list[tuple[str, str]]],
-                 verified: dict[Hashable, tuple], clock: Clock, settings: Settings):
+                 verified: dict[Hashable, tuple], clock: Clock, settings: Settings, verification: Verification):
         self.kube, self.cache, self.admission, self.retries = kube, index, admission, retries
+        self.verification = verification
         self.claim_uid, self.secret_keys, self.verified, self.clock = claim_uid, secret_keys, verified, clock
         self.settings = settings
         self.deleted: dict[str, float] = {}  # Job uid -> the clock's monotonic() when deleted
@@ -167,6 +169,10 @@ class JobLifecycle:
                 report.again_in(2)  # the pod's final status has not reached the index yet
                 return
             outcome = buildjob.outcome(terminated, report.spec)
+            if outcome.output and self.verification.wanted(report):
+                candidate = outcome.output | self.claim_uid(report.namespace, report.spec)
+                self.verification.begin(report, job["metadata"]["name"], candidate, outcome.message)
+                return
             if outcome.output:
                 state = conditions.succeeded(outcome.message)
                 fields["output"] = outcome.output | self.claim_uid(report.namespace, report.spec)
