@@ -746,3 +746,24 @@ def test_a_build_without_verification_never_has_a_verified_condition() -> None:
     c.clock.advance(70)
     c.reconcile()
     assert "Verified" not in c.conditions() and c.build["status"]["output"]["sha256"] == "f" * 64
+
+
+def test_a_build_suspended_while_verifying_says_so_and_verifies_once_resumed() -> None:
+    running = verification_job(active=1)
+    c = Cluster(build(verify=VERIFY, status=verifying(jobName=VERIFY_JOB)), jobs=(BUILD_DONE, running),
+                settings=VERIFY_SETTINGS)
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 2, True
+    c.show()
+    c.reconcile()
+    assert sent(c) == [("PATCH", "status", "Suspended"), ("POST", "event", "Normal", "Suspended")]
+    assert c.conditions()["Ready"][:2] == ("False", "Suspended")
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 3, False
+    for _ in range(3):  # the resume said, the candidate taken up again, its running verification observed
+        c.show()
+        c.reconcile()
+    assert c.conditions()["Verified"][:2] == ("False", "Verifying") and ("POST", "job", VERIFY_JOB) not in sent(c)
+    c.clock.advance(130)
+    c.show(jobs=[BUILD_DONE, verification_job(condition("Complete"), succeeded=1,
+                                              completionTime="2024-01-01T00:02:00Z")], pods=[BOOTED_POD])
+    c.reconcile()
+    assert c.conditions()["Verified"][:2] == ("True", "Booted") and c.build["status"]["output"] == CANDIDATE

@@ -212,9 +212,11 @@ class JobLifecycle:
 
 
 def recorded(report: Report, job: dict) -> bool:
-    """The Job is done and status holds its result."""
-    return finished(job) is not None and report.same_generation and \
-        report.status.get("jobName") == job["metadata"]["name"] and not conditions.find(report.status, RECONCILING)
+    """The Job is done and status holds its result (its output, or the candidate being verified)."""
+    name = job["metadata"]["name"]
+    return finished(job) is not None and report.same_generation and report.status.get("jobName") == name and \
+        (not conditions.find(report.status, RECONCILING) or
+         (report.status.get("verification") or {}).get("buildJob") == name)
 
 
 def deadline_message(job_name: str, failed: dict, before: dict) -> str:

@@ -128,8 +128,11 @@ class Reconciler:
             self.jobs.observe(report, job)
             return
         before = conditions.recorded(report.status)
-        # Work that was in flight starts over on resume: its digest is not what the output was built from.
-        kept = report.same_generation and before.reconciling is None
+        # Work that was in flight starts over on resume: its digest is not what the output was built from. A
+        # candidate being verified was built from it: its verification goes on.
+        candidate_of = (report.status.get("verification") or {}).get("buildJob")
+        verifying = candidate_of is not None and candidate_of == report.status.get("jobName")
+        kept = report.same_generation and (before.reconciling is None or verifying)
         report.write(report.fields if kept else {**report.fields, **NO_DIGEST},
                      conditions.suspended(before, report.same_generation))
 
