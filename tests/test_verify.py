@@ -64,6 +64,18 @@ def test_a_flood_of_console_output_is_bounded() -> None:
     assert all(len(line) <= 120 for line in console.tail)
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["/nonexistent.cpio", "--kernel-file", "k"], "no such file"),
+    ([__file__], "--kernel IMAGE (with --kernel-path) or as --kernel-file FILE"),
+    ([__file__, "--kernel-file", "k", "--kernel", "oci:x"], "or as --kernel-file FILE"),
+    ([__file__, "--kernel-file", "k", "--success-regex", "("], "--success-regex: missing )"),
+    ([__file__, "--kernel-file", "k", "--platform", "linux/s390x"], "verification boots linux/amd64, linux/arm64"),
+])
+def test_a_verification_that_cannot_work_is_a_usage_error(args, said) -> None:
+    done = subprocess.run([*CLI, "verify", *args], capture_output=True, text=True)
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 # --- booted for real ------------------------------------------------------------------------------------------
 
 GOOD_INIT = "#!/bin/sh\nmount -t proc proc /proc\necho verify-me-ready\nexec sleep 600\n"

@@ -219,6 +219,9 @@ def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--success-regex: {e}") from None
     if args.settle_seconds < 0 or args.timeout_seconds <= 0 or args.cpus < 1:
         raise UsageError("--settle-seconds must be >= 0, --timeout-seconds and --cpus > 0")
+    if not os.path.exists(args.initramfs) and "@" not in args.initramfs:
+        raise UsageError(f"{args.initramfs}: no such file (an artifact in a registry is named by digest: "
+                         "host/repository@sha256:...)")
     platform = _platform(args)
     machine.machine_for(platform)  # a platform that cannot boot fails before any download
     reg = _registry_options(args)
