@@ -639,6 +639,12 @@ def verification_pod(phase: str, code: int, result: dict) -> dict:
     return p
 
 
+def verification_pod_waiting(state: dict) -> dict:
+    p = pod("Pending", state, uid="vpod-1")
+    p["metadata"]["labels"][cache.JOB_UID] = "vjob-1"
+    return p
+
+
 def verifying(output: dict | None = None, **verification: object) -> dict:
     status = written(("False", "Verifying", "booting"), ("Verifying", "booting"), jobName=job_name(),
                      imageDigest=DIGEST, shortDigest="d" * 12, verification={**CANDIDATE_KEPT, **verification},
@@ -672,6 +678,13 @@ VERIFY_ROWS = [
         active=1)), requests=[("PATCH", "status", "Verifying")],
         conditions={"Ready": ("False", "Verifying", "is booting"), "Reconciling": ("True", "Verifying", ""),
                     "Verified": ("False", "Verifying", "is booting")}),
+    Row("verifier image not pulled: said, still Verifying", build(verify=VERIFY, status=verifying()),
+        jobs=(BUILD_DONE, verification_job(active=1)),
+        pods=(verification_pod_waiting({"waiting": {"reason": "ImagePullBackOff", "message": "back-off"}}),),
+        requests=[("PATCH", "status", "BuilderImagePullFailed"),
+                  ("POST", "event", "Warning", "BuilderImagePullFailed")],
+        conditions={"Ready": ("False", "BuilderImagePullFailed", "verification job"),
+                    "Reconciling": ("True", "Verifying", "back-off"), "Verified": ("False", "Verifying", "back-off")}),
     Row("booted: the candidate is the output, Ready and Verified", build(verify=VERIFY, status=verifying(GOOD)),
         jobs=(BUILD_DONE, verification_job(condition("Complete"), succeeded=1, completionTime="2024-01-01T00:02:00Z")),
         pods=(BOOTED_POD,), elapsed=130,

@@ -99,6 +99,11 @@ def verifying(message: str) -> State:
     return replace(in_flight(VERIFYING, message), verified=Reason(VERIFYING, message))
 
 
+def verifying_held(reason: str, message: str) -> State:
+    """A verification held up by something the kubelet keeps retrying (its image, scheduling): said, not final."""
+    return replace(retrying(reason, message, VERIFYING), verified=Reason(VERIFYING, message))
+
+
 def booted(built: str, verdict: str) -> State:
     """The new output booted: Ready with it (`built`: the build's own words)."""
     return State(True, Reason(SUCCEEDED, built), verified=Reason(BOOTED, verdict))

@@ -12,7 +12,7 @@ leaves status.verification, and a spec edit or a new image digest starts over.
 
 from collections.abc import Callable
 
-from . import api, cache, conditions, verifyjob
+from . import api, cache, conditions, diagnosis, verifyjob
 from .buildjob import failed_condition, finished
 from .clock import Clock
 from .conditions import BOOTED
@@ -59,8 +59,11 @@ class Verification:
         fields = {**report.fields, "verification": {**v, "jobName": name,
                                                     "startTime": job["metadata"]["creationTimestamp"]}}
         if finished(job) is None:
-            report.write(fields, report.over_output(conditions.verifying(
-                f"verification job {name} is booting the output")))
+            pods = self.cache.pods_of(job["metadata"]["uid"])
+            stuck = diagnosis.of_pod(diagnosis.newest(pods)) if pods else None  # the verifier image, scheduling
+            state = conditions.verifying(f"verification job {name} is booting the output") if stuck is None else \
+                conditions.verifying_held(stuck.reason, f"verification job {name}: {stuck.message}")
+            report.write(fields, report.over_output(state))
             return name
         terminated = self.terminated(job)
         ended = conditions.parse_time((job.get("status") or {}).get("completionTime") or
@@ -100,6 +103,5 @@ class Verification:
                 and p["status"].get("phase") in ("Succeeded", "Failed")]
         if not pods:
             return None
-        newest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        return newest["status"]["containerStatuses"][0]["state"].get("terminated")
+        return diagnosis.newest(pods)["status"]["containerStatuses"][0]["state"].get("terminated")
 
