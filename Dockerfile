@@ -1,6 +1,8 @@
 # One image for the operator (`initramfs-operator`, the default command) and for the build
 # pods it starts (`initramfs-builder`). Build: docker build -t initramfs-operator .
-# BASE: any Python 3.11+ image whose `pip` installs for its `python` (the tests build a Debian stand-in).
+# The `verifier` target adds qemu for the pods that boot outputs (spec.verify):
+# docker build --target verifier -t initramfs-operator:verifier . (about 125 MB more: kept out of the default).
+# BASE: any Python 3.11+ Debian image whose `pip` installs for its `python` (the tests build a Debian stand-in).
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE} AS wheels
 WORKDIR /src
@@ -8,7 +10,7 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator]'
 
-FROM ${BASE}
+FROM ${BASE} AS operator
 COPY --from=wheels /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels 'initramfs-operator[operator]' \
     && rm -rf /wheels \
@@ -18,3 +20,14 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels 'initramfs-operat
 ENV TMPDIR=/scratch PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 65532:65532
 ENTRYPOINT ["initramfs-operator"]
+
+# Verification pods: the same, with qemu to boot outputs in (TCG: no device or privilege needed).
+FROM operator AS verifier
+USER 0:0
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-system-x86 \
+    && rm -rf /var/lib/apt/lists/*
+USER 65532:65532
+
+# The default target: the operator and build pods' image, without qemu.
+FROM operator

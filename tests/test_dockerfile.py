@@ -16,7 +16,8 @@ UID = 65532
 def test_default_base_is_the_public_python_image():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE=python:3\.11-slim-bookworm$", dockerfile, re.M)
-    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["${BASE}", "${BASE}"]
+    # the default target (the last stage) is the operator's image; the verifier is a target of its own
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["${BASE}", "${BASE}", "operator", "operator"]
 
 
 def test_image_config(node_registry, project_image):

@@ -1,15 +1,15 @@
 """One dependency direction through the package, read from the source with `ast` (nothing is imported).
 
-errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/
-(the cpio format, compression, output) beside each other, archive knowing nothing of images or trees;
-rootfs/ (the flattened tree) on both; build and cli on top. kube/ (the operator) sits beside the engine:
-it may use all of it, and nothing in the engine imports kube/ or the operator's libraries. kube/api.py,
-kube/client.py and kube/metrics.py, at the bottom of kube/, import nothing of the package. delivery/ (the
-agent on each VM host) uses the engine and the few parts of kube/ both programs share (the API client and
-its own transport, the API's names, conditions' timestamps, selectors, registry access, the work queue);
-kube/ never imports delivery/, nor the engine either. The agent's process never loads the kubernetes
-package (most of its memory): delivery/ may not import it, and what delivery/ imports of kube/ does not
-either (checked in a fresh interpreter).
+errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/ (the
+cpio format, compression, output) beside each other, archive knowing nothing of images or trees; rootfs/ (the
+flattened tree) on both; build, boot/ (booting an output) and cli on top. kube/ (the operator) sits beside the
+engine: it may use all of it, and nothing in the engine imports kube/ or the operator's libraries.
+kube/api.py, kube/client.py and kube/metrics.py, at the bottom of kube/, import nothing of the package.
+delivery/ (the agent on each VM host) uses the engine and the few parts of kube/ both programs share (the API
+client and its own transport, the API's names, conditions' timestamps, selectors, registry access, the work
+queue); kube/ never imports delivery/, nor the engine either. The agent's process never loads the kubernetes
+package (most of its memory): delivery/ may not import it, and what delivery/ imports of kube/ does not either
+(checked in a fresh interpreter).
 """
 
 import ast
@@ -38,10 +38,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # the tree is built from image layers and turned into the format's records
     "rootfs": ("errors", "oci", "archive.cpio", "rootfs"),
     "build": ("errors", "oci", "archive", "rootfs"),
-    "cli": ("", "errors", "oci", "archive", "rootfs", "build"),
+    # booting an output to verify it: the kernel comes out of an image like any build's root
+    "boot": ("errors", "oci", "archive", "rootfs", "boot"),
+    "cli": ("", "errors", "oci", "archive", "rootfs", "build", "boot"),
     # the entry points that need the [operator] extra
     "extra": (),
-    "kube": ("", "errors", "oci", "archive", "rootfs", "build", "cli", "extra", "kube"),
+    "kube": ("", "errors", "oci", "archive", "rootfs", "build", "boot", "cli", "extra", "kube"),
     # the lowest level of the operator: the API client and the metrics know nothing of the domain
     "kube.api": (),
     "kube.client": (),
@@ -53,10 +55,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
 # not in the standard library is refused.
 THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "httpx": ("oci.registry", "kube", "delivery"),  # kube, delivery: timeouts they hand the registry client
-    "zstandard": ("oci", "archive"),
+    "zstandard": ("oci", "archive", "boot"),
     "zlib_ng": ("oci", "archive"),
     "lz4": ("archive",),
-    "isal": ("oci",),
+    "isal": ("oci", "boot"),
     "kopf": ("kube",),
     "kubernetes": ("kube",),
     "prometheus_client": ("kube", "delivery"),

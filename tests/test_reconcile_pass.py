@@ -4,6 +4,7 @@ only when a test moves it. Each row: the world before, then the requests sent, t
 and when the pass wants to look again (requeue-after)."""
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ import pytest
 
 from fixtures.fake_kube import FakeClock, FakeKube, Registry, Status, fill
 from initramfs_operator.errors import AuthError, RegistryError
-from initramfs_operator.kube import api, buildjob, cache, crd
+from initramfs_operator.kube import api, buildjob, cache, crd, verifyjob
 from initramfs_operator.kube.reconcile import Reconciler
 from initramfs_operator.kube.settings import Settings
 from initramfs_operator.kube.workqueue import Backoff
@@ -610,3 +611,173 @@ def test_a_request_to_a_suspended_build_waits_for_the_resume() -> None:
     c.registry.run()
     c.reconcile()
     assert c.registry.asked == [TAG] and c.build["status"]["lastHandledRequestedAt"] == "r1"
+
+
+# --- boot verification (spec.verify): the candidate waits aside until it booted --------------------------------
+
+VERIFY = {"kernel": {"image": "reg.example/kernel:6.1"}}
+VERIFY_SETTINGS = dataclasses.replace(SETTINGS, verify=verifyjob.Settings(image="verifier:1"))
+BUILT = f"built /out/x: 10 bytes, 3 entries, sha256:{'f' * 64}"
+CANDIDATE = {"sha256": "f" * 64, "size": 10, "entries": 3, "compression": "gzip", "claimName": "c", "path": "x",
+             "claimUID": "claim-1"}
+GOOD = {"sha256": "a" * 64, "claimName": "c", "path": "x", "claimUID": "claim-1"}  # an earlier output that booted
+VERIFY_JOB = verifyjob.job_name(build(), "f" * 64)
+BUILD_DONE = job(condition("Complete"), succeeded=1, completionTime="2024-01-01T00:01:00Z")
+CANDIDATE_KEPT = {"buildJob": job_name(), "output": CANDIDATE, "built": BUILT,
+                  "outputs": [CANDIDATE | {"os": "linux", "architecture": "amd64"}]}  # status.outputs once it booted
+
+
+def verification_job(*conds: dict, **status: object) -> dict:
+    j = job(*conds, uid="vjob-1", **status)
+    j["metadata"]["name"] = VERIFY_JOB
+    j["metadata"]["labels"][verifyjob.ROLE] = verifyjob.VERIFY
+    return j
+
+
+def verification_pod(phase: str, code: int, result: dict) -> dict:
+    p = pod(phase, {"terminated": {"exitCode": code, "message": json.dumps(result)}}, uid="vpod-1")
+    p["metadata"]["labels"][cache.JOB_UID] = "vjob-1"
+    return p
+
+
+def verification_pod_waiting(state: dict) -> dict:
+    p = pod("Pending", state, uid="vpod-1")
+    p["metadata"]["labels"][cache.JOB_UID] = "vjob-1"
+    return p
+
+
+def verifying(output: dict | None = None, **verification: object) -> dict:
+    status = written(("False", "Verifying", "booting"), ("Verifying", "booting"), jobName=job_name(),
+                     imageDigest=DIGEST, shortDigest="d" * 12, verification={**CANDIDATE_KEPT, **verification},
+                     **({"output": output} if output else {}))
+    status["conditions"].append({"type": "Verified", "status": "False", "reason": "Verifying", "message": "booting",
+                                 "observedGeneration": 1, "lastTransitionTime": T0})
+    return status
+
+
+BOOTED_POD = verification_pod("Succeeded", 0, {"reason": "Booted", "message": "ran /init for 5s", "seconds": 9.5,
+                                               "accelerator": "tcg", "memory": 256 << 20})
+PANICKED_POD = verification_pod("Failed", 6, {"reason": "BootFailed", "error": "the kernel panicked: Attempted "
+                                              "to kill init!; last console lines:\n  Run /init as init process"})
+SILENT_POD = verification_pod("Failed", 7, {"reason": "BootTimeout", "error": "no verdict within 120s: waited for "
+                                            "the kernel running init"})
+FAILED_AT = condition("Failed", "PodFailurePolicy", at="2024-01-01T00:02:00Z")
+
+VERIFY_ROWS = [
+    Row("build done: its output kept aside as the candidate, Verifying", build(verify=VERIFY), jobs=(BUILD_DONE,),
+        pods=(SUCCEEDED_POD,), elapsed=70,
+        requests=[("GET", "persistentvolumeclaims"), ("PATCH", "status", "Verifying"),
+                  ("POST", "event", "Normal", "Verifying")],
+        conditions={"Ready": ("False", "Verifying", BUILT), "Reconciling": ("True", "Verifying", ""),
+                    "Verified": ("False", "Verifying", "booting it")},
+        status={"output": None, "verification": CANDIDATE_KEPT}),
+    Row("candidate without a verification Job: created", build(verify=VERIFY, status=verifying()), jobs=(BUILD_DONE,),
+        requests=[("POST", "job", VERIFY_JOB), ("PATCH", "status", "Verifying")],
+        conditions={"Ready": ("False", "Verifying", "created"), "Reconciling": ("True", "Verifying", ""),
+                    "Verified": ("False", "Verifying", "created")}),
+    Row("verification Job running", build(verify=VERIFY, status=verifying()), jobs=(BUILD_DONE, verification_job(
+        active=1)), requests=[("PATCH", "status", "Verifying")],
+        conditions={"Ready": ("False", "Verifying", "is booting"), "Reconciling": ("True", "Verifying", ""),
+                    "Verified": ("False", "Verifying", "is booting")}),
+    Row("verifier image not pulled: said, still Verifying", build(verify=VERIFY, status=verifying()),
+        jobs=(BUILD_DONE, verification_job(active=1)),
+        pods=(verification_pod_waiting({"waiting": {"reason": "ImagePullBackOff", "message": "back-off"}}),),
+        requests=[("PATCH", "status", "BuilderImagePullFailed"),
+                  ("POST", "event", "Warning", "BuilderImagePullFailed")],
+        conditions={"Ready": ("False", "BuilderImagePullFailed", "verification job"),
+                    "Reconciling": ("True", "Verifying", "back-off"), "Verified": ("False", "Verifying", "back-off")}),
+    Row("booted: the candidate is the output, Ready and Verified", build(verify=VERIFY, status=verifying(GOOD)),
+        jobs=(BUILD_DONE, verification_job(condition("Complete"), succeeded=1, completionTime="2024-01-01T00:02:00Z")),
+        pods=(BOOTED_POD,), elapsed=130,
+        requests=[("PATCH", "status", "Succeeded"), ("POST", "event", "Normal", "Succeeded")],
+        conditions={"Ready": ("True", "Succeeded", BUILT), "Verified": ("True", "Booted", "ran /init for 5s (9.5s")},
+        status={"output": CANDIDATE}),
+    Row("boot failed: Stalled, not Ready, the previous output stays", build(verify=VERIFY, status=verifying(GOOD)),
+        jobs=(BUILD_DONE, verification_job(FAILED_AT, failed=1)), pods=(PANICKED_POD,), elapsed=130,
+        requests=[("PATCH", "status", "BootFailed"), ("POST", "event", "Warning", "BootFailed")],
+        conditions={"Ready": ("False", "BootFailed", "kernel panicked"), "Stalled": ("True", "BootFailed", ""),
+                    "Verified": ("False", "BootFailed", "Run /init as init process")},
+        status={"output": GOOD}),
+    Row("no verdict in time: BootTimeout, Stalled", build(verify=VERIFY, status=verifying(GOOD)),
+        jobs=(BUILD_DONE, verification_job(FAILED_AT, failed=1)), pods=(SILENT_POD,), elapsed=130,
+        requests=[("PATCH", "status", "BootTimeout"), ("POST", "event", "Warning", "BootTimeout")],
+        conditions={"Ready": ("False", "BootTimeout", ""), "Stalled": ("True", "BootTimeout", ""),
+                    "Verified": ("False", "BootTimeout", "waited for the kernel running init")},
+        status={"output": GOOD}),
+    Row("verification Job failed, its pod not indexed yet: no verdict, again in 2 s",
+        build(verify=VERIFY, status=verifying(GOOD, jobName=VERIFY_JOB, startTime=T0)),
+        jobs=(BUILD_DONE, verification_job(FAILED_AT, failed=1)), elapsed=122, requeue=2,
+        conditions={"Ready": ("False", "Verifying", ""), "Reconciling": ("True", "Verifying", ""),
+                    "Verified": ("False", "Verifying", "booting")}),
+    Row("verdict recorded: it stands, nothing sent",
+        build(verify=VERIFY, status=written(("False", "BootFailed", "panicked"), stalled=("BootFailed", "panicked"),
+                                            jobName=job_name(), imageDigest=DIGEST, shortDigest="d" * 12, output=GOOD,
+                                            verification={**CANDIDATE_KEPT, "result": "BootFailed"})),
+        jobs=(BUILD_DONE,), conditions={"Ready": ("False", "BootFailed", ""), "Stalled": ("True", "BootFailed", "")}),
+    Row("refresh of a good output: Ready stays True on it while the new one boots",
+        build(verify=VERIFY, status=written(("True", "Succeeded", "built /out/old"), imageDigest=NEW, output=GOOD,
+                                            jobName=job_name(digest=NEW))),
+        jobs=(BUILD_DONE,),
+        pods=(SUCCEEDED_POD,), elapsed=70,
+        requests=[("GET", "persistentvolumeclaims"), ("PATCH", "status", "Succeeded"),
+                  ("POST", "event", "Normal", "Refreshing")],
+        conditions={"Ready": ("True", "Succeeded", "built /out/old"), "Reconciling": ("True", "Refreshing", ""),
+                    "Verified": ("False", "Verifying", "")},
+        status={"output": GOOD}),
+]
+
+
+@pytest.mark.parametrize("row", VERIFY_ROWS, ids=[r.id for r in VERIFY_ROWS])
+def test_a_verification_pass(row: Row) -> None:
+    c = Cluster(row.build, row.jobs, row.pods, row.events, settings=VERIFY_SETTINGS)
+    c.clock.advance(row.elapsed)
+    assert c.reconcile() == row.requeue
+    assert sent(c) == row.requests
+    got = c.conditions()
+    assert set(got) == set(row.conditions), got
+    for type_, (status, reason, fragment) in row.conditions.items():
+        assert got[type_][:2] == (status, reason) and fragment in got[type_][2], got[type_]
+    assert {k: c.build["status"].get(k) for k in row.status} == row.status
+
+
+def test_a_verification_job_boots_the_candidate_as_the_spec_says() -> None:
+    c = Cluster(build(verify={**VERIFY, "successRegex": "ready$", "kvm": True}, status=verifying()),
+                jobs=(BUILD_DONE,), settings=VERIFY_SETTINGS)
+    c.reconcile()
+    [created] = [r.body for r in c.kube.sent("POST")]
+    pod_spec = created["spec"]["template"]["spec"]
+    [container] = pod_spec["containers"]
+    assert container["image"] == "verifier:1" and container["args"][:3] == ["verify", "/output/x", "--kernel"]
+    assert {"--success-regex", "ready$", "--kvm"} <= set(container["args"])
+    assert container["resources"]["limits"] == {"devices.kubevirt.io/kvm": "1"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] and pod_spec["automountServiceAccountToken"] is False
+    assert {"name": "output", "mountPath": "/output", "readOnly": True} in container["volumeMounts"]
+    assert created["metadata"]["labels"][verifyjob.ROLE] == verifyjob.VERIFY
+
+
+def test_a_build_without_verification_never_has_a_verified_condition() -> None:
+    c = Cluster(build(), jobs=(BUILD_DONE,), pods=(SUCCEEDED_POD,), settings=VERIFY_SETTINGS)
+    c.clock.advance(70)
+    c.reconcile()
+    assert "Verified" not in c.conditions() and c.build["status"]["output"]["sha256"] == "f" * 64
+
+
+def test_a_build_suspended_while_verifying_says_so_and_verifies_once_resumed() -> None:
+    running = verification_job(active=1)
+    c = Cluster(build(verify=VERIFY, status=verifying(jobName=VERIFY_JOB)), jobs=(BUILD_DONE, running),
+                settings=VERIFY_SETTINGS)
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 2, True
+    c.show()
+    c.reconcile()
+    assert sent(c) == [("PATCH", "status", "Suspended"), ("POST", "event", "Normal", "Suspended")]
+    assert c.conditions()["Ready"][:2] == ("False", "Suspended")
+    c.build["metadata"]["generation"], c.build["spec"]["suspend"] = 3, False
+    for _ in range(3):  # the resume said, the candidate taken up again, its running verification observed
+        c.show()
+        c.reconcile()
+    assert c.conditions()["Verified"][:2] == ("False", "Verifying") and ("POST", "job", VERIFY_JOB) not in sent(c)
+    c.clock.advance(130)
+    c.show(jobs=[BUILD_DONE, verification_job(condition("Complete"), succeeded=1,
+                                              completionTime="2024-01-01T00:02:00Z")], pods=[BOOTED_POD])
+    c.reconcile()
+    assert c.conditions()["Verified"][:2] == ("True", "Booted") and c.build["status"]["output"] == CANDIDATE

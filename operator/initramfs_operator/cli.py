@@ -1,7 +1,7 @@
-"""`initramfs-builder`: build, inspect and list-layers.
+"""`initramfs-builder`: build, verify, inspect and list-layers.
 
 Exit codes: 0 success, 1 unexpected failure, 2 usage, 3 registry or authentication,
-4 invalid image, 5 output.
+4 invalid image, 5 output, 6 boot failed, 7 boot timed out.
 """
 
 import argparse
@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 from . import __version__, build
 from .archive import compress, output
-from .errors import BuildError, LimitExceeded, OutputError, UsageError
+from .boot import console, kernel, machine
+from .errors import BootFailed, BootTimeout, BuildError, LimitExceeded, OutputError, UsageError
 from .oci import reference, registry, source
 from .oci.image import DEFAULT_PLATFORM, Descriptor, Image, Platform
 from .oci.layer import Limits
@@ -78,13 +79,20 @@ def _registry_options(args: argparse.Namespace, progress: Progress | None = None
     elif args.username:
         raise UsageError("--username needs --password-stdin (passwords are never taken on the command line)")
     # Credential and CA files are read only when a registry is involved: a local build ignores them.
-    uses_registry = source.is_registry(args.image) or bool(getattr(args, "push", None))
+    uses_registry = any(source.is_registry(spec) for spec in _images(args)) or bool(getattr(args, "push", None))
     return registry.RegistryOptions(
         insecure=tuple(args.insecure_registry),
         ca_certs=registry.read_ca_file(args.ca_file) if args.ca_file and uses_registry else None,
         keychain=_keychain(args.username, password, args.registry_config) if uses_registry else registry.Keychain(),
         cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
         on_bytes=progress.on_bytes if progress else None)
+
+
+def _images(args: argparse.Namespace) -> list[str]:
+    """The images the command reads."""
+    if args.command == "verify":
+        return [spec for spec in (args.kernel, None if os.path.exists(args.initramfs) else args.initramfs) if spec]
+    return [args.image]
 
 
 def _keychain(username: str | None, password: str | None, config_files: list[str]) -> registry.Keychain:
@@ -376,6 +384,58 @@ def _subject(image: Image, spec: str, target: reference.Reference) -> Descriptor
     return image.descriptor if (src.registry, src.repository) == (target.registry, target.repository) else None
 
 
+def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
+    """Boots the initramfs in a microVM and judges its serial console (boot/console.py)."""
+    if bool(args.kernel) == bool(args.kernel_file):
+        raise UsageError("give the kernel as --kernel IMAGE (with --kernel-path) or as --kernel-file FILE")
+    try:
+        success = re.compile(args.success_regex) if args.success_regex is not None else None
+    except re.error as e:
+        raise UsageError(f"--success-regex: {e}") from None
+    if args.settle_seconds < 0 or args.timeout_seconds <= 0 or args.cpus < 1:
+        raise UsageError("--settle-seconds must be >= 0, --timeout-seconds and --cpus > 0")
+    if not os.path.exists(args.initramfs) and "@" not in args.initramfs:
+        raise UsageError(f"{args.initramfs}: no such file (an artifact in a registry is named by digest: "
+                         "host/repository@sha256:...)")
+    platform = _one_platform(args, "verify boots one platform")
+    machine.machine_for(platform)  # a platform that cannot boot fails before any download
+    reg = _registry_options(args)
+    with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-verify-") as tmp:
+        initramfs = args.initramfs if os.path.exists(args.initramfs) else \
+            _artifact(args.initramfs, reg, os.path.join(tmp, "initramfs"))
+        if args.kernel:
+            found = kernel.extract(args.kernel, args.kernel_path, platform, reg, os.path.join(tmp, "kernel"))
+            kernel_file, kernel_image = found.path, found.image
+        else:
+            kernel_file, kernel_image = args.kernel_file, None
+        memory = _size(args.memory, "--memory") if args.memory else machine.memory_for(initramfs)
+        argv = machine.command(platform, kernel_file, initramfs, memory, args.cpus, args.kvm, args.cmdline or "")
+        started = time.monotonic()
+        verdict = machine.run(argv, console.Console(args.settle_seconds, args.timeout_seconds, success))
+    lines = "".join(f"\n  {line}" for line in verdict.console)
+    if not verdict.booted:
+        error = BootTimeout if verdict.reason == console.BOOT_TIMEOUT else BootFailed
+        raise error(f"{verdict.message}; last console lines:{lines}")
+    return {"reason": verdict.reason, "message": verdict.message, "seconds": round(time.monotonic() - started, 1),
+            "memory": memory, "accelerator": "kvm" if args.kvm else "tcg", "platform": str(platform),
+            **({"kernelImage": kernel_image} if kernel_image else {}), "console": list(verdict.console)}
+
+
+def _artifact(spec: str, reg: registry.RegistryOptions, dest: str) -> str:
+    """An initramfs artifact pushed by `build --push`, by digest, into `dest`."""
+    from .oci.registry import artifact
+
+    layer = artifact.layer_of(spec, reg)
+
+    def save(reader: Any) -> None:
+        with open(dest, "wb") as out:
+            while chunk := reader.read(1 << 20):
+                out.write(chunk)
+
+    artifact.read_layer(spec, layer, reg, save)
+    return dest
+
+
 def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
     """One platform's description; with several (or `all`), the image and each platform's."""
     reg = _registry_options(args)
@@ -403,10 +463,15 @@ def _description(image: Image) -> dict[str, Any]:
                         "size": layer.descriptor.size} for layer in image.layers]}
 
 
-def cmd_list_layers(args: argparse.Namespace) -> dict[str, Any]:
+def _one_platform(args: argparse.Namespace, why: str) -> Platform:
     wanted = _platforms(args)
     if wanted is None or len(wanted) > 1:
-        raise UsageError("list-layers lists one platform's layers: name one with --platform (inspect shows several)")
+        raise UsageError(f"{why}: name one with --platform")
+    return wanted[0]
+
+
+def cmd_list_layers(args: argparse.Namespace) -> dict[str, Any]:
+    _one_platform(args, "list-layers lists one platform's layers (inspect shows several)")
     return {"layers": cmd_inspect(args)["layers"]}
 
 
@@ -419,6 +484,10 @@ def _print_human(command: str, out: dict[str, Any]) -> None:
             if i:
                 print()
             _print_human(command, image)
+        return
+    if command == "verify":
+        print(f"{out['reason']}: {out['message']} ({out['seconds']}s, {out['accelerator']}, "
+              f"{out['memory'] >> 20} MiB)")
         return
     layers = out["layers"]
     if command == "inspect":
@@ -452,12 +521,14 @@ def _print_build(out: dict[str, Any]) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="initramfs-builder", description="Turn a container image into a bootable "
                                 "initramfs (cpio newc, compressed) for microVMs.",
-                                epilog="Exit codes: 0 ok, 2 usage, 3 registry/auth, 4 invalid image, 5 output.")
+                                epilog="Exit codes: 0 ok, 2 usage, 3 registry/auth, 4 invalid image, 5 output, "
+                                       "6 boot failed, 7 boot timeout.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
+    def common(sp: argparse.ArgumentParser, image: bool = True) -> None:
+        if image:
+            sp.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
         g = sp.add_argument_group("image selection and registry access")
         g.add_argument("--platform", help="os/arch[/variant] to select from a multi-platform image "
                                           "(default linux/amd64); several, comma-separated, or 'all' for every "
@@ -525,6 +596,37 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-entries", metavar="N", type=int, default=Limits.max_entries,
                         help=f"tar entries in all layers together (default {Limits.max_entries})")
     b.set_defaults(func=cmd_build)
+
+    v = sub.add_parser("verify", help="boot an initramfs in a microVM and judge its serial console",
+                       description="Boot INITRAMFS with a kernel in qemu (TCG unless --kvm) and judge the serial "
+                                   "console: the kernel must run init and then neither panic, nor fail to execute "
+                                   "init, nor report an unpacking error for --settle-seconds; with "
+                                   "--success-regex a console line must match it within --timeout-seconds. "
+                                   "Exit 0: booted, 6: boot failed, 7: no verdict in time.")
+    v.add_argument("initramfs", metavar="INITRAMFS", help="the initramfs file, or a registry reference by digest "
+                                                          "to an artifact written by build --push")
+    common(v, image=False)
+    k = v.add_argument_group("kernel and machine")
+    k.add_argument("--kernel", metavar="IMAGE", help=f"the image holding the kernel ({IMAGE_HELP}), for --platform")
+    k.add_argument("--kernel-path", default=kernel.DEFAULT_PATH, metavar="PATH",
+                   help=f"the kernel's path in --kernel (default {kernel.DEFAULT_PATH}; symlinks are followed)")
+    k.add_argument("--kernel-file", metavar="FILE", help="a kernel file on this machine instead of --kernel")
+    k.add_argument("--cmdline", metavar="ARGS", help="kernel arguments added after console=, rdinit=/init and "
+                                                     "panic=-1")
+    k.add_argument("--memory", metavar="SIZE", help=f"guest memory (default {machine.MEMORY_FACTOR}x what the "
+                                                    f"archive unpacks to, at least {machine.MIN_MEMORY >> 20}MiB)")
+    k.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
+    k.add_argument("--kvm", action="store_true", help="use /dev/kvm instead of TCG emulation")
+    k.add_argument("--scratch-dir", metavar="DIR", help="where the kernel and a pulled initramfs wait "
+                                                        "(default $TMPDIR)")
+    j = v.add_argument_group("verdict")
+    j.add_argument("--settle-seconds", type=float, default=5.0,
+                   help="how long init must run without a panic (default 5)")
+    j.add_argument("--timeout-seconds", type=float, default=120.0,
+                   help="how long the whole boot may take to a verdict (default 120)")
+    j.add_argument("--success-regex", metavar="RE", help="a console line must match this (Python re) as well")
+    v.add_argument("--result-file", metavar="FILE", help="also write the JSON result (or error) to FILE")
+    v.set_defaults(func=cmd_verify)
 
     inspect = sub.add_parser("inspect", help="show an image's digest, platforms, config and layers")
     common(inspect)

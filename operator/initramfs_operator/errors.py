@@ -56,3 +56,17 @@ class OutputError(BuildError):
 
     exit_code = 5
     reason = "OutputFailed"
+
+
+class BootFailed(BuildError):
+    """The initramfs did not boot: the kernel could not unpack it, could not run its init, or panicked."""
+
+    exit_code = 6
+    reason = "BootFailed"
+
+
+class BootTimeout(BootFailed):
+    """The boot reached no verdict in time: no init ran, or no line matched the success pattern."""
+
+    exit_code = 7
+    reason = "BootTimeout"

@@ -128,7 +128,9 @@ class Admission:
         self._wake.clear()
 
     def taken(self) -> int:
-        """Slots in use: build Jobs not finished, Jobs with a pod still running, Jobs created but not yet seen."""
+        """Slots in use: build Jobs not finished, Jobs with a pod still running, Jobs created but not yet seen.
+        Verification Jobs count too (a TCG boot is as heavy as a build), though they are not queued: one starts
+        as its build Job ends, in the slot that Job frees."""
         jobs = self.cache.all_jobs()
         holding = {job["metadata"]["uid"] for job in jobs if not finished(job)}
         holding |= {job_uid for job_uid, pods in self.cache.pods_by_job()

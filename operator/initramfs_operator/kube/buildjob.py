@@ -96,11 +96,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
     labels = {MANAGED_BY: OPERATOR, "app.kubernetes.io/name": "initramfs-builder",
               crd.BUILD_UID_LABEL: meta["uid"], GENERATION: str(build_generation(build))}
     args, mounts, volumes = builder_arguments(spec, digest, registry_secrets)
-    security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
-                **({"runAsUser": ids.run_as_user} if ids.run_as_user is not None else {}),
-                **({"runAsGroup": ids.run_as_group} if ids.run_as_group is not None else {})}
-    volume_group = {"fsGroup": ids.fs_group, "fsGroupChangePolicy": "OnRootMismatch"} \
-        if ids.fs_group is not None else {}
+    pod_security, container_security = security_contexts(ids)
     container = {
         "name": CONTAINER, "image": builder_image, "imagePullPolicy": "IfNotPresent",
         "command": ["initramfs-builder"], "args": args,
@@ -109,8 +105,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
         "terminationMessagePath": TERMINATION_LOG,
         # The result is the JSON the builder writes there; a crash leaves it empty and the log tail says why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {**security, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security,
     }
     if spec.get("resources"):
         container["resources"] = spec["resources"]
@@ -118,7 +113,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {**security, **volume_group},
+        "securityContext": pod_security,
         "containers": [container],
         "volumes": volumes,
     }
@@ -158,6 +153,16 @@ def platforms(spec: dict) -> list[str]:
     """The platforms the build builds: spec.platforms, or spec.platform as a one-element shorthand (the CRD
     allows one of them); none: the builder's default (linux/amd64)."""
     return list(spec.get("platforms") or ([spec["platform"]] if spec.get("platform") else []))
+def security_contexts(ids: PodIds) -> tuple[dict, dict]:
+    """The pod's and the container's securityContext of the operator's pods: restricted Pod Security, non-root,
+    a read-only root filesystem, no capabilities."""
+    security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+                **({"runAsUser": ids.run_as_user} if ids.run_as_user is not None else {}),
+                **({"runAsGroup": ids.run_as_group} if ids.run_as_group is not None else {})}
+    volume_group = {"fsGroup": ids.fs_group, "fsGroupChangePolicy": "OnRootMismatch"} \
+        if ids.fs_group is not None else {}
+    return {**security, **volume_group}, {**security, "allowPrivilegeEscalation": False,
+                                          "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
 def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[str, str]]) -> tuple[list, list, list]:
@@ -183,23 +188,10 @@ def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[
         volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": output["pvc"]["claimName"]}})
     else:
         args += ["--push", f"{output['oci']['repository']}:{output['oci']['tag']}"]
-    if registry_secrets:
-        # One projected volume, one file per Secret: the credentials are never copied, and a rotated
-        # Secret reaches the next build pod as it is.
-        mount("registry", f"{CONFIG_DIR}/registry", {"projected": {"sources": [
-            {"secret": {"name": secret, "items": [{"key": key, "path": f"{secret}/{key}"}]}}
-            for secret, key in registry_secrets]}})
-        for secret, key in registry_secrets:
-            args += ["--registry-config", f"{CONFIG_DIR}/registry/{secret}/{key}"]
-    registry = spec.get("registry") or {}
-    if registry.get("insecure"):
-        for host in registry_hosts(spec):
-            args += ["--insecure-registry", host]
-    if registry.get("caConfigMap"):
-        ca = registry["caConfigMap"]
-        mount("ca", f"{CONFIG_DIR}/ca", {"configMap": {
-            "name": ca["name"], "items": [{"key": ca.get("key", DEFAULT_CA_KEY), "path": "ca.crt"}]}})
-        args += ["--ca-file", f"{CONFIG_DIR}/ca/ca.crt"]
+    access_args, access_mounts, access_volumes = registry_access_arguments(spec, registry_secrets)
+    args += access_args
+    mounts += access_mounts
+    volumes += access_volumes
     if spec.get("init"):
         ref = spec["init"]["configMapKeyRef"]
         mount("init", f"{CONFIG_DIR}/init", {"configMap": {
@@ -221,6 +213,38 @@ def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[
         args += ["--max-uncompressed-size", str(image_limits["maxUncompressedSize"])]
     if "maxEntries" in image_limits:
         args += ["--max-entries", str(image_limits["maxEntries"])]
+    return args, mounts, volumes
+
+
+def registry_access_arguments(spec: dict, registry_secrets: Sequence[tuple[str, str]], more_hosts: Sequence[str] = ()
+                              ) -> tuple[list, list, list]:
+    """The builder's registry flags (credentials, plain-HTTP hosts, CA), with the volumes and mounts they refer to:
+    the same for a build pod and a verification pod. `more_hosts`: registries the pod reads besides the spec's."""
+    args: list[str] = []
+    mounts: list[dict] = []
+    volumes: list[dict] = []
+
+    def mount(name: str, path: str, source: dict) -> None:
+        mounts.append({"name": name, "mountPath": path, "readOnly": True})
+        volumes.append({"name": name, **source})
+
+    if registry_secrets:
+        # One projected volume, one file per Secret: the credentials are never copied, and a rotated
+        # Secret reaches the next build pod as it is.
+        mount("registry", f"{CONFIG_DIR}/registry", {"projected": {"sources": [
+            {"secret": {"name": secret, "items": [{"key": key, "path": f"{secret}/{key}"}]}}
+            for secret, key in registry_secrets]}})
+        for secret, key in registry_secrets:
+            args += ["--registry-config", f"{CONFIG_DIR}/registry/{secret}/{key}"]
+    registry = spec.get("registry") or {}
+    if registry.get("insecure"):
+        for host in dict.fromkeys([*registry_hosts(spec), *more_hosts]):
+            args += ["--insecure-registry", host]
+    if registry.get("caConfigMap"):
+        ca = registry["caConfigMap"]
+        mount("ca", f"{CONFIG_DIR}/ca", {"configMap": {
+            "name": ca["name"], "items": [{"key": ca.get("key", DEFAULT_CA_KEY), "path": "ca.crt"}]}})
+        args += ["--ca-file", f"{CONFIG_DIR}/ca/ca.crt"]
     return args, mounts, volumes
 
 

@@ -1,6 +1,7 @@
 """`initramfs-operator`: the command line, and the process it starts (kopf, and the Operator's threads)."""
 
 import argparse
+import json
 import logging
 import os
 
@@ -8,7 +9,7 @@ import kopf
 import kubernetes
 import prometheus_client
 
-from . import api, buildjob, conditions, diagnosis, handlers, metrics
+from . import api, buildjob, conditions, diagnosis, handlers, metrics, verifyjob
 from .controller import Operator
 from .kubernetes_transport import KubernetesTransport
 from .settings import Settings
@@ -80,8 +81,28 @@ def parser() -> argparse.ArgumentParser:
                    help="write each delivering build's InitramfsRelease for the delivery agents, and sum their "
                         "reports into status.delivery and the Delivered condition "
                         "($INITRAMFS_DELIVERY=true; the chart sets it with delivery.enabled)")
+    p.add_argument("--verifier-image", default=env("INITRAMFS_VERIFIER_IMAGE") or None,
+                   help="image of the verification pods, with initramfs-builder and qemu on PATH "
+                        "($INITRAMFS_VERIFIER_IMAGE; default: the builder image)")
+    p.add_argument("--verify-default", type=json_object, default=env("INITRAMFS_VERIFY_DEFAULT") or None,
+                   metavar="JSON", help="spec.verify of every build that sets none, e.g. "
+                   "'{\"kernel\": {\"image\": \"registry.example/kernel:6.1\"}}' ($INITRAMFS_VERIFY_DEFAULT)")
+    p.add_argument("--kvm-resource", default=env("INITRAMFS_KVM_RESOURCE", verifyjob.Settings.kvm_resource),
+                   help="the extended resource a KVM device plugin offers /dev/kvm as, asked for by verification "
+                        f"pods of builds with spec.verify.kvm ($INITRAMFS_KVM_RESOURCE, default "
+                        f"{verifyjob.Settings.kvm_resource})")
     p.add_argument("--verbose", action="store_true")
     return p
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("not a JSON object")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
     settings = Settings(args.builder_image, args.max_concurrent_builds,
                         buildjob.PodIds(args.build_run_as_user, args.build_run_as_group, args.build_fs_group),
-                        buildjob.Limits(args.build_deadline, args.job_ttl))
-    metrics.known_results((conditions.SUCCEEDED, *sorted(buildjob.REASONS | diagnosis.REASONS)))
+                        buildjob.Limits(args.build_deadline, args.job_ttl),
+                        verify=verifyjob.Settings(args.verifier_image, args.verify_default, args.kvm_resource))
+    metrics.known_results((conditions.SUCCEEDED, *sorted(buildjob.REASONS | diagnosis.REASONS | verifyjob.REASONS)))
     operator = Operator(api.Kube(KubernetesTransport(kubernetes.client.ApiClient()), metrics.observe_request), settings,
                         (args.lease_namespace, args.lease_name), args.lease_duration, deliveries=args.delivery)
     if args.delivery:

@@ -10,6 +10,12 @@
   A failed lookup or Job creation is still looked at again with backoff (the message says when),
   so fixing the cause heals the build without a spec change.
 
+- `Verified` (only for builds with spec.verify, or the operator's default): whether the newest output booted.
+  Verifying (False) while a verification Job boots it, then True with reason Booted, or False with
+  BootFailed or BootTimeout (and Stalled: the output is never given to hosts), the last console lines in
+  the message. Until it is True the new output is not in status.output: Ready waits for it (or, on a
+  refresh, stays True with the previous output), and delivery only ever sees outputs that booted.
+
 Reconciling and Stalled are never True together: kstatus reads the first of them it finds.
 
 A suspended build (spec.suspend) is paused, as Flux pauses its objects: Ready keeps saying whether a
@@ -19,13 +25,14 @@ nothing); a Job that was running is reported as usual until its result is record
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 RESOLVING, QUEUED, BUILDING, REFRESHING, SUCCEEDED = "Resolving", "Queued", "Building", "Refreshing", "Succeeded"
 SUSPENDED, RESUMED = "Suspended", "Resumed"
+VERIFIED, VERIFYING, BOOTED = "Verified", "Verifying", "Booted"
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class State:
     stalled: Reason | None = None
     problem: Reason | None = None     # the failure behind this state, if any
     news: Reason | None = None        # a pause or a resume: what an Event says, and no build finished
+    verified: Reason | None = None    # the Verified condition (True iff its reason is Booted); None: as it was
 
     @property
     def headline(self) -> Reason:
@@ -81,9 +89,29 @@ def over_previous_output(state: State, previous: str) -> State:
         return state
     kept = Reason(SUCCEEDED, previous)
     if state.stalled:
-        return State(True, kept, stalled=state.stalled, problem=state.problem)
+        return State(True, kept, stalled=state.stalled, problem=state.problem, verified=state.verified)
     detail = explained(state.problem.reason, state.problem.message) if state.problem else state.summary.message
-    return State(True, kept, reconciling=Reason(REFRESHING, detail), problem=state.problem)
+    return State(True, kept, reconciling=Reason(REFRESHING, detail), problem=state.problem, verified=state.verified)
+
+
+def verifying(message: str) -> State:
+    """A new output being booted: not Ready for it yet."""
+    return replace(in_flight(VERIFYING, message), verified=Reason(VERIFYING, message))
+
+
+def verifying_held(reason: str, message: str) -> State:
+    """A verification held up by something the kubelet keeps retrying (its image, scheduling): said, not final."""
+    return replace(retrying(reason, message, VERIFYING), verified=Reason(VERIFYING, message))
+
+
+def booted(built: str, verdict: str) -> State:
+    """The new output booted: Ready with it (`built`: the build's own words)."""
+    return State(True, Reason(SUCCEEDED, built), verified=Reason(BOOTED, verdict))
+
+
+def boot_failed(reason: str, message: str) -> State:
+    """The new output did not boot (or could not be booted): Stalled, never delivered, whatever came before."""
+    return replace(failed(reason, message), verified=Reason(reason, message))
 
 
 def recorded(status: dict) -> State:
@@ -132,12 +160,15 @@ def conditions(old: list[dict] | None, state: State, generation: int, now: str) 
     previous = {c["type"]: c for c in old or []}
     wanted = [(READY, "True" if state.ready else "False", state.summary)]
     wanted += [(type_, "True", r) for type_, r in ((RECONCILING, state.reconciling), (STALLED, state.stalled)) if r]
+    if state.verified:
+        wanted.append((VERIFIED, "True" if state.verified.reason == BOOTED else "False", state.verified))
+    own = (READY, RECONCILING, STALLED, VERIFIED) if state.verified else (READY, RECONCILING, STALLED)
     result = []
     for type_, status, r in wanted:
         result.append({"type": type_, "status": status, "reason": r.reason, "message": r.message,
                        "observedGeneration": generation,
                        "lastTransitionTime": transition_time(previous.get(type_), status, now)})
-    return result + [c for c in old or [] if c.get("type") not in (READY, RECONCILING, STALLED)]
+    return result + [c for c in old or [] if c.get("type") not in own]
 
 
 def transition_time(before: Mapping[str, Any] | None, status: str, now: str, key: str = "status") -> str:

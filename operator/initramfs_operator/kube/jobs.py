@@ -16,6 +16,7 @@ from .clock import Clock
 from .conditions import BUILDING, QUEUED, READY, RECONCILING, STALLED
 from .report import NO_JOB, Report
 from .settings import Settings
+from .verification import Verification
 from .workqueue import Retries
 
 RESULT_GRACE = 10.0          # how long after its Job finished a build pod's final status may still be on its way
@@ -29,8 +30,9 @@ class JobLifecycle:
 
     def __init__(self, kube: api.Kube, index: cache.Cache, admission: Admission, retries: Retries,
                  claim_uid: Callable[[str, dict], dict], secret_keys: Callable[[str, dict], list[tuple[str, str]]],
-                 verified: dict[Hashable, tuple], clock: Clock, settings: Settings):
+                 verified: dict[Hashable, tuple], clock: Clock, settings: Settings, verification: Verification):
         self.kube, self.cache, self.admission, self.retries = kube, index, admission, retries
+        self.verification = verification
         self.claim_uid, self.secret_keys, self.verified, self.clock = claim_uid, secret_keys, verified, clock
         self.settings = settings
         self.deleted: dict[str, float] = {}  # Job uid -> the clock's monotonic() when deleted
@@ -167,11 +169,16 @@ class JobLifecycle:
                 report.again_in(2)  # the pod's final status has not reached the index yet
                 return
             outcome = buildjob.outcome(terminated, report.spec)
+            claim = self.claim_uid(report.namespace, report.spec) if outcome.output else {}
+            outputs = [o | claim for o in outcome.outputs or []]
+            if outcome.output and self.verification.wanted(report):
+                self.verification.begin(report, job["metadata"]["name"], outcome.output | claim, outputs,
+                                        outcome.message)
+                return
             if outcome.output:
                 state = conditions.succeeded(outcome.message)
-                claim = self.claim_uid(report.namespace, report.spec)
                 fields["output"] = outcome.output | claim
-                fields["outputs"] = [o | claim for o in outcome.outputs or []]
+                fields["outputs"] = outputs
             else:
                 state = conditions.failed(outcome.reason, outcome.message)
         start, end = (conditions.parse_time(fields[f]) for f in ("startTime", "completionTime"))
@@ -208,9 +215,11 @@ class JobLifecycle:
 
 
 def recorded(report: Report, job: dict) -> bool:
-    """The Job is done and status holds its result."""
-    return finished(job) is not None and report.same_generation and \
-        report.status.get("jobName") == job["metadata"]["name"] and not conditions.find(report.status, RECONCILING)
+    """The Job is done and status holds its result (its output, or the candidate being verified)."""
+    name = job["metadata"]["name"]
+    return finished(job) is not None and report.same_generation and report.status.get("jobName") == name and \
+        (not conditions.find(report.status, RECONCILING) or
+         (report.status.get("verification") or {}).get("buildJob") == name)
 
 
 def deadline_message(job_name: str, failed: dict, before: dict) -> str:

@@ -27,7 +27,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from ..oci import registry
-from . import api, buildjob, cache, conditions, lookup, registry_access
+from . import api, buildjob, cache, conditions, lookup, registry_access, verifyjob
 from .admission import Admission
 from .clock import REAL, Clock
 from .conditions import READY, SUSPENDED
@@ -35,6 +35,7 @@ from .jobs import JobLifecycle, recorded
 from .report import NO_DIGEST, Report
 from .resolve import Claims, Resolver, Unresolved, known_digest, refresh_in
 from .settings import Settings
+from .verification import Verification
 from .workqueue import Retries
 
 KEY = tuple[str, str]        # (namespace, name) of an InitramfsBuild
@@ -63,8 +64,9 @@ class Reconciler:
         claims = Claims(kube, clock)
         self.resolver = Resolver(self.lookups, Retries(settings.retry, clock), claims, verified,
                                  self.registry_options, current_digest, settings.stall_after)
+        self.verification = Verification(kube, index, settings, self.secret_keys, verified, clock)
         self.jobs = JobLifecycle(kube, index, self.admission, Retries(settings.retry, clock), claims.uid,
-                                 self.secret_keys, verified, clock, settings)
+                                 self.secret_keys, verified, clock, settings, self.verification)
 
     def reconcile(self, key: KEY) -> Result:
         indexed = self.cache.build(*key)
@@ -82,7 +84,10 @@ class Reconciler:
     def run(self, report: Report) -> None:
         if not report.same_generation:
             self.forget_failures(report.key)  # a spec edit may be the fix: its generation starts afresh
-        jobs = {j["metadata"]["name"]: j for j in self.cache.jobs_of(report.uid)}
+        jobs: dict[str, dict] = {}
+        verifying: dict[str, dict] = {}
+        for j in self.cache.jobs_of(report.uid):
+            (verifying if verifyjob.is_verification(j) else jobs)[j["metadata"]["name"]] = j
         if report.suspended:
             self.pause(report, jobs)
             return
@@ -92,7 +97,7 @@ class Reconciler:
             return
         digest = self.resolver.target(report, jobs)
         if isinstance(digest, Unresolved):
-            self.jobs.supersede(report, jobs, keep=None)
+            self.jobs.supersede(report, {**jobs, **verifying}, keep=None)
             report.write({**report.fields, **NO_DIGEST}, digest.state)
             return
         if digest is None:
@@ -101,7 +106,9 @@ class Reconciler:
         self.jobs.supersede(report, jobs, keep=name)
         report.with_digest(digest)
         job = jobs.get(name)
-        if job is None:
+        if self.verification.owns(report, name):
+            self.jobs.supersede(report, verifying, keep=self.verification.step(report, verifying))
+        elif job is None:
             self.jobs.without_job(report, name, digest, self.resolver.built(report, digest))
         else:
             self.jobs.observe(report, job)
@@ -121,8 +128,11 @@ class Reconciler:
             self.jobs.observe(report, job)
             return
         before = conditions.recorded(report.status)
-        # Work that was in flight starts over on resume: its digest is not what the output was built from.
-        kept = report.same_generation and before.reconciling is None
+        # Work that was in flight starts over on resume: its digest is not what the output was built from. A
+        # candidate being verified was built from it: its verification goes on.
+        candidate_of = (report.status.get("verification") or {}).get("buildJob")
+        verifying = candidate_of is not None and candidate_of == report.status.get("jobName")
+        kept = report.same_generation and (before.reconciling is None or verifying)
         report.write(report.fields if kept else {**report.fields, **NO_DIGEST},
                      conditions.suspended(before, report.same_generation))
 

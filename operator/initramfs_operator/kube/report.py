@@ -101,9 +101,10 @@ class Report:
         if merged == self.status:
             self.recorded = True
             return
-        if "output" in patch:
-            # A merge patch merges objects: drop what the last output had and this one has not (pvc -> oci).
-            patch["output"] = {**{k: None for k in self.status.get("output") or {}}, **patch["output"]}
+        for replaced in ("output", "verification"):
+            if patch.get(replaced):
+                # A merge patch merges objects: drop what the last one had and this one has not (pvc -> oci).
+                patch[replaced] = {**{k: None for k in self.status.get(replaced) or {}}, **patch[replaced]}
         body = {"metadata": {"resourceVersion": self.meta["resourceVersion"]}, "status": patch}
         try:
             written = self.kube.merge_patch(

@@ -23,18 +23,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import conditions
+from . import conditions, crd
 
 OUTPUT_FIELDS = ("reference", "digest", "sha256", "sha512", "size", "compression")
 
 
 def released_output(build: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The output the build's hosts may take: its latest pushed one. (A condition a build must meet before its
-    hosts get it, such as a verified boot, belongs here.)"""
-    output = (build.get("status") or {}).get("output") or {}
-    if not all(output.get(k) for k in ("reference", "sha256", "sha512")) or output.get("size") is None:
-        return None
-    return {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None}
+    """The output the build's hosts may take (crd.deliverable: with spec.verify, only one that booted), as much
+    of it as a release carries."""
+    output = crd.deliverable(build)
+    return {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None} if output else None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from . import buildjob
+from . import buildjob, verifyjob
 from .workqueue import Backoff
 
 
@@ -15,3 +15,4 @@ class Settings:
     retry: Backoff = Backoff(base=5.0, cap=300.0)  # failed lookups and refused Jobs, per build
     stall_after: int = 5                 # failures in a row after which a retried failure is reported Stalled
     lookup_workers: int = 4              # registry lookups at once
+    verify: verifyjob.Settings = verifyjob.Settings()  # boot verification of outputs (spec.verify)
