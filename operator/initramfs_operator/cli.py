@@ -1,4 +1,4 @@
-"""`initramfs-builder`: build, inspect and list-layers.
+"""`initramfs-builder`: build, inspect, list-layers and remove.
 
 Exit codes: 0 success, 1 unexpected failure, 2 usage, 3 registry or authentication,
 4 invalid image, 5 output.
@@ -201,6 +201,11 @@ def _subject(image: Image, spec: str, target: reference.Reference) -> Descriptor
     return image.descriptor if (src.registry, src.repository) == (target.registry, target.repository) else None
 
 
+def cmd_remove(args: argparse.Namespace) -> dict[str, Any]:
+    removed = output.remove(args.root, args.paths)
+    return {"removed": removed, "missing": [p for p in args.paths if p not in removed]}
+
+
 def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
     with source.load(args.image, _platform(args), _registry_options(args)) as image:
         return _description(image)
@@ -222,6 +227,9 @@ def cmd_list_layers(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_human(command: str, out: dict[str, Any]) -> None:
+    if command == "remove":
+        print("\n".join([f"removed {p}" for p in out["removed"]] + [f"not there: {p}" for p in out["missing"]]))
+        return
     if command == "build":
         where = out.get("output") or out["reference"]
         print(f"wrote {where}: {out['size']} bytes, {out['entries']} entries, {out['compression']}, "
@@ -310,6 +318,14 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-entries", metavar="N", type=int, default=Limits.max_entries,
                         help=f"tar entries in all layers together (default {Limits.max_entries})")
     b.set_defaults(func=cmd_build)
+
+    rm = sub.add_parser("remove", help="remove built files from a directory (the operator's cleanup Jobs)",
+                        description="Remove each PATH, relative to --root, never following symlinks out of it; "
+                                    "a PATH already gone is not an error.")
+    rm.add_argument("paths", nargs="+", metavar="PATH")
+    rm.add_argument("--root", required=True, metavar="DIR", help="the directory PATHs are relative to")
+    rm.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    rm.set_defaults(func=cmd_remove)
 
     inspect = sub.add_parser("inspect", help="show an image's digest, platforms, config and layers")
     common(inspect)
