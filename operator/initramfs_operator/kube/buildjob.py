@@ -21,6 +21,8 @@ GENERATION = "initramfs.dev/generation"      # label: the spec generation a Job 
 BUILD_NAME = "initramfs.dev/build-name"      # annotation: names can be longer than label values
 IMAGE_DIGEST = "initramfs.dev/image-digest"  # annotation: the digest a Job builds
 SELECTOR = f"{MANAGED_BY}={OPERATOR}"
+COMPONENT = "app.kubernetes.io/component"
+CLEANUP = "cleanup"                          # COMPONENT of cleanup Jobs (cleanup.py); build Jobs have none
 
 CONTAINER = "build"
 UID = 65532  # the conventional "nonroot" user of distroless images, and the project image's USER
@@ -38,8 +40,11 @@ FINAL_EXIT_CODES = sorted(code for code in REASON_BY_EXIT_CODE if code != Output
 
 
 def spec_hash(spec: dict) -> str:
-    """What the build is of: its spec but `suspend`, hashed (status.buildSpecHash)."""
-    inputs = {k: v for k, v in spec.items() if k != "suspend"}
+    """What the build is of: its spec but what says when to build or what to clean up (`suspend`,
+    `deletionPolicy`, `output.retention`), hashed (status.buildSpecHash)."""
+    inputs = {k: v for k, v in spec.items() if k not in ("suspend", "deletionPolicy")}
+    if "retention" in (spec.get("output") or {}):
+        inputs["output"] = {k: v for k, v in spec["output"].items() if k != "retention"}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -95,11 +100,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
     labels = {MANAGED_BY: OPERATOR, "app.kubernetes.io/name": "initramfs-builder",
               crd.BUILD_UID_LABEL: meta["uid"], GENERATION: str(build_generation(build))}
     args, mounts, volumes = builder_arguments(spec, digest, registry_secrets)
-    security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
-                **({"runAsUser": ids.run_as_user} if ids.run_as_user is not None else {}),
-                **({"runAsGroup": ids.run_as_group} if ids.run_as_group is not None else {})}
-    volume_group = {"fsGroup": ids.fs_group, "fsGroupChangePolicy": "OnRootMismatch"} \
-        if ids.fs_group is not None else {}
+    security, volume_group = pod_security(ids)
     container = {
         "name": CONTAINER, "image": builder_image, "imagePullPolicy": "IfNotPresent",
         "command": ["initramfs-builder"], "args": args,
@@ -108,8 +109,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
         "terminationMessagePath": TERMINATION_LOG,
         # The result is the JSON the builder writes there; a crash leaves it empty and the log tail says why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {**security, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security(security),
     }
     if spec.get("resources"):
         container["resources"] = spec["resources"]
@@ -151,6 +151,62 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
         },
         "spec": job_spec,
     }
+
+
+def pod_security(ids: PodIds) -> tuple[dict, dict]:
+    """The pod's and container's identity and seccomp; and fsGroup, which makes the output volume writable."""
+    security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+                **({"runAsUser": ids.run_as_user} if ids.run_as_user is not None else {}),
+                **({"runAsGroup": ids.run_as_group} if ids.run_as_group is not None else {})}
+    volume_group = {"fsGroup": ids.fs_group, "fsGroupChangePolicy": "OnRootMismatch"} \
+        if ids.fs_group is not None else {}
+    return security, volume_group
+
+
+def container_security(security: dict) -> dict:
+    return {**security, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+CLEANUP_DEADLINE = 120  # a cleanup pod that cannot start (claim gone, image missing) fails by then
+CLEANUP_TTL = 600
+
+
+def cleanup_job(build: dict, name: str, claim: str, paths: list[str], builder_image: str,
+                ids: PodIds = PodIds()) -> dict:
+    """A Job that removes `paths` (relative to the volume root) from the PersistentVolumeClaim `claim`, with the
+    restrictions of build pods; the build owns it, so it goes with the build."""
+    meta = build["metadata"]
+    labels = {MANAGED_BY: OPERATOR, COMPONENT: CLEANUP, crd.BUILD_UID_LABEL: meta["uid"]}
+    security, volume_group = pod_security(ids)
+    container = {
+        "name": CONTAINER, "image": builder_image, "imagePullPolicy": "IfNotPresent",
+        "command": ["initramfs-builder"], "args": ["remove", "--root", OUTPUT, "--json", *paths],
+        "volumeMounts": [{"name": "output", "mountPath": OUTPUT}],
+        "terminationMessagePath": TERMINATION_LOG, "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": container_security(security),
+    }
+    pod_spec = {"restartPolicy": "Never", "automountServiceAccountToken": False, "enableServiceLinks": False,
+                "securityContext": {**security, **volume_group}, "containers": [container],
+                "volumes": [{"name": "output", "persistentVolumeClaim": {"claimName": claim}}]}
+    for field in ("nodeSelector", "tolerations"):
+        if build["spec"].get(field):
+            pod_spec[field] = build["spec"][field]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
+                     "annotations": {BUILD_NAME: meta["name"]},
+                     "ownerReferences": [{"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": meta["name"],
+                                          "uid": meta["uid"], "controller": True}]},
+        "spec": {"backoffLimit": 1, "activeDeadlineSeconds": CLEANUP_DEADLINE, "ttlSecondsAfterFinished": CLEANUP_TTL,
+                 "template": {"metadata": {"labels": labels, "annotations": {BUILD_NAME: meta["name"]}},
+                              "spec": pod_spec}},
+    }
+
+
+def is_cleanup(job: dict) -> bool:
+    return (job["metadata"].get("labels") or {}).get(COMPONENT) == CLEANUP
 
 
 def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[str, str]]) -> tuple[list, list, list]:
@@ -278,7 +334,7 @@ def output_status(result: dict, spec: dict) -> dict:
     if "pvc" in spec["output"]:
         out.update(claimName=spec["output"]["pvc"]["claimName"], path=spec["output"]["pvc"]["path"])
     else:
-        out.update(reference=result["reference"], digest=result["digest"])
+        out.update(reference=result["reference"], digest=result["digest"], tag=spec["output"]["oci"]["tag"])
     return out
 
 

@@ -9,7 +9,7 @@ one place that creates them.
 from collections.abc import Callable, Hashable
 
 from ..errors import BuildError
-from . import api, buildjob, cache, conditions, diagnosis
+from . import api, buildjob, cache, cleanup, conditions, diagnosis
 from .admission import Admission, Candidate, Rejection
 from .buildjob import failed_condition, finished, finishing
 from .clock import Clock
@@ -170,6 +170,7 @@ class JobLifecycle:
             if outcome.output:
                 state = conditions.succeeded(outcome.message)
                 fields["output"] = outcome.output | self.claim_uid(report.namespace, report.spec)
+                fields["previousOutputs"] = cleanup.superseded(report.status, fields["output"]) or None
             else:
                 state = conditions.failed(outcome.reason, outcome.message)
         start, end = (conditions.parse_time(fields[f]) for f in ("startTime", "completionTime"))

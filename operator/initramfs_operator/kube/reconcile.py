@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ..oci import registry
 from . import api, buildjob, cache, conditions, lookup, registry_access
 from .admission import Admission
+from .cleanup import FINALIZER, Cleanup
 from .clock import REAL, Clock
 from .conditions import READY, SUSPENDED
 from .jobs import JobLifecycle, recorded
@@ -38,6 +39,7 @@ from .settings import Settings
 from .workqueue import Retries
 
 KEY = tuple[str, str]        # (namespace, name) of an InitramfsBuild
+CLEANUP_WORKERS = 2          # registry removals at once (cleanup.py)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ class Reconciler:
 
     def __init__(self, kube: api.Kube, index: cache.Cache, settings: Settings, requeue: Callable[[Hashable], None],
                  clock: Clock = REAL, lookup_pool: Executor | None = None,
-                 current_digest: Callable[[str, registry.RegistryOptions], str] = lookup.current_digest):
+                 current_digest: Callable[[str, registry.RegistryOptions], str] = lookup.current_digest,
+                 remove_artifact: Callable[..., registry.Removal] = registry.remove_artifact):
         self.kube, self.cache, self.settings, self.clock = kube, index, settings, clock
         self.lookups = lookup.Lookups(settings.lookup_workers, requeue, clock, lookup_pool)
         self.admission = Admission(kube, index, settings.max_concurrent_builds, requeue)
@@ -65,15 +68,23 @@ class Reconciler:
                                  self.registry_options, current_digest, settings.stall_after)
         self.jobs = JobLifecycle(kube, index, self.admission, Retries(settings.retry, clock), claims.uid,
                                  self.secret_keys, verified, clock, settings)
+        # Removals in threads of their own: a registry slow to delete holds up no lookup.
+        removals = lookup.Lookups(CLEANUP_WORKERS, requeue, clock, lookup_pool)
+        self.cleanup = Cleanup(kube, index, removals, Retries(settings.retry, clock), clock, settings,
+                               self.registry_options, remove_artifact)
 
     def reconcile(self, key: KEY) -> Result:
         indexed = self.cache.build(*key)
-        if indexed is None or indexed["metadata"].get("deletionTimestamp"):
+        finalizers = (indexed or {}).get("metadata", {}).get("finalizers") or []
+        if indexed is None or (indexed["metadata"].get("deletionTimestamp") and FINALIZER not in finalizers):
             self.forget(key)  # the garbage collector removes its Jobs
             return Result()
         report = Report(self.kube, self.overlay, self.headlines, self.clock, self.overlay.view(key, indexed))
         try:
-            self.run(report)
+            if report.meta.get("deletionTimestamp"):
+                self.delete(report)
+            else:
+                self.run(report)
         finally:
             if report.recorded and report.answered:  # status has the lookup's answer now: forget it
                 self.lookups.take(key, report.answered)
@@ -82,10 +93,11 @@ class Reconciler:
     def run(self, report: Report) -> None:
         if not report.same_generation:
             self.forget_failures(report.key)  # a spec edit may be the fix: its generation starts afresh
-        jobs = {j["metadata"]["name"]: j for j in self.cache.jobs_of(report.uid)}
+        jobs, cleanup_jobs = self.jobs_of(report)
         if report.suspended:
             self.pause(report, jobs)
             return
+        self.cleanup.prune(report, cleanup_jobs)
         if conditions.find(report.status, READY).get("reason") == SUSPENDED:
             # Taken up again: said in this pass, acted on in the next (the write queues it).
             report.write(report.fields, conditions.resumed(conditions.recorded(report.status)))
@@ -109,6 +121,24 @@ class Reconciler:
         if refresh:
             report.again_in(refresh)
 
+    def jobs_of(self, report: Report) -> tuple[dict[str, dict], list[dict]]:
+        """The build's build Jobs by name, and its cleanup Jobs."""
+        found = self.cache.jobs_of(report.uid)
+        return {j["metadata"]["name"]: j for j in found if not buildjob.is_cleanup(j)}, \
+            [j for j in found if buildjob.is_cleanup(j)]
+
+    def delete(self, report: Report) -> None:
+        """Being deleted with the cleanup finalizer: no build may push after the cleanup, so its Jobs go first."""
+        self.admission.withdraw(report.uid)
+        jobs, cleanup_jobs = self.jobs_of(report)
+        self.jobs.supersede(report, jobs, keep=None)
+        if jobs:
+            report.again_in(2)  # until the watch shows them gone
+            return
+        self.cleanup.finalize(report, cleanup_jobs)
+        if FINALIZER not in (report.meta.get("finalizers") or []):
+            self.forget(report.key)
+
     def pause(self, report: Report, jobs: dict[str, dict]) -> None:
         """spec.suspend: no Job offered, nothing looked up, nothing deleted; the Job of this build that runs on
         is reported until its result is recorded, then the build says Suspended."""
@@ -131,6 +161,7 @@ class Reconciler:
         self.admission.withdraw_build(key)
         self.forget_failures(key)
         self.overlay.drop(key)
+        self.cleanup.forget(key)
         self.resolver.verified.pop(key, None)
         self.headlines.pop(key, None)
 
