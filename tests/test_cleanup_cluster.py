@@ -4,14 +4,11 @@ from Debian's docker-registry (deletion enabled) by the operator; a registry tha
 deletion only for a bounded number of attempts. The operator runs as the chart installs it."""
 
 
-import pytest
 
 from fixtures.kube import wait_until
 from fixtures.registry import unique_repo
 from initramfs_operator.kube import cleanup, crd
 from test_operator import image  # noqa: F401  (a fixture)
-
-pytestmark = pytest.mark.cluster
 
 
 def gone(builds, name: str) -> bool:
