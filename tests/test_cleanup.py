@@ -289,3 +289,16 @@ def test_an_artifact_another_build_still_uses_is_never_deleted() -> None:
     w.reconcile()
     assert w.remover.calls == [] and w.registry.pending == []
     assert ("POST", "event", "Warning", "CleanupIncomplete") in sent(w)
+
+
+def test_a_suspended_build_gets_its_finalizer_but_prunes_nothing() -> None:
+    w = World(build(status=built(BUILT_OCI, [artifact(1)]), output={**OCI, "retention": 0}, suspend=True,
+                    deletionPolicy="Delete"))
+    w.step()
+    assert FINALIZER in w.finalizers and w.registry.pending == [] and w.remover.calls == []
+
+
+def test_deleting_says_why_its_build_jobs_go() -> None:
+    w = World(build(status=BUILT_PVC, deletionPolicy="Delete"), jobs=(job(active=1),), deleting=True, finalizer=True)
+    w.step()
+    assert w.said == [("Normal", f"deleted build job {job()['metadata']['name']}: the build is being deleted")]

@@ -1,6 +1,9 @@
 """Removing pushed initramfs artifacts from Debian's docker-registry, with deletion enabled and as Debian ships
 it (refused): what is gone, what is left, and the referrers tag either way."""
 
+import hashlib
+import json
+
 import httpx
 import pytest
 
@@ -100,3 +103,29 @@ def test_unreachable_registry_raises_for_the_caller_to_retry():
     options = reg.RegistryOptions(insecure=("127.0.0.1:9",), retries=0, timeout=httpx.Timeout(2.0))
     with pytest.raises(RegistryError, match="gave up after 1 attempts"):
         reg.remove_artifact(dead, "sha256:" + "0" * 64, options)
+
+
+def test_where_only_tags_can_be_deleted_the_tag_goes():
+    """An OCI distribution 1.1 registry that refuses deleting manifests but allows deleting a tag (none such
+    is packaged here: httpx.MockTransport plays it)."""
+    doc = {"schemaVersion": 2, "mediaType": image.OCI_MANIFEST, "artifactType": reg.ARTIFACT_TYPE,
+           "config": {"mediaType": image.OCI_EMPTY, "digest": "sha256:" + "4" * 64, "size": 2}, "layers": []}
+    body = json.dumps(doc).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    deleted: list[str] = []
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        identifier = request.url.path.rsplit("/", 1)[1]
+        if request.method == "GET" and identifier in (digest, "out") and "out" not in deleted:
+            return httpx.Response(200, content=body, headers={"Content-Type": image.OCI_MANIFEST})
+        if request.method == "DELETE" and identifier == "out":
+            deleted.append(identifier)
+            return httpx.Response(202)
+        if request.method == "DELETE":
+            return httpx.Response(405, json={"errors": [{"code": "UNSUPPORTED"}]})
+        return httpx.Response(404)
+
+    options = reg.RegistryOptions(transport=httpx.MockTransport(registry))
+    removal = reg.remove_artifact(reference.parse("reg.example/app:out"), digest, options, tag="out")
+    assert removal.removed and deleted == ["out"]
+    assert "untagged reg.example/app:out" in removal.done[0] and "HTTP 405: UNSUPPORTED" in removal.done[0]

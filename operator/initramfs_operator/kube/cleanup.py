@@ -115,7 +115,7 @@ class Cleanup:
     def prune(self, report: Report, cleanup_jobs: list[dict]) -> None:
         excess = self.beyond_retention(report.spec, report.status)
         finished = self.settle(report, excess, cleanup_jobs) if excess else {}
-        if finished:
+        if finished:  # said in status, and the finalizer goes once nothing is left to prune
             gone = {identity(e) for e in excess if identity(e) in finished}
             kept = [e for e in report.status.get("previousOutputs") or [] if identity(e) not in gone]
             report.write({"previousOutputs": kept or None}, None)
@@ -123,7 +123,7 @@ class Cleanup:
                 self.announce(report, excess, finished, "PrunedOutputs", "removed previous outputs beyond retention")
                 for key in gone:
                     self.outcomes.get(report.key, {}).pop(key, None)
-        self.keep_finalizer(report)
+                self.keep_finalizer(report)
 
     # --- the build is being deleted ------------------------------------------------------------
 

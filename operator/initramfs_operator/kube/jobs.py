@@ -190,8 +190,9 @@ class JobLifecycle:
 
     # --- acting ------------------------------------------------------------------------------
 
-    def supersede(self, report: Report, jobs: dict[str, dict], keep: str | None) -> None:
-        """Delete the Jobs of other generations or digests; the garbage collector takes their pods."""
+    def supersede(self, report: Report, jobs: dict[str, dict], keep: str | None,
+                  why: str = "the spec or the image digest changed") -> None:
+        """Delete the Jobs of other generations or digests (`why`); the garbage collector takes their pods."""
         for name, job in jobs.items():
             uid = job["metadata"]["uid"]
             if name == keep or job["metadata"].get("deletionTimestamp") or uid in self.deleted:
@@ -203,7 +204,7 @@ class JobLifecycle:
                 if e.status != 404:
                     raise
             self.deleted[uid] = self.clock.monotonic()
-            report.event("Normal", "Superseded", f"deleted build job {name}: the spec or the image digest changed")
+            report.event("Normal", "Superseded", f"deleted build job {name}: {why}")
 
 
 def recorded(report: Report, job: dict) -> bool:

@@ -94,6 +94,7 @@ class Reconciler:
         if not report.same_generation:
             self.forget_failures(report.key)  # a spec edit may be the fix: its generation starts afresh
         jobs, cleanup_jobs = self.jobs_of(report)
+        self.cleanup.keep_finalizer(report)  # suspended too: a deletion meanwhile must find it
         if report.suspended:
             self.pause(report, jobs)
             return
@@ -131,7 +132,7 @@ class Reconciler:
         """Being deleted with the cleanup finalizer: no build may push after the cleanup, so its Jobs go first."""
         self.admission.withdraw(report.uid)
         jobs, cleanup_jobs = self.jobs_of(report)
-        self.jobs.supersede(report, jobs, keep=None)
+        self.jobs.supersede(report, jobs, keep=None, why="the build is being deleted")
         if jobs:
             report.again_in(2)  # until the watch shows them gone
             return
