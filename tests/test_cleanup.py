@@ -12,6 +12,7 @@ from fixtures.fake_kube import Status
 from initramfs_operator.errors import RegistryError
 from initramfs_operator.kube import api, buildjob, cleanup, crd
 from initramfs_operator.kube.cleanup import FINALIZER
+from initramfs_operator.kube.report import Report
 from initramfs_operator.oci.registry import Removal
 from test_reconcile_pass import BUILT_PVC, KEY, T0, Cluster, build, condition, job, merged, pod, sent, written
 
@@ -75,6 +76,12 @@ class World(Cluster):
         self.build["metadata"] = merged(self.build["metadata"], meta)
         self.build["metadata"]["resourceVersion"] = str(int(self.build["metadata"]["resourceVersion"]) + 1)
         return copy.deepcopy(self.build)
+
+    def reconciler_report(self) -> Report:
+        """A Report of the build as the indexes show it now, for calling one part of a pass."""
+        r = self.reconciler
+        self.show()
+        return Report(self.kube, r.overlay, r.headlines, self.clock, r.overlay.view(KEY, self.index.build(*KEY)))
 
     @property
     def finalizers(self) -> list[str]:
@@ -302,3 +309,17 @@ def test_deleting_says_why_its_build_jobs_go() -> None:
     w = World(build(status=BUILT_PVC, deletionPolicy="Delete"), jobs=(job(active=1),), deleting=True, finalizer=True)
     w.step()
     assert w.said == [("Normal", f"deleted build job {job()['metadata']['name']}: the build is being deleted")]
+
+
+def test_pruned_one_at_a_time_without_claiming_a_newer_generation_observed() -> None:
+    previous = [artifact(1), artifact(2), artifact(3)]
+    w = World(build(status=built(BUILT_OCI, previous), generation=2, output={**OCI, "retention": 1}))
+    w.registry.digests[f"{REPO}:t"] = artifact(0)["digest"]
+    w.reconciler.cleanup.remove = lambda where, digest, options, tag=None: Removal() \
+        if digest == artifact(2)["digest"] else (_ for _ in ()).throw(RegistryError("down"))
+    w.reconcile()
+    w.registry.run()
+    w.reconciler.cleanup.prune(report := w.reconciler_report(), [])
+    assert report.status["previousOutputs"] == [artifact(1), artifact(3)]  # 3 is being retried
+    assert report.status["observedGeneration"] == 1
+    assert w.said[-1] == ("Normal", f"removed previous outputs beyond retention: {artifact(2)['reference']}")

@@ -118,9 +118,12 @@ class Cleanup:
         if finished:  # said in status, and the finalizer goes once nothing is left to prune
             gone = {identity(e) for e in excess if identity(e) in finished}
             kept = [e for e in report.status.get("previousOutputs") or [] if identity(e) not in gone]
-            report.write({"previousOutputs": kept or None}, None)
+            # The generation status speaks of stays: this write says nothing of the rest of the spec.
+            report.write({"previousOutputs": kept or None, "observedGeneration": report.status["observedGeneration"]},
+                         None)
             if report.recorded:
-                self.announce(report, excess, finished, "PrunedOutputs", "removed previous outputs beyond retention")
+                self.announce(report, [e for e in excess if identity(e) in gone], finished, "PrunedOutputs",
+                              "removed previous outputs beyond retention")
                 for key in gone:
                     self.outcomes.get(report.key, {}).pop(key, None)
                 self.keep_finalizer(report)

@@ -90,10 +90,11 @@ class Report:
         return conditions.failed(reason, note)
 
     def write(self, fields: dict, state: conditions.State | None, duration: float | None = None) -> None:
-        """Patch status with `fields` (None removes one) and, if given, the conditions of `state`.
+        """Patch status with `fields` (None removes one) and, if given, the conditions of `state`; with
+        observedGeneration this pass's unless `fields` say otherwise.
 
         A change of state is an Event, and a final state is counted in the metrics."""
-        patch = {**fields, "observedGeneration": self.observed_generation}
+        patch = {"observedGeneration": self.observed_generation, **fields}
         if state:
             patch["conditions"] = conditions.conditions(self.status.get("conditions"), state, self.observed_generation,
                                                         conditions.timestamp(self.now))
