@@ -175,6 +175,7 @@ class Cleanup:
         if isinstance(answer, lookup.Answer):
             self.lookups.take(report.key, question)
             if answer.error is None:
+                self.retries.reset(key)  # the registry answers: the next removal has all its attempts
                 removal: registry.Removal = answer.value
                 outcomes[identity(target)] = Outcome(removal.removed, "; ".join(removal.left))
                 return

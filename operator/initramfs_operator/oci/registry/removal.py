@@ -89,7 +89,9 @@ def _delete(transport: Transport, identifier: str) -> tuple[str, str]:
     if resp.status_code == 404:
         return GONE, ""
     if resp.status_code in (400, 403, 405):  # 400: distribution 2.8 on a tag; 405: deletion disabled
-        return REFUSED, f"HTTP {resp.status_code}: {_error_codes(resp.text)}"
+        hint = "; the registry does not allow deleting (distribution: storage.delete.enabled)" \
+            if resp.status_code == 405 else ""
+        return REFUSED, f"HTTP {resp.status_code}: {_error_codes(resp.text)}{hint}"
     fail(resp, what)
 
 
