@@ -14,7 +14,9 @@ made its view stale queues the build again.
 A pass is the controller-runtime kind: it returns when it wants to look at the build again
 (`Result.requeue_after`, the earliest of what its parts want), and the worker that ran it
 queues that (controller.py); it reads the time from the clock it is given. Its parts:
-resolve.py (which digest), jobs.py (the Job for it), report.py (status and Events).
+resolve.py (which digest), jobs.py (the Job for it), report.py (status and Events), cleanup.py
+(outputs removed past spec.output.retention, or on deletion under deletionPolicy Delete, behind
+its finalizer: a build being deleted gets a pass only while it carries that).
 
 A suspended build (spec.suspend) is paused: its pass only reports the Job that runs on (see `pause`).
 The requested-at annotation (crd.REQUESTED_AT) makes a lookup due at once (resolve.py), recorded as
