@@ -251,7 +251,7 @@ def test_a_two_platform_index_becomes_one_output_and_an_entry_per_platform():
     assert o.reason == "Succeeded" and "2 platforms" in o.message
     # status.output is the index: refreshInterval's output check and `kubectl get` follow its digest
     assert o.output == {"reference": SEVERAL["reference"], "digest": OTHER, "compression": "zstd",
-                        "imageDigest": DIGEST, "platforms": "linux/amd64,linux/arm64"}
+                        "imageDigest": DIGEST, "platforms": "linux/amd64,linux/arm64", "tag": "v1"}
     assert [(e["architecture"], e["reference"], e["size"], e["sha512"]) for e in o.outputs] == [
         ("amd64", "dst.example.com/boot/app@sha256:" + "3" * 64, 10, "1" * 128),
         ("arm64", "dst.example.com/boot/app@sha256:" + "4" * 64, 20, "2" * 128)]

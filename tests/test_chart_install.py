@@ -316,7 +316,7 @@ def test_users_bound_to_edit_create_builds_and_viewers_only_read(kube: Cluster, 
 
 # Effective permissions of the operator's ServiceAccount in a watched namespace (`kubectl auth can-i --list`).
 OPERATOR_RULES = {
-    "initramfsbuilds.initramfs.dev": {"get", "list", "watch"},
+    "initramfsbuilds.initramfs.dev": {"get", "list", "watch", "patch"},  # patch: the cleanup finalizer
     "initramfsbuilds.initramfs.dev/status": {"patch"},
     "initramfsbuilds.initramfs.dev/finalizers": {"update"},
     "jobs.batch": {"get", "list", "watch", "create", "delete"},

@@ -178,3 +178,27 @@ def test_generated_init_boots_with_env_workdir_and_user(kernel, busybox_static, 
     assert "MARK-PWD=/srv/app" in console
     assert "MARK-UID=1234:2345" in console
     assert "MARK-HOME=/home/app" in console
+
+
+def test_remove_files_without_leaving_the_root(tmp_path):
+    root, outside = tmp_path / "volume", tmp_path / "outside"
+    (root / "images").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"k")
+    (root / "images" / "old.cpio.gz").write_bytes(b"o")
+    (root / "escape").symlink_to(outside)
+    (root / "link.cpio").symlink_to(outside / "keep")
+
+    refused = run("remove", "--root", root, "images/old.cpio.gz", "../outside/keep")
+    assert refused.returncode == 2 and "not a relative path" in refused.stderr
+    assert (root / "images" / "old.cpio.gz").exists()  # nothing is removed when one path is refused
+
+    p = run("remove", "--root", root, "--json", "images/old.cpio.gz", "images/gone", "link.cpio")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"removed": ["images/old.cpio.gz", "link.cpio"], "missing": ["images/gone"]}
+    assert not (root / "images" / "old.cpio.gz").exists() and not (root / "link.cpio").is_symlink()
+    assert (outside / "keep").read_bytes() == b"k"  # a symlink is removed, never its target
+
+    through = run("remove", "--root", root, "escape/keep")
+    assert through.returncode == 5 and "Traceback" not in through.stderr
+    assert (outside / "keep").exists()

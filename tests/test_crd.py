@@ -16,6 +16,7 @@ CM = {"name": "files", "key": "k"}
 def test_defaults_are_applied(builds):
     spec = builds.create("defaults", VALID)["spec"]
     assert spec["compression"] == {"format": "gzip"} and spec["backoffLimit"] == 2
+    assert spec["deletionPolicy"] == "Retain" and "retention" not in spec["output"]
 
 
 @pytest.mark.parametrize("format, level", [("lz4", 1), ("lz4", 12), ("xz", 0), ("xz", 9), ("gzip", 1), ("zstd", 19)])
@@ -35,7 +36,8 @@ def test_every_field_is_accepted(builds):
                    {"path": "/etc/a=b", "configMapKeyRef": CM}],
         "exclude": ["/usr/share/doc"],
         "output": {"oci": {"repository": "registry.example.com:5000/boot/app", "tag": "v1.0_rc-1",
-                           "pushSecret": {"name": "push"}}},
+                           "pushSecret": {"name": "push"}}, "retention": 3},
+        "deletionPolicy": "Delete",
         "refreshInterval": "1h30m",
         "resources": {"requests": {"cpu": "500m", "memory": 1073741824}, "limits": {"memory": "2Gi"}},
         "nodeSelector": {"kubernetes.io/arch": "amd64"},
@@ -73,6 +75,8 @@ def test_every_field_is_accepted(builds):
     ({"inject": [{"path": "/etc/x"}]}, "exactly one of configMapKeyRef and secretKeyRef"),
     ({"inject": [{"path": "/etc/x", "mode": 0o10000, "configMapKeyRef": CM}]}, "less than or equal to 4095"),
     ({"inject": [{"path": "/x", "configMapKeyRef": CM}, {"path": "/x", "secretKeyRef": CM}]}, "Duplicate value"),
+    ({"output": {**VALID["output"], "retention": 11}}, "should be less than or equal to 10"),
+    ({"deletionPolicy": "Orphan"}, 'Unsupported value: "Orphan"'),
     ({"refreshInterval": "1s"}, "refreshInterval must be a duration of at least 5s"),
     ({"refreshInterval": "soon"}, "refreshInterval must be a duration of at least 5s"),
     ({"image": "registry.example.com/app@sha256:" + "0" * 64, "refreshInterval": "10m"}, "pinned by digest"),

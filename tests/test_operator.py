@@ -439,8 +439,8 @@ def test_spec_edit_builds_the_new_generation(builds, node_registry, image, volum
     repository = f"{node_registry.host}/{unique_repo('gen')}"
     builds.patch_spec("gen", {"output": {"pvc": None, "oci": {"repository": repository, "tag": "v3"}}})
     third = wait_until(lambda: built_generation(builds.get("gen"), 3), what="generation 3 built")
-    assert set(third["output"]) == {"reference", "digest", "sha256", "sha512", "size", "entries", "compression",
-                                    "platform", "imageDigest"}
+    assert set(third["output"]) == {"reference", "digest", "tag", "sha256", "sha512", "size", "entries",
+                                    "compression", "platform", "imageDigest"}
     assert third["output"]["reference"].startswith(f"{repository}@sha256:")
 
 

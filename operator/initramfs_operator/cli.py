@@ -1,4 +1,4 @@
-"""`initramfs-builder`: build, verify, inspect and list-layers.
+"""`initramfs-builder`: build, verify, inspect, list-layers and remove.
 
 Exit codes: 0 success, 1 unexpected failure, 2 usage, 3 registry or authentication,
 4 invalid image, 5 output, 6 boot failed, 7 boot timed out.
@@ -436,6 +436,11 @@ def _artifact(spec: str, reg: registry.RegistryOptions, dest: str) -> str:
     return dest
 
 
+def cmd_remove(args: argparse.Namespace) -> dict[str, Any]:
+    removed = output.remove(args.root, args.paths)
+    return {"removed": removed, "missing": [p for p in args.paths if p not in removed]}
+
+
 def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
     """One platform's description; with several (or `all`), the image and each platform's."""
     reg = _registry_options(args)
@@ -476,6 +481,9 @@ def cmd_list_layers(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_human(command: str, out: dict[str, Any]) -> None:
+    if command == "remove":
+        print("\n".join([f"removed {p}" for p in out["removed"]] + [f"not there: {p}" for p in out["missing"]]))
+        return
     if command == "build":
         _print_build(out)
         return
@@ -627,6 +635,14 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--success-regex", metavar="RE", help="a console line must match this (Python re) as well")
     v.add_argument("--result-file", metavar="FILE", help="also write the JSON result (or error) to FILE")
     v.set_defaults(func=cmd_verify)
+
+    rm = sub.add_parser("remove", help="remove built files from a directory (the operator's cleanup Jobs)",
+                        description="Remove each PATH, relative to --root, never following symlinks out of it; "
+                                    "a PATH already gone is not an error.")
+    rm.add_argument("paths", nargs="+", metavar="PATH")
+    rm.add_argument("--root", required=True, metavar="DIR", help="the directory PATHs are relative to")
+    rm.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    rm.set_defaults(func=cmd_remove)
 
     inspect = sub.add_parser("inspect", help="show an image's digest, platforms, config and layers")
     common(inspect)

@@ -116,10 +116,11 @@ the exact names it was given), customresourcedefinitions (kopf's runtime scannin
 optional; the CRD is installed before the operator), kopf peering objects (it runs standalone).
 */}}
 {{- define "initramfs-operator.rules" -}}
-# kopf lists and watches builds; the reconciler reads each one fresh and writes only its status.
+# kopf lists and watches builds; the reconciler writes their status, and patches a build only to add or
+# remove its cleanup finalizer (deletionPolicy: Delete, output.retention).
 - apiGroups: [initramfs.dev]
   resources: [initramfsbuilds]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [initramfs.dev]
   resources: [initramfsbuilds/status]
   verbs: [patch]

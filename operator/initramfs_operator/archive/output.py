@@ -123,3 +123,41 @@ def atomic(path: str, create_dirs: bool = False) -> Iterator[HashingWriter]:
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+
+def remove(root: str, paths: list[str]) -> list[str]:
+    """Remove the files at `paths`, relative to the directory `root`, never following a symlink on the way (a
+    file that is one is removed, not its target); returns those that were there. UsageError, before anything
+    is removed, for a path that would leave `root`; OutputError for one that cannot be removed."""
+    for path in paths:
+        if path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/")):
+            raise UsageError(f"{path}: not a relative path inside {root}")
+    return [path for path in paths if _remove_one(root, path.split("/"))]
+
+
+def _remove_one(root: str, parts: list[str]) -> bool:
+    where = os.path.join(root, *parts)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise OutputError(f"{root}: {e.strerror}") from None
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise OutputError(f"cannot remove {where}: {part}: {e.strerror}") from None
+            os.close(fd)
+            fd = inner
+        try:
+            os.unlink(parts[-1], dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise OutputError(f"cannot remove {where}: {e.strerror}") from None
+        return True
+    finally:
+        os.close(fd)

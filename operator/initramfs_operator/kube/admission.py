@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from . import api, metrics
-from .buildjob import finished
+from .buildjob import finished, is_cleanup
 from .cache import Cache
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,10 @@ class Admission:
         Verification Jobs count too (a TCG boot is as heavy as a build), though they are not queued: one starts
         as its build Job ends, in the slot that Job frees."""
         jobs = self.cache.all_jobs()
-        holding = {job["metadata"]["uid"] for job in jobs if not finished(job)}
-        holding |= {job_uid for job_uid, pods in self.cache.pods_by_job()
-                    if any((p.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for p in pods)}
+        cleanups = {job["metadata"]["uid"] for job in jobs if is_cleanup(job)}  # a few seconds each, no build
+        holding = {job["metadata"]["uid"] for job in jobs if not finished(job)} - cleanups
+        holding |= {job_uid for job_uid, pods in self.cache.pods_by_job() if job_uid not in cleanups and
+                    any((p.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for p in pods)}
         with self._lock:
             if self._unseen:
                 cutoff = time.monotonic() - UNSEEN_SECONDS

@@ -22,6 +22,8 @@ GENERATION = "initramfs.dev/generation"      # label: the spec generation a Job 
 BUILD_NAME = "initramfs.dev/build-name"      # annotation: names can be longer than label values
 IMAGE_DIGEST = "initramfs.dev/image-digest"  # annotation: the digest a Job builds
 SELECTOR = f"{MANAGED_BY}={OPERATOR}"
+COMPONENT = "app.kubernetes.io/component"
+CLEANUP = "cleanup"                          # COMPONENT of cleanup Jobs (cleanup.py); build Jobs have none
 
 CONTAINER = "build"
 UID = 65532  # the conventional "nonroot" user of distroless images, and the project image's USER
@@ -39,8 +41,11 @@ FINAL_EXIT_CODES = sorted(code for code in REASON_BY_EXIT_CODE if code != Output
 
 
 def spec_hash(spec: dict) -> str:
-    """What the build is of: its spec but `suspend`, hashed (status.buildSpecHash)."""
-    inputs = {k: v for k, v in spec.items() if k != "suspend"}
+    """What the build is of: its spec but what says when to build or what to clean up (`suspend`,
+    `deletionPolicy`, `output.retention`), hashed (status.buildSpecHash)."""
+    inputs = {k: v for k, v in spec.items() if k not in ("suspend", "deletionPolicy")}
+    if "retention" in (spec.get("output") or {}):
+        inputs["output"] = {k: v for k, v in spec["output"].items() if k != "retention"}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -153,6 +158,8 @@ def platforms(spec: dict) -> list[str]:
     """The platforms the build builds: spec.platforms, or spec.platform as a one-element shorthand (the CRD
     allows one of them); none: the builder's default (linux/amd64)."""
     return list(spec.get("platforms") or ([spec["platform"]] if spec.get("platform") else []))
+
+
 def security_contexts(ids: PodIds) -> tuple[dict, dict]:
     """The pod's and the container's securityContext of the operator's pods: restricted Pod Security, non-root,
     a read-only root filesystem, no capabilities."""
@@ -163,6 +170,47 @@ def security_contexts(ids: PodIds) -> tuple[dict, dict]:
         if ids.fs_group is not None else {}
     return {**security, **volume_group}, {**security, "allowPrivilegeEscalation": False,
                                           "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+CLEANUP_DEADLINE = 120  # a cleanup pod that cannot start (claim gone, image missing) fails by then
+CLEANUP_TTL = 600
+
+
+def cleanup_job(build: dict, name: str, claim: str, paths: list[str], builder_image: str,
+                ids: PodIds = PodIds()) -> dict:
+    """A Job that removes `paths` (relative to the volume root) from the PersistentVolumeClaim `claim`, with the
+    restrictions of build pods; the build owns it, so it goes with the build."""
+    meta = build["metadata"]
+    labels = {MANAGED_BY: OPERATOR, COMPONENT: CLEANUP, crd.BUILD_UID_LABEL: meta["uid"]}
+    pod_security, container_security = security_contexts(ids)
+    container = {
+        "name": CONTAINER, "image": builder_image, "imagePullPolicy": "IfNotPresent",
+        "command": ["initramfs-builder"], "args": ["remove", "--root", OUTPUT, "--json", *paths],
+        "volumeMounts": [{"name": "output", "mountPath": OUTPUT}],
+        "terminationMessagePath": TERMINATION_LOG, "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": container_security,
+    }
+    pod_spec = {"restartPolicy": "Never", "automountServiceAccountToken": False, "enableServiceLinks": False,
+                "securityContext": pod_security, "containers": [container],
+                "volumes": [{"name": "output", "persistentVolumeClaim": {"claimName": claim}}]}
+    for field in ("nodeSelector", "tolerations"):
+        if build["spec"].get(field):
+            pod_spec[field] = build["spec"][field]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
+                     "annotations": {BUILD_NAME: meta["name"]},
+                     "ownerReferences": [{"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": meta["name"],
+                                          "uid": meta["uid"], "controller": True}]},
+        "spec": {"backoffLimit": 1, "activeDeadlineSeconds": CLEANUP_DEADLINE, "ttlSecondsAfterFinished": CLEANUP_TTL,
+                 "template": {"metadata": {"labels": labels, "annotations": {BUILD_NAME: meta["name"]}},
+                              "spec": pod_spec}},
+    }
+
+
+def is_cleanup(job: dict) -> bool:
+    return (job["metadata"].get("labels") or {}).get(COMPONENT) == CLEANUP
 
 
 def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[str, str]]) -> tuple[list, list, list]:
@@ -330,15 +378,16 @@ def output_status(result: dict, spec: dict) -> tuple[dict, list[dict]]:
         raise ValueError(f"the builder reported {len(entries)} platforms for {len(requested)}")
     outputs = [_platform_output(entry, p, compression, spec, result.get("reference"))
                for entry, p in zip(entries, requested, strict=True)]
+    tag = {"tag": spec["output"]["oci"]["tag"]} if "oci" in spec["output"] else {}
     if not several:
         output = {k: v for k, v in outputs[0].items() if k not in ("os", "architecture", "variant")}
-        return output, outputs
+        return output | tag, outputs
     output = {"compression": compression, "imageDigest": result.get("imageDigest"),
               "platforms": ",".join(o["platform"] for o in outputs)}
     if "pvc" in spec["output"]:
         output.update(claimName=spec["output"]["pvc"]["claimName"], path=spec["output"]["pvc"]["path"])
     else:
-        output.update(reference=result["reference"], digest=result["digest"])
+        output.update(reference=result["reference"], digest=result["digest"], **tag)
     return {k: v for k, v in output.items() if v is not None}, outputs
 
 

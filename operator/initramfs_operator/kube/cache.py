@@ -32,7 +32,7 @@ def build_entry(body: Mapping) -> dict:
     meta = body["metadata"]
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k == crd.REQUESTED_AT}
     return {"metadata": {**{k: meta[k] for k in ("name", "namespace", "uid", "generation", "resourceVersion",
-                                                 "creationTimestamp", "deletionTimestamp") if k in meta},
+                                                 "creationTimestamp", "deletionTimestamp", "finalizers") if k in meta},
                          **({"annotations": annotations} if annotations else {})},
             "spec": deepcopy(dict(body.get("spec") or {})), "status": deepcopy(dict(body.get("status") or {}))}
 

@@ -64,6 +64,7 @@ class Operator:
     def stop(self) -> None:
         self.stopping.set()
         self.reconciler.lookups.shutdown()
+        self.reconciler.cleanup.lookups.shutdown()
         self.elector.release()
 
     @property

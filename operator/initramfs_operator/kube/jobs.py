@@ -9,7 +9,7 @@ one place that creates them.
 from collections.abc import Callable, Hashable
 
 from ..errors import BuildError
-from . import api, buildjob, cache, conditions, diagnosis
+from . import api, buildjob, cache, cleanup, conditions, diagnosis
 from .admission import Admission, Candidate, Rejection
 from .buildjob import failed_condition, finished, finishing
 from .clock import Clock
@@ -179,6 +179,7 @@ class JobLifecycle:
                 state = conditions.succeeded(outcome.message)
                 fields["output"] = outcome.output | claim
                 fields["outputs"] = outputs
+                fields["previousOutputs"] = cleanup.superseded(report.status, fields["output"]) or None
             else:
                 state = conditions.failed(outcome.reason, outcome.message)
         start, end = (conditions.parse_time(fields[f]) for f in ("startTime", "completionTime"))
@@ -198,8 +199,9 @@ class JobLifecycle:
 
     # --- acting ------------------------------------------------------------------------------
 
-    def supersede(self, report: Report, jobs: dict[str, dict], keep: str | None) -> None:
-        """Delete the Jobs of other generations or digests; the garbage collector takes their pods."""
+    def supersede(self, report: Report, jobs: dict[str, dict], keep: str | None,
+                  why: str = "the spec or the image digest changed") -> None:
+        """Delete the Jobs of other generations or digests (`why`); the garbage collector takes their pods."""
         for name, job in jobs.items():
             uid = job["metadata"]["uid"]
             if name == keep or job["metadata"].get("deletionTimestamp") or uid in self.deleted:
@@ -211,7 +213,7 @@ class JobLifecycle:
                 if e.status != 404:
                     raise
             self.deleted[uid] = self.clock.monotonic()
-            report.event("Normal", "Superseded", f"deleted build job {name}: the spec or the image digest changed")
+            report.event("Normal", "Superseded", f"deleted build job {name}: {why}")
 
 
 def recorded(report: Report, job: dict) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import httpx
 
@@ -43,7 +44,12 @@ def pinned_digest(spec: dict) -> str | None:
 def current_digest(image: str, options: registry.RegistryOptions) -> str:
     """What the reference (the build's image, or its OCI output's tag) points at now. Raises an
     errors.BuildError whose `.reason` goes into the status."""
-    return registry.current_digest(image, dataclasses.replace(options, timeout=TIMEOUT, retries=RETRIES))
+    return registry.current_digest(image, limited(options))
+
+
+def limited(options: registry.RegistryOptions) -> registry.RegistryOptions:
+    """The options of a request the operator makes itself: short timeouts, one retry."""
+    return dataclasses.replace(options, timeout=TIMEOUT, retries=RETRIES)
 
 
 class Pending:
@@ -55,7 +61,7 @@ PENDING = Pending()
 
 @dataclass(frozen=True)
 class Answer:
-    value: str | None
+    value: Any  # what the lookup returned (a digest; a registry.Removal for cleanup.py); None on error
     error: BuildError | None
     ended: datetime  # when the lookup ended: backoff and resolvedTime count from here
 
@@ -84,7 +90,7 @@ class Lookups:
         self._recent: dict[Hashable, tuple[float, Answer]] = {}             # same -> (its monotonic(), answer)
         self._handed: dict[tuple[Hashable, Hashable], Answer] = {}          # (build, same) -> last answer given
 
-    def ask(self, build: Hashable, question: Hashable, same: Hashable, lookup: Callable[[], str]) -> None:
+    def ask(self, build: Hashable, question: Hashable, same: Hashable, lookup: Callable[[], Any]) -> None:
         with self._lock:
             asked = self._state.setdefault(build, {})
             if question in asked:
@@ -106,7 +112,7 @@ class Lookups:
         else:
             self._pool.submit(self._run, same, lookup)
 
-    def _run(self, same: Hashable, lookup: Callable[[], str]) -> None:
+    def _run(self, same: Hashable, lookup: Callable[[], Any]) -> None:
         try:
             answer = Answer(lookup(), None, self._clock.now())
         except BuildError as e:

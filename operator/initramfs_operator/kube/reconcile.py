@@ -14,7 +14,9 @@ made its view stale queues the build again.
 A pass is the controller-runtime kind: it returns when it wants to look at the build again
 (`Result.requeue_after`, the earliest of what its parts want), and the worker that ran it
 queues that (controller.py); it reads the time from the clock it is given. Its parts:
-resolve.py (which digest), jobs.py (the Job for it), report.py (status and Events).
+resolve.py (which digest), jobs.py (the Job for it), report.py (status and Events), cleanup.py
+(outputs removed past spec.output.retention, or on deletion under deletionPolicy Delete, behind
+its finalizer: a build being deleted gets a pass only while it carries that).
 
 A suspended build (spec.suspend) is paused: its pass only reports the Job that runs on (see `pause`).
 The requested-at annotation (crd.REQUESTED_AT) makes a lookup due at once (resolve.py), recorded as
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from ..oci import registry
 from . import api, buildjob, cache, conditions, lookup, registry_access, verifyjob
 from .admission import Admission
+from .cleanup import FINALIZER, Cleanup
 from .clock import REAL, Clock
 from .conditions import READY, SUSPENDED
 from .jobs import JobLifecycle, recorded
@@ -39,6 +42,7 @@ from .verification import Verification
 from .workqueue import Retries
 
 KEY = tuple[str, str]        # (namespace, name) of an InitramfsBuild
+CLEANUP_WORKERS = 2          # registry removals at once (cleanup.py)
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ class Reconciler:
 
     def __init__(self, kube: api.Kube, index: cache.Cache, settings: Settings, requeue: Callable[[Hashable], None],
                  clock: Clock = REAL, lookup_pool: Executor | None = None,
-                 current_digest: Callable[[str, registry.RegistryOptions], str] = lookup.current_digest):
+                 current_digest: Callable[[str, registry.RegistryOptions], str] = lookup.current_digest,
+                 remove_artifact: Callable[..., registry.Removal] = registry.remove_artifact):
         self.kube, self.cache, self.settings, self.clock = kube, index, settings, clock
         self.lookups = lookup.Lookups(settings.lookup_workers, requeue, clock, lookup_pool)
         self.admission = Admission(kube, index, settings.max_concurrent_builds, requeue)
@@ -67,15 +72,23 @@ class Reconciler:
         self.verification = Verification(kube, index, settings, self.secret_keys, verified, clock)
         self.jobs = JobLifecycle(kube, index, self.admission, Retries(settings.retry, clock), claims.uid,
                                  self.secret_keys, verified, clock, settings, self.verification)
+        # Removals in threads of their own: a registry slow to delete holds up no lookup.
+        removals = lookup.Lookups(CLEANUP_WORKERS, requeue, clock, lookup_pool)
+        self.cleanup = Cleanup(kube, index, removals, Retries(settings.retry, clock), clock, settings,
+                               self.registry_options, remove_artifact)
 
     def reconcile(self, key: KEY) -> Result:
         indexed = self.cache.build(*key)
-        if indexed is None or indexed["metadata"].get("deletionTimestamp"):
+        finalizers = (indexed or {}).get("metadata", {}).get("finalizers") or []
+        if indexed is None or (indexed["metadata"].get("deletionTimestamp") and FINALIZER not in finalizers):
             self.forget(key)  # the garbage collector removes its Jobs
             return Result()
         report = Report(self.kube, self.overlay, self.headlines, self.clock, self.overlay.view(key, indexed))
         try:
-            self.run(report)
+            if report.meta.get("deletionTimestamp"):
+                self.delete(report)
+            else:
+                self.run(report)
         finally:
             if report.recorded and report.answered:  # status has the lookup's answer now: forget it
                 self.lookups.take(key, report.answered)
@@ -84,13 +97,12 @@ class Reconciler:
     def run(self, report: Report) -> None:
         if not report.same_generation:
             self.forget_failures(report.key)  # a spec edit may be the fix: its generation starts afresh
-        jobs: dict[str, dict] = {}
-        verifying: dict[str, dict] = {}
-        for j in self.cache.jobs_of(report.uid):
-            (verifying if verifyjob.is_verification(j) else jobs)[j["metadata"]["name"]] = j
+        jobs, verifying, cleanup_jobs = self.jobs_of(report)
+        self.cleanup.keep_finalizer(report)  # suspended too: a deletion meanwhile must find it
         if report.suspended:
             self.pause(report, jobs)
             return
+        self.cleanup.prune(report, cleanup_jobs)
         if conditions.find(report.status, READY).get("reason") == SUSPENDED:
             # Taken up again: said in this pass, acted on in the next (the write queues it).
             report.write(report.fields, conditions.resumed(conditions.recorded(report.status)))
@@ -115,6 +127,31 @@ class Reconciler:
         refresh = refresh_in(report)
         if refresh:
             report.again_in(refresh)
+
+    def jobs_of(self, report: Report) -> tuple[dict[str, dict], dict[str, dict], list[dict]]:
+        """The build's build Jobs and its verification Jobs by name, and its cleanup Jobs."""
+        jobs: dict[str, dict] = {}
+        verifying: dict[str, dict] = {}
+        cleanup_jobs: list[dict] = []
+        for j in self.cache.jobs_of(report.uid):
+            if buildjob.is_cleanup(j):
+                cleanup_jobs.append(j)
+            else:
+                (verifying if verifyjob.is_verification(j) else jobs)[j["metadata"]["name"]] = j
+        return jobs, verifying, cleanup_jobs
+
+    def delete(self, report: Report) -> None:
+        """Being deleted with the cleanup finalizer: no build may push after the cleanup, so its Jobs go first."""
+        self.admission.withdraw(report.uid)
+        jobs, verifying, cleanup_jobs = self.jobs_of(report)
+        jobs.update(verifying)
+        self.jobs.supersede(report, jobs, keep=None, why="the build is being deleted")
+        if jobs:
+            report.again_in(2)  # until the watch shows them gone
+            return
+        self.cleanup.finalize(report, cleanup_jobs)
+        if FINALIZER not in (report.meta.get("finalizers") or []):
+            self.forget(report.key)
 
     def pause(self, report: Report, jobs: dict[str, dict]) -> None:
         """spec.suspend: no Job offered, nothing looked up, nothing deleted; the Job of this build that runs on
@@ -141,6 +178,7 @@ class Reconciler:
         self.admission.withdraw_build(key)
         self.forget_failures(key)
         self.overlay.drop(key)
+        self.cleanup.forget(key)
         self.resolver.verified.pop(key, None)
         self.headlines.pop(key, None)
 

@@ -90,10 +90,11 @@ class Report:
         return conditions.failed(reason, note)
 
     def write(self, fields: dict, state: conditions.State | None, duration: float | None = None) -> None:
-        """Patch status with `fields` (None removes one) and, if given, the conditions of `state`.
+        """Patch status with `fields` (None removes one) and, if given, the conditions of `state`; with
+        observedGeneration this pass's unless `fields` say otherwise.
 
         A change of state is an Event, and a final state is counted in the metrics."""
-        patch = {**fields, "observedGeneration": self.observed_generation}
+        patch = {"observedGeneration": self.observed_generation, **fields}
         if state:
             patch["conditions"] = conditions.conditions(self.status.get("conditions"), state, self.observed_generation,
                                                         conditions.timestamp(self.now))
@@ -120,6 +121,19 @@ class Report:
         self.recorded = True
         if state:
             self.announce(state, before, duration)
+
+    def patch_metadata(self, metadata: dict) -> None:
+        """Merge-patch the build's metadata (its finalizers), guarded by the resourceVersion the pass decided on."""
+        body = {"metadata": {**metadata, "resourceVersion": self.meta["resourceVersion"]}}
+        try:
+            written = self.kube.merge_patch(api.path(crd.API_VERSION, crd.PLURAL, self.namespace, self.name), body)
+        except api.ApiError as e:
+            if e.status not in (404, 409):
+                raise
+            log.debug("%s/%s changed meanwhile: its next event brings it back", self.namespace, self.name)
+            return
+        self.overlay.written(self.key, self.build, cache.build_entry(written))
+        self.build, self.meta = written, written["metadata"]
 
     def announce(self, state: conditions.State, before: dict, duration: float | None) -> None:
         """An Event when what the state is about changes (not on every message), and the metrics of a

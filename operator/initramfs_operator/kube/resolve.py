@@ -117,7 +117,7 @@ class Resolver:
         report.fields["resolvedTime"] = conditions.timestamp(answer.ended)
         if answer.error is None:
             self.retries.reset(report.key)
-            return answer.value  # type: ignore[return-value]  # an answer without an error has one
+            return str(answer.value)  # an answer without an error has one
         error, retry = answer.error, self.retries.failed(report.key)
         known = known_digest(report)
         if known:  # a refresh: what was built stays valid, and the tag is looked up again after the backoff

@@ -12,7 +12,7 @@ leaves status.verification, and a spec edit or a new image digest starts over.
 
 from collections.abc import Callable
 
-from . import api, cache, conditions, diagnosis, verifyjob
+from . import api, cache, cleanup, conditions, diagnosis, verifyjob
 from .buildjob import failed_condition, finished
 from .clock import Clock
 from .conditions import BOOTED
@@ -77,7 +77,8 @@ class Verification:
         done = {**fields["verification"], "result": verdict.reason,
                 "completionTime": conditions.timestamp(ended or report.now)}
         if verdict.reason == BOOTED:
-            report.write({**fields, "verification": done, "output": candidate, "outputs": v.get("outputs") or []},
+            report.write({**fields, "verification": done, "output": candidate, "outputs": v.get("outputs") or [],
+                          "previousOutputs": cleanup.superseded(report.status, candidate) or None},
                          conditions.booted(v.get("built") or "built", verdict.message))
             self.proven[report.key] = (report.generation, report.status.get("imageDigest"),
                                        candidate.get("claimUID") or candidate.get("digest"))

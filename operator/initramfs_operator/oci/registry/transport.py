@@ -53,13 +53,14 @@ class NotFound(RegistryError):
 
 
 class Transport:
-    """One repository of one registry, with the access it needs (pull, or pull and push)."""
+    """One repository of one registry, with the access it needs (pull; pull and push; or those and delete)."""
 
-    def __init__(self, ref: Reference, options: RegistryOptions, push: bool = False):
+    def __init__(self, ref: Reference, options: RegistryOptions, push: bool = False, delete: bool = False):
         self.ref = ref
         scheme = "http" if plain_http(ref, options.insecure) else "https"
         self.base = httpx.URL(f"{scheme}://{ref.host}/v2/{ref.repository}/")
-        self.scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+        actions = ["pull"] + (["push"] if push or delete else []) + (["delete"] if delete else [])
+        self.scope = f"repository:{ref.repository}:{','.join(actions)}"
         self._owns_connections = options.transport is None
         self.retries = options.retries
         self.http = _client(options)
