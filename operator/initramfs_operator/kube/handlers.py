@@ -63,7 +63,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes) -> None
     operator: Operator = memo.operator
     operator.cache.bind(indexes["builds"], indexes["build_jobs"], indexes["build_pods"], indexes["build_warnings"])
     if operator.delivery:
-        operator.delivery.bind(indexes["delivery_reports"], indexes["node_labels"])
+        operator.delivery.bind(indexes["delivery_reports"])
     operator.start()
 
 
@@ -108,10 +108,9 @@ def dependent_event(operator: Operator, namespace: str | None, annotations: Mapp
     operator.reconciler.admission.wake()
 
 
-# --- delivery: the agents' reports and the nodes' labels, only when the agents run -------------
+# --- delivery: the agents' reports, only when the agents run (the Nodes' labels: delivery_status.py) ----
 
 DELIVERIES = (crd.GROUP, crd.VERSION, crd.DELIVERY_PLURAL)
-NODES = ("", "v1", "nodes")
 
 
 async def delivery_reports(body: kopf.Body, **_) -> dict | None:
@@ -120,25 +119,13 @@ async def delivery_reports(body: kopf.Body, **_) -> dict | None:
     return {spec["buildUID"]: entry} if spec.get("buildUID") else None
 
 
-async def node_labels(name: str, labels: Mapping[str, str], **_) -> dict:
-    return {name: dict(labels)}
-
-
 async def report_event(namespace: str | None, body: kopf.Body, memo: Any, **_) -> None:
     build = (body.get("spec") or {}).get("buildName")
     if memo.operator.delivery and namespace and build:
         memo.operator.delivery.queue.add((namespace, build))
 
 
-async def node_event(name: str, labels: Mapping[str, str], event: Mapping[str, Any], memo: Any, **_) -> None:
-    """Every Node event, status updates included: delivery sorts out the few that change labels."""
-    if memo.operator.delivery:
-        memo.operator.delivery.node_changed(name, None if event.get("type") == "DELETED" else labels)
-
-
 def register_delivery() -> None:
-    """Watches that cost nothing unless delivery is on (and need RBAC on nodes and reports then)."""
+    """Watches that cost nothing unless delivery is on (and need RBAC on reports then)."""
     kopf.index(*DELIVERIES)(delivery_reports)
-    kopf.index(*NODES)(node_labels)
     kopf.on.event(*DELIVERIES)(report_event)
-    kopf.on.event(*NODES)(node_event)
