@@ -25,6 +25,11 @@ JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
 EVENTS = ("", "v1", "events")
 BUILD_OBJECTS = {buildjob.MANAGED_BY: buildjob.OPERATOR}
+# Warning Events travel only if they may be about a build's Job or pod. A field selector cannot ask for
+# "Pod or Job", only exclude kinds: these make most of a fleet's Warnings (its nodes', its controllers').
+NOT_ABOUT_BUILDS = ("Node", "ReplicaSet", "Deployment", "StatefulSet", "DaemonSet", "CronJob",
+                    "HorizontalPodAutoscaler", "PersistentVolumeClaim", "PersistentVolume", "Service", "Endpoints")
+WARNINGS_SELECTOR = ",".join(["type=Warning", *(f"involvedObject.kind!={kind}" for kind in NOT_ABOUT_BUILDS)])
 
 
 @kopf.index(crd.GROUP, crd.VERSION, crd.PLURAL)
@@ -59,7 +64,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes) -> None
     # Only the operator's own Jobs and pods travel: the API server filters them.
     settings.watching.label_selectors[JOBS] = buildjob.SELECTOR
     settings.watching.label_selectors[PODS] = buildjob.SELECTOR
-    settings.watching.field_selectors[EVENTS] = "type=Warning"
+    settings.watching.field_selectors[EVENTS] = WARNINGS_SELECTOR
     operator: Operator = memo.operator
     operator.cache.bind(indexes["builds"], indexes["build_jobs"], indexes["build_pods"], indexes["build_warnings"])
     if operator.delivery:
