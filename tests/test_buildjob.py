@@ -82,9 +82,13 @@ CACHE = buildjob.BuildCache("layers", "20Gi")
     ({"maxUncompressedSize": "1Gi"}, OCI_OUTPUT, CACHE, "2Gi"),
     ({"maxUncompressedSize": 1000}, PVC_OUTPUT, None, "2000"),
     ({"maxUncompressedSize": "500M"}, PVC_OUTPUT, None, "1000000000"),
+    ({"maxUncompressedSize": "1Gi", "platforms": 2}, PVC_OUTPUT, None, "4Gi"),  # each platform's
 ])
 def test_the_scratch_volume_is_bounded_by_what_the_build_may_keep_there(limits, output, cache, size_limit):
-    spec = {"image": "src.example.com/app:1", "output": output, "limits": limits}
+    limits = dict(limits)
+    count = limits.pop("platforms", 1)
+    spec = {"image": "src.example.com/app:1", "output": output, "limits": limits,
+            **({"platforms": ["linux/amd64", "linux/arm64"][:count]} if count > 1 else {})}
     pod = buildjob.build_job(build(spec), DIGEST, "builder:1", defaults=buildjob.PodDefaults(cache))["spec"][
         "template"]["spec"]
     assert pod["volumes"][0] == {"name": "scratch", "emptyDir": {"sizeLimit": size_limit}}
@@ -265,3 +269,69 @@ def test_transition_time_moves_only_when_the_status_does(before, status, key, ex
 
 def test_duration_parsing_matches_the_crd_grammar():
     assert conditions.parse_duration("1h30m5s") == 5405 and conditions.parse_duration("10s") == 10
+
+
+def test_several_platforms_reach_the_builder_in_one_call():
+    spec = {**PVC_SPEC, "platforms": ["linux/amd64", "linux/arm64"],
+            "output": {"pvc": {"claimName": "images", "path": "boot/app-{arch}.cpio.gz"}}}
+    parsed = cli.parser().parse_args(container(buildjob.build_job(build(spec), DIGEST, "builder:1"))["args"])
+    assert parsed.platform == "linux/amd64,linux/arm64" and parsed.output == "/output/boot/app-{arch}.cpio.gz"
+    shorthand = cli.parser().parse_args(container(buildjob.build_job(
+        build({**PVC_SPEC, "platform": "linux/arm64"}), DIGEST, "builder:1"))["args"])
+    assert shorthand.platform == "linux/arm64"
+
+
+def test_one_platform_keeps_status_output_and_adds_its_outputs_entry():
+    """Existing users read status.output as before; status.outputs has the same file, with os and architecture."""
+    spec = {**PVC_SPEC, "platform": "linux/arm/v7"}
+    result = {"output": "/output/boot/app.cpio.gz", "size": 1234, "sha256": "aa" * 32, "sha512": "bb" * 64,
+              "entries": 42, "image": "x", "imageDigest": OTHER, "platform": "linux/arm/v7", "compression": "gzip",
+              "init": "generated"}
+    o = buildjob.outcome({"exitCode": 0, "reason": "Completed", "message": json.dumps(result)}, spec)
+    assert o.outputs == [{**o.output, "os": "linux", "architecture": "arm", "variant": "v7"}]
+
+
+SEVERAL = {"reference": "dst.example.com/boot/app@" + OTHER, "tag": "v1", "digest": OTHER,
+           "image": "src.example.com/app@" + DIGEST, "imageDigest": DIGEST, "compression": "zstd",
+           "platforms": [{"platform": f"linux/{arch}", "size": size, "sha256": c * 64, "sha512": c * 128,
+                          "entries": 7, "imageDigest": f"sha256:{c * 64}", "init": "image",
+                          "digest": f"sha256:{d * 64}"} for arch, size, c, d in [("amd64", 10, "1", "3"),
+                                                                                ("arm64", 20, "2", "4")]]}
+
+
+def test_a_two_platform_index_becomes_one_output_and_an_entry_per_platform():
+    spec = {**PVC_SPEC, "platforms": ["linux/amd64", "linux/arm64"],
+            "output": {"oci": {"repository": "dst.example.com/boot/app", "tag": "v1"}}}
+    o = buildjob.outcome({"exitCode": 0, "message": json.dumps(SEVERAL)}, spec)
+    assert o.reason == "Succeeded" and "2 platforms" in o.message
+    # status.output is the index: refreshInterval's output check and `kubectl get` follow its digest
+    assert o.output == {"reference": SEVERAL["reference"], "digest": OTHER, "compression": "zstd",
+                        "imageDigest": DIGEST, "platforms": "linux/amd64,linux/arm64"}
+    assert [(e["architecture"], e["reference"], e["size"], e["sha512"]) for e in o.outputs] == [
+        ("amd64", "dst.example.com/boot/app@sha256:" + "3" * 64, 10, "1" * 128),
+        ("arm64", "dst.example.com/boot/app@sha256:" + "4" * 64, 20, "2" * 128)]
+    pvc = {**spec, "output": {"pvc": {"claimName": "images", "path": "boot/{platform}.cpio.zst"}}}
+    o = buildjob.outcome({"exitCode": 0, "message": json.dumps({**SEVERAL, "reference": None})}, pvc)
+    assert [e["path"] for e in o.outputs] == ["boot/linux-amd64.cpio.zst", "boot/linux-arm64.cpio.zst"]
+    assert o.output["path"] == "boot/{platform}.cpio.zst" and "sha256" not in o.output
+
+
+def test_a_result_that_does_not_match_the_spec_s_platforms_is_a_failure_not_a_crash():
+    spec = {**PVC_SPEC, "platforms": ["linux/amd64", "linux/arm64", "linux/s390x"]}
+    o = buildjob.outcome({"exitCode": 0, "message": json.dumps(SEVERAL)}, spec)
+    assert (o.reason, o.output) == ("BuildFailed", None) and "2 platforms for 3" in o.message
+
+
+@pytest.mark.parametrize("output", ["oci", "pvc"])
+def test_the_largest_result_the_crd_allows_fits_a_termination_message(output):
+    """4 platforms (the CRD's maxItems), the longest names the CRD allows: under the kubelet's 4096 bytes."""
+    entry = {**SEVERAL["platforms"][0], "platform": "linux/arm64/v8", "size": 10**12, "entries": 10**7,
+             "init": "generated"}
+    result = {**SEVERAL, "image": "r" * 512 + "@" + DIGEST}
+    if output == "oci":
+        result.update(reference="r" * 255 + "@" + OTHER, tag="t" * 128, platforms=[entry] * 4)
+    else:
+        entry = {k: v for k, v in entry.items() if k != "digest"} | {"output": "/output/" + "p" * 256}
+        result = {k: v for k, v in result.items() if k not in ("reference", "tag", "digest")} | {
+            "platforms": [entry] * 4}
+    assert len(json.dumps(result, separators=(",", ":"))) < 4096

@@ -80,6 +80,15 @@ def test_every_field_is_accepted(builds):
     ({"image": "registry.example.com/my app"}, "without spaces"),
     ({"image": ""}, "without spaces"),
     ({"platform": "amd64"}, "platform must be os/arch[/variant]"),
+    ({"platform": "linux/amd64", "platforms": ["linux/arm64"]}, "set platforms, or platform"),
+    ({"platforms": ["linux/amd64", "arm64"]}, "each platform must be os/arch[/variant]"),
+    ({"platforms": []}, "should have at least 1 items"),
+    ({"platforms": ["linux/amd64", "linux/amd64"]}, "Duplicate value"),
+    ({"platforms": ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/riscv64", "linux/s390x"]},
+     "must have at most 4 items"),
+    ({"platforms": ["linux/amd64", "linux/arm64"]}, "output.pvc.path needs {arch} or {platform}"),
+    ({"platforms": ["linux/amd64", "linux/arm64"], "output": {"pvc": {"claimName": "x", "path": "a" * 251 + "{arch}"}}},
+     "output.pvc.path is at most 256 characters"),
     ({"backoffLimit": -1}, "should be greater than or equal to 0"),
     ({"activeDeadlineSeconds": 0}, "should be greater than or equal to 1"),
     ({"tolerations": [{"operator": "Maybe"}]}, 'Unsupported value: "Maybe"'),
@@ -90,6 +99,14 @@ def test_invalid_specs_are_rejected_with_a_clear_message(builds, change, message
     e = api_error(lambda: builds.create("bad", spec))
     assert e.status in (400, 422), e.body
     assert message in json.loads(e.body)["message"], json.loads(e.body)["message"]
+
+
+def test_several_platforms_and_their_files(builds):
+    spec = {**VALID, "platforms": ["linux/amd64", "linux/arm64"],
+            "output": {"pvc": {"claimName": "images", "path": "boot/app-{arch}.cpio.gz"}}}
+    assert builds.create("two", spec)["spec"]["platforms"] == ["linux/amd64", "linux/arm64"]
+    one = {**VALID, "platforms": ["linux/arm64"]}  # one platform needs no placeholder
+    assert builds.create("one", one)["spec"]["platforms"] == ["linux/arm64"]
 
 
 def test_status_is_a_subresource_with_condition_rules(builds, kube):

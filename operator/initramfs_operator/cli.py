@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 unexpected failure, 2 usage, 3 registry or authenticati
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -13,14 +14,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import suppress
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__, build
 from .archive import compress, output
-from .errors import BuildError, OutputError, UsageError
+from .errors import BuildError, LimitExceeded, OutputError, UsageError
 from .oci import reference, registry, source
 from .oci.image import DEFAULT_PLATFORM, Descriptor, Image, Platform
 from .oci.layer import Limits
@@ -110,16 +113,55 @@ def _default_docker_config() -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _platform(args: argparse.Namespace) -> Platform:
-    if args.platform:
-        if args.platform_os or args.platform_arch:
-            raise UsageError("use either --platform or --platform-os/--platform-arch")
-        try:
-            return Platform.parse(args.platform)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    return Platform(args.platform_os or DEFAULT_PLATFORM.os, args.platform_arch or DEFAULT_PLATFORM.architecture
-                    ).normalized()
+ALL_PLATFORMS = "all"
+PLACEHOLDERS = ("{platform}", "{arch}")
+MAX_PLATFORMS = 32  # one build each: an index that offers more is refused rather than built
+
+
+def _platforms(args: argparse.Namespace) -> list[Platform] | None:
+    """The platforms asked for, in order; None for `all` (every platform the image has)."""
+    if not args.platform:
+        return [Platform(args.platform_os or DEFAULT_PLATFORM.os, args.platform_arch or DEFAULT_PLATFORM.architecture
+                         ).normalized()]
+    if args.platform_os or args.platform_arch:
+        raise UsageError("use either --platform or --platform-os/--platform-arch")
+    if args.platform.strip() == ALL_PLATFORMS:
+        return None
+    try:
+        wanted = [Platform.parse(text.strip()) for text in args.platform.split(",")]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if len(set(wanted)) != len(wanted):
+        raise UsageError(f"--platform {args.platform}: a platform is named twice")
+    if len(wanted) > MAX_PLATFORMS:
+        raise UsageError(f"--platform: {len(wanted)} platforms, at most {MAX_PLATFORMS} in one build")
+    return wanted
+
+
+def _all_platforms(args: argparse.Namespace, reg: registry.RegistryOptions) -> list[Platform]:
+    platforms = source.platforms(args.image, reg)
+    if len(platforms) > MAX_PLATFORMS:
+        raise LimitExceeded(f"{args.image}: the index offers {len(platforms)} platforms, more than the "
+                            f"{MAX_PLATFORMS} one build takes: name the ones to build with --platform")
+    return platforms
+
+
+def _output_paths(args: argparse.Namespace, platforms: list[Platform], several: bool) -> dict[Platform, str]:
+    """The file each platform is written to, each checked: one name per platform."""
+    extension = compress.EXTENSIONS[args.compression]
+    template = args.output if args.output is not None else ("initramfs-{arch}" if several else "initramfs") + extension
+    if not template:
+        output.check_target(template)  # refused, as every path that cannot be a file
+    if several and not any(p in template for p in PLACEHOLDERS):
+        raise UsageError(f"-o {template}: several platforms need one file each: put {{arch}} or {{platform}} "
+                         f"in the name, e.g. initramfs-{{arch}}{extension}")
+    paths = {p: p.expand(template) for p in platforms}
+    if len(set(paths.values())) != len(paths):
+        raise UsageError(f"-o {template}: platforms {', '.join(map(str, platforms))} would share a file name; "
+                         f"use {{platform}}")
+    for path in paths.values():
+        output.check_target(path)
+    return paths
 
 
 def _source_date_epoch(args: argparse.Namespace) -> int | None:
@@ -144,10 +186,8 @@ def _size(text: str, flag: str) -> int:
     return int(match.group(1)) * SIZE_UNITS[(match.group(2) or "").lower()]
 
 
-def _check_paths(args: argparse.Namespace) -> None:
-    """Output and scratch paths that cannot work are usage errors, found before any download."""
-    if args.output is not None:
-        output.check_target(args.output)
+def _check_scratch(args: argparse.Namespace) -> None:
+    """A scratch path that cannot work is a usage error, found before any download."""
     if args.scratch_dir is not None and not os.path.isdir(args.scratch_dir):
         raise UsageError(f"--scratch-dir {args.scratch_dir}: no such directory")
 
@@ -165,28 +205,163 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
         inject=[Injection.parse(s) for s in args.inject], exclude=args.exclude, source_date_epoch=epoch,
         scratch_dir=args.scratch_dir, memory_budget=_size(args.memory_budget, "--memory-budget"),
         limits=Limits(_size(args.max_uncompressed_size, "--max-uncompressed-size"), args.max_entries))
-    _check_paths(args)
+    _check_scratch(args)
+    wanted = _platforms(args)
     progress = Progress(sys.stderr.isatty() and not args.quiet)
     reg = _registry_options(args, progress)
     # parsed here, once: a bad destination (or one that is not a tag) fails before any download
     target = registry.push_target(args.push) if args.push else None
-    with source.load(args.image, _platform(args), reg) as image:
+    several = wanted is None or len(wanted) > 1
+    # Checked before the registry is asked anything; `all`'s names once its platforms are known.
+    paths = _output_paths(args, wanted or [], several) if target is None else {}
+    platforms = wanted if wanted is not None else _all_platforms(args, reg)
+    if target is None and wanted is None:
+        paths = _output_paths(args, platforms, several)
+    try:
+        if not several:
+            return _build_one(args, platforms[0], options, reg, target, paths, progress.report)
+        return _build_several(args, platforms, options, reg, target, paths, progress.report)
+    finally:
+        progress.done()
+
+
+@dataclass
+class Built:
+    """One platform's build: what build_file says, the index its image was chosen from, and the manifest
+    pushed (None for a file)."""
+    result: build.Result
+    index_digest: str | None
+    pushed: Descriptor | None = None
+
+
+def _build_platform(args: argparse.Namespace, platform: Platform, options: build.BuildOptions,
+                    reg: registry.RegistryOptions, target: reference.Reference | None, path: str,
+                    report: build.Report, tag: str | None) -> Built:
+    """Builds one platform into `path`, or (with a target) pushes it, to `tag` or by digest only."""
+    with source.load(args.image, platform, reg) as image:
+        if target is None:
+            result = build.build_file(image, path, options, report, args.create_dirs, _warn)
+            return Built(result, image.index_digest)
+        with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
+            local = os.path.join(tmp, path)
+            result = build.build_file(image, local, options, report, warn=_warn)
+            report("pushing")
+            media_type = registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression]
+            pushed = registry.push_manifest(
+                local, target, media_type=media_type,
+                annotations=_base_annotations(image, args.image, options.source_date_epoch),
+                subject=_subject(image, args.image, target), options=reg, tag=tag)
+        return Built(result, image.index_digest, pushed)
+
+
+def _build_one(args: argparse.Namespace, platform: Platform, options: build.BuildOptions,
+               reg: registry.RegistryOptions, target: reference.Reference | None, paths: dict[Platform, str],
+               report: build.Report) -> dict[str, Any]:
+    if target is None:
+        built = _build_platform(args, platform, options, reg, None, paths[platform], report, None)
+        return {"output": os.path.abspath(paths[platform]), **_result(built.result)}
+    built = _build_platform(args, platform, options, reg, target, "initramfs" + compress.EXTENSIONS[args.compression],
+                            report, target.tag)
+    assert built.pushed is not None
+    digest = built.pushed.digest
+    return {"reference": f"{target.name}@{digest}", "tag": target.tag, "digest": digest, **_result(built.result)}
+
+
+def _build_several(args: argparse.Namespace, platforms: list[Platform], options: build.BuildOptions,
+                   reg: registry.RegistryOptions, target: reference.Reference | None, paths: dict[Platform, str],
+                   report: build.Report) -> dict[str, Any]:
+    """Every platform, side by side; files appear only once all are built, an index only once every platform's
+    artifact is pushed."""
+    extension = compress.EXTENSIONS[args.compression]
+    staged = {p: _staged(path) for p, path in paths.items()}
+    try:
+        built = _each_platform(platforms, options, report, lambda p, opts, say: _build_platform(
+            args, p, opts, reg, target, staged.get(p) or p.expand("initramfs-{arch}" + extension), say, None))
+        for p, path in paths.items():
+            try:
+                os.replace(staged[p], path)
+            except OSError as e:
+                raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        for path in staged.values():
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+    first = built[0].result
+    entries = []
+    for p, b in zip(platforms, built, strict=True):
+        entry = {k: v for k, v in _result(b.result).items() if k not in ("image", "compression")}
+        if b.pushed is None:
+            entry["output"] = os.path.abspath(paths[p])
+        else:
+            # Its reference is the index's repository @ this digest; not repeated, so that the result of a
+            # few platforms fits a Kubernetes termination message (4 KiB), how the operator reads it.
+            entry["digest"] = b.pushed.digest
+        entries.append(entry)
+    out: dict[str, Any] = {"image": first.image, "imageDigest": built[0].index_digest, "compression": first.compression,
+                           "platforms": entries}
+    if target is None:
+        return out
+    report("pushing the index")
+    index = registry.push_index(target, [_index_entry(p, b) for p, b in zip(platforms, built, strict=True)],
+                                {BASE_NAME: args.image, BASE_DIGEST: built[0].index_digest or first.image_digest},
+                                reg)
+    return {"reference": f"{target.name}@{index}", "tag": target.tag, "digest": index, **out}
+
+
+def _staged(path: str) -> str:
+    """Where a platform's file waits, beside its final name, until every platform is built."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.{os.getpid()}.staged")
+
+
+def _index_entry(platform: Platform, built: Built) -> Descriptor:
+    assert built.pushed is not None
+    fields = {"os": platform.os, "architecture": platform.architecture}
+    if platform.variant:
+        fields["variant"] = platform.variant
+    return Descriptor(built.pushed.media_type, built.pushed.digest, built.pushed.size, platform=fields,
+                      artifact_type=built.pushed.artifact_type)
+
+
+class Cancelled(Exception):
+    """Another platform failed: this one stops at its next progress report."""
+
+
+T = TypeVar("T")
+
+
+def _each_platform(platforms: list[Platform], options: build.BuildOptions, report: build.Report,
+                   work: Callable[[Platform, build.BuildOptions, build.Report], T]) -> list[T]:
+    """`work` for every platform, as many at once as there are --threads (each with its share of the threads and
+    of the memory budget, which changes no output byte); the first failure stops the others and is raised."""
+    threads = options.threads or compress.default_threads()
+    workers = max(1, min(len(platforms), threads))
+    share = dataclasses.replace(options, threads=max(1, threads // workers),
+                                memory_budget=options.memory_budget // workers)
+    stop = threading.Event()
+
+    def run(platform: Platform) -> T:
+        def say(phase: str) -> None:
+            if stop.is_set():
+                raise Cancelled(str(platform))
+            report(f"{platform}: {phase}")
         try:
-            if target is None:
-                out = args.output or "initramfs" + compress.EXTENSIONS[args.compression]
-                result = build.build_file(image, out, options, progress.report, args.create_dirs, _warn)
-                return {"output": os.path.abspath(out), **_result(result)}
-            with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
-                path = os.path.join(tmp, "initramfs" + compress.EXTENSIONS[args.compression])
-                result = build.build_file(image, path, options, progress.report, warn=_warn)
-                progress.report("pushing")
-                media_type = registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression]
-                digest = registry.push_artifact(
-                    path, target, media_type=media_type, annotations=_base_annotations(image, args.image, epoch),
-                    subject=_subject(image, args.image, target), options=reg)
-            return {"reference": f"{target.name}@{digest}", "tag": target.tag, "digest": digest, **_result(result)}
+            return work(platform, share, say)
+        except BuildError as e:
+            if not str(e).startswith(f"{platform}: "):  # a failed platform names itself
+                e.args = (f"{platform}: {e}", *e.args[1:])
+            raise
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="platform") as pool:
+        futures = [pool.submit(run, p) for p in platforms]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
         finally:
-            progress.done()
+            stop.set()  # a no-op once all are done; else a failure or a signal: the others stop
+        errors = [e for e in (f.exception() for f in futures) if e is not None and not isinstance(e, Cancelled)]
+        if errors:
+            raise errors[0]
+        return [f.result() for f in futures]
 
 
 def _result(r: build.Result) -> dict[str, Any]:
@@ -211,8 +386,19 @@ def _subject(image: Image, spec: str, target: reference.Reference) -> Descriptor
 
 
 def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
-    with source.load(args.image, _platform(args), _registry_options(args)) as image:
-        return _description(image)
+    """One platform's description; with several (or `all`), the image and each platform's."""
+    reg = _registry_options(args)
+    wanted = _platforms(args)
+    platforms = wanted if wanted is not None else _all_platforms(args, reg)
+    described = []
+    for platform in platforms:
+        with source.load(args.image, platform, reg) as image:
+            described.append(_description(image))
+    if wanted is not None and len(wanted) == 1:
+        return described[0]
+    first = described[0]
+    return {"image": first["image"], "indexDigest": first["indexDigest"], "platforms": first["platforms"],
+            "images": described}
 
 
 def _description(image: Image) -> dict[str, Any]:
@@ -227,15 +413,21 @@ def _description(image: Image) -> dict[str, Any]:
 
 
 def cmd_list_layers(args: argparse.Namespace) -> dict[str, Any]:
+    wanted = _platforms(args)
+    if wanted is None or len(wanted) > 1:
+        raise UsageError("list-layers lists one platform's layers: name one with --platform (inspect shows several)")
     return {"layers": cmd_inspect(args)["layers"]}
 
 
 def _print_human(command: str, out: dict[str, Any]) -> None:
     if command == "build":
-        where = out.get("output") or out["reference"]
-        print(f"wrote {where}: {out['size']} bytes, {out['entries']} entries, {out['compression']}, "
-              f"init: {out['init']}\nsha256:{out['sha256']}\nsource: {out['image']}@{out['imageDigest']} "
-              f"({out['platform']})")
+        _print_build(out)
+        return
+    if command == "inspect" and "images" in out:
+        for i, image in enumerate(out["images"]):
+            if i:
+                print()
+            _print_human(command, image)
         return
     layers = out["layers"]
     if command == "inspect":
@@ -250,6 +442,22 @@ def _print_human(command: str, out: dict[str, Any]) -> None:
         print(f"  {layer['digest']}  {layer['size']:>12}  {layer['mediaType'] or '(unspecified)'}")
 
 
+def _print_build(out: dict[str, Any]) -> None:
+    if "platforms" not in out:
+        where = out.get("output") or out["reference"]
+        print(f"wrote {where}: {out['size']} bytes, {out['entries']} entries, {out['compression']}, "
+              f"init: {out['init']}\nsha256:{out['sha256']}\nsource: {out['image']}@{out['imageDigest']} "
+              f"({out['platform']})")
+        return
+    if "reference" in out:
+        print(f"pushed {out['reference']} (tag {out['tag']}): an index of {len(out['platforms'])} platforms")
+    for p in out["platforms"]:
+        where = p.get("output") or f"{out['reference'].rpartition('@')[0]}@{p['digest']}"
+        print(f"{p['platform']}: wrote {where}: {p['size']} bytes, {p['entries']} "
+              f"entries, {out['compression']}, init: {p['init']}\n  sha256:{p['sha256']}")
+    print(f"source: {out['image']}" + (f"@{out['imageDigest']}" if out["imageDigest"] else ""))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="initramfs-builder", description="Turn a container image into a bootable "
                                 "initramfs (cpio newc, compressed) for microVMs.",
@@ -261,7 +469,9 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
         g = sp.add_argument_group("image selection and registry access")
         g.add_argument("--platform", help="os/arch[/variant] to select from a multi-platform image "
-                                          "(default linux/amd64)")
+                                          "(default linux/amd64); several, comma-separated, or 'all' for every "
+                                          "platform of the image: build writes one file each (-o with {arch} "
+                                          "or {platform}) or pushes one index of them")
         g.add_argument("--platform-os", help=argparse.SUPPRESS)
         g.add_argument("--platform-arch", help=argparse.SUPPRESS)
         g.add_argument("--username", "-u", help="registry user name (with --password-stdin)")
@@ -283,15 +493,20 @@ def parser() -> argparse.ArgumentParser:
     common(b)
     o = b.add_argument_group("output")
     o.add_argument("-o", "--output", metavar="FILE", help="file to write, atomically (default initramfs.cpio.gz, "
-                                                           ".cpio.zst, .cpio.lz4, .cpio.xz or .cpio by compression)")
+                                                           ".cpio.zst, .cpio.lz4, .cpio.xz or .cpio by compression); "
+                                                           "{arch} (amd64, arm64, armv7) or {platform} (linux-arm64) "
+                                                           "in the name are the platform's, one file each "
+                                                           "(default initramfs-{arch}.cpio.gz for several)")
     o.add_argument("--create-dirs", action="store_true", help="create the output file's missing parent directories")
-    o.add_argument("--push", metavar="REF", help="push the initramfs to REF as an OCI artifact instead")
+    o.add_argument("--push", metavar="REF", help="push the initramfs to REF as an OCI artifact instead (several "
+                                                 "platforms: an OCI image index of one artifact each)")
     o.add_argument("-c", "--compression", choices=list(compress.FORMATS), default="gzip",
                    help="compression (default gzip)")
     o.add_argument("--level", type=int, help="compression level (gzip 1-9, default 6; zstd 1-19, default 3; "
                                              "lz4 1-12, default 1, 3 and up is LZ4 HC; xz 0-9, default 6)")
-    o.add_argument("--threads", type=int, help="compression threads (default: CPUs, at most 8); "
-                                               "the output does not depend on it")
+    o.add_argument("--threads", type=int, help="compression threads (default: CPUs, at most 8), shared by the "
+                                               "platforms built at once (at most this many); the output does not "
+                                               "depend on it")
     o.add_argument("--source-date-epoch", metavar="SECONDS",
                    help="clamp every mtime to this time (default: $SOURCE_DATE_EPOCH)")
     o.add_argument("--result-file", metavar="FILE", help="also write the JSON result (or error) to FILE, "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..errors import AuthError, BuildError, InvalidImageError, LimitExceeded, OutputError, RegistryError, UsageError
 from ..oci import reference
+from ..oci.image import DEFAULT_PLATFORM, Platform
 from . import crd
 from .diagnosis import OOM_KILLED
 from .registry_access import DEFAULT_CA_KEY, registry_hosts
@@ -121,12 +122,13 @@ def quantity(n: int) -> str:
 
 
 def scratch_size_limit(spec: dict, cached: bool) -> str:
-    """What the scratch emptyDir may hold, in bytes: the image's layers while it is read (in the cache
-    instead when there is one), the file contents kept for the archive, and the archive itself
-    before its push, each bounded by maxUncompressedSize. Over it the kubelet evicts the build
-    pod (its own disk use, not its neighbours', decides)."""
+    """What the scratch emptyDir may hold: for each platform built, the image's layers while it is read (in
+    the cache instead when there is one), the file contents kept for the archive, and the archive itself
+    before its push, each bounded by maxUncompressedSize. Over it the kubelet evicts the build pod (its own
+    disk use, not its neighbours', decides)."""
     limit = quantity_bytes((spec.get("limits") or {}).get("maxUncompressedSize", DEFAULT_MAX_UNCOMPRESSED))
-    return quantity(limit * (1 + (not cached) + ("oci" in spec["output"])))
+    per_platform = limit * (1 + (not cached) + ("oci" in spec["output"]))
+    return quantity(per_platform * max(1, len(platforms(spec))))
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,12 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
     }
 
 
+def platforms(spec: dict) -> list[str]:
+    """The platforms the build builds: spec.platforms, or spec.platform as a one-element shorthand (the CRD
+    allows one of them); none: the builder's default (linux/amd64)."""
+    return list(spec.get("platforms") or ([spec["platform"]] if spec.get("platform") else []))
+
+
 def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[str, str]],
                       cache: BuildCache | None = None) -> tuple[list, list, list]:
     """`initramfs-builder build` arguments, with the volumes and mounts they refer to."""
@@ -229,8 +237,8 @@ def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[
 
     if "level" in compression:
         args += ["--level", str(compression["level"])]
-    if spec.get("platform"):
-        args += ["--platform", spec["platform"]]
+    if platforms(spec):
+        args += ["--platform", ",".join(platforms(spec))]
     output = spec["output"]
     if "pvc" in output:
         args += ["-o", f"{OUTPUT}/{output['pvc']['path']}", "--create-dirs"]
@@ -286,6 +294,7 @@ class Outcome:
     reason: str                 # "Succeeded" or a failure reason
     message: str
     output: dict | None = None  # status.output on success
+    outputs: list[dict] | None = None  # status.outputs on success: one per platform
 
 
 def failed_condition(job: dict) -> dict | None:
@@ -327,23 +336,68 @@ def outcome(terminated: dict | None, spec: dict) -> Outcome:
         reason = REASON_BY_EXIT_CODE.get(code, BuildError.reason) if isinstance(code, int) else BuildError.reason
         tail = f": {message.strip()}" if message.strip() else ""
         return Outcome(reason, f"the builder exited with code {code} without a result{tail}")
-    if code == 0 and "sha256" in result:
-        return Outcome("Succeeded", success_message(result), output_status(result, spec))
+    if code == 0 and ("sha256" in result or "platforms" in result):
+        try:
+            output, outputs = output_status(result, spec)
+            return Outcome("Succeeded", success_message(result), output, outputs)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return Outcome(BuildError.reason, f"the builder's result cannot be read ({type(e).__name__}: {e})")
     reported = result.get("reason")
     reason = reported if isinstance(reported, str) and reported in REASONS else BuildError.reason
     return Outcome(reason, str(result.get("error") or f"the builder exited with code {code}"))
 
 
-def output_status(result: dict, spec: dict) -> dict:
-    out = {k: result[k] for k in ("sha256", "sha512", "size", "entries", "compression", "platform", "imageDigest")
-           if k in result}
+PLATFORM_FIELDS = ("sha256", "sha512", "size", "entries", "platform", "imageDigest")
+
+
+def output_status(result: dict, spec: dict) -> tuple[dict, list[dict]]:
+    """status.output and status.outputs of a successful build.
+
+    status.outputs has one entry per platform, with what a consumer of that platform needs on its own:
+    platform, os, architecture (a node's kubernetes.io/arch) and variant, the file's sha256, sha512, size,
+    entries and compression, the image manifest flattened, and where it is (path on the claim, or
+    reference and digest of its artifact). status.output is the build's one output: for one platform its
+    entry, as before; for several, the index (reference and digest) or the claim, with no file fields.
+    """
+    several = "platforms" in result
+    compression = result.get("compression")
+    entries = result["platforms"] if several else [result]
+    # os, architecture and variant say what was asked for, which the builder selected by (the image config's
+    # own words, in `platform`, are the image author's); builds are of the spec's platforms, in its order.
+    requested = [Platform.parse(p) for p in platforms(spec)] or [DEFAULT_PLATFORM]
+    if len(requested) != len(entries):
+        raise ValueError(f"the builder reported {len(entries)} platforms for {len(requested)}")
+    outputs = [_platform_output(entry, p, compression, spec, result.get("reference"))
+               for entry, p in zip(entries, requested, strict=True)]
+    if not several:
+        output = {k: v for k, v in outputs[0].items() if k not in ("os", "architecture", "variant")}
+        return output, outputs
+    output = {"compression": compression, "imageDigest": result.get("imageDigest"),
+              "platforms": ",".join(o["platform"] for o in outputs)}
     if "pvc" in spec["output"]:
-        out.update(claimName=spec["output"]["pvc"]["claimName"], path=spec["output"]["pvc"]["path"])
+        output.update(claimName=spec["output"]["pvc"]["claimName"], path=spec["output"]["pvc"]["path"])
     else:
-        out.update(reference=result["reference"], digest=result["digest"])
-    return out
+        output.update(reference=result["reference"], digest=result["digest"])
+    return {k: v for k, v in output.items() if v is not None}, outputs
+
+
+def _platform_output(entry: dict, platform: Platform, compression: str | None, spec: dict,
+                     reference: str | None) -> dict:
+    out = {k: entry[k] for k in PLATFORM_FIELDS if k in entry}
+    out.update(os=platform.os, architecture=platform.architecture, compression=compression)
+    if platform.variant:
+        out["variant"] = platform.variant
+    if "pvc" in spec["output"]:
+        out.update(claimName=spec["output"]["pvc"]["claimName"], path=platform.expand(spec["output"]["pvc"]["path"]))
+    else:
+        repository = (reference or "").rpartition("@")[0]
+        out.update(reference=f"{repository}@{entry['digest']}", digest=entry["digest"])
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def success_message(result: dict) -> str:
     where = result.get("reference") or result.get("output")
+    if "platforms" in result:
+        built = ", ".join(f"{p['platform']} {p['size']} bytes" for p in result["platforms"])
+        return f"built {len(result['platforms'])} platforms{f' as {where}' if where else ''}: {built}"
     return f"built {where}: {result['size']} bytes, {result['entries']} entries, sha256:{result['sha256']}"

@@ -170,7 +170,9 @@ class JobLifecycle:
             outcome = buildjob.outcome(terminated, report.spec)
             if outcome.output:
                 state = conditions.succeeded(outcome.message)
-                fields["output"] = outcome.output | self.claim_uid(report.namespace, report.spec)
+                claim = self.claim_uid(report.namespace, report.spec)
+                fields["output"] = outcome.output | claim
+                fields["outputs"] = [o | claim for o in outcome.outputs or []]
             else:
                 state = conditions.failed(outcome.reason, outcome.message)
         start, end = (conditions.parse_time(fields[f]) for f in ("startTime", "completionTime"))

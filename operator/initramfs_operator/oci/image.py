@@ -110,6 +110,11 @@ class Platform:
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
+    def expand(self, template: str) -> str:
+        """A name for this platform's output: {platform} becomes os-arch[-variant], {arch} arch[variant]."""
+        return template.replace("{platform}", str(self).replace("/", "-")).replace(
+            "{arch}", self.architecture + self.variant)
+
 
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 
@@ -263,6 +268,30 @@ def for_platform(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch, pla
     media_type = doc.get("mediaType") or desc.media_type or OCI_MANIFEST
     return Image(name, desc.digest, doc, config, [layer(d) for d in layer_descs], offered,
                  Descriptor(media_type, desc.digest, len(data)), index_digest)
+
+
+def offered(name: str, top: Descriptor, top_bytes: bytes, fetch: Fetch) -> list[Platform]:
+    """The platforms an image has, in its index's order (what `--platform all` builds): an index's entries
+    but attestations (`unknown/unknown`), or a single image's own, from its config."""
+    where = at_digest(name, top.digest)
+    doc = parse_json(top_bytes, where)
+    if kind(doc, top.media_type) == "manifest":
+        if not isinstance(doc.get("config"), dict):
+            raise InvalidImageError(f"{where}: manifest has no config")
+        config_desc = Descriptor.parse(doc["config"], f"{where}: config")
+        return [Config.parse(fetch(_document(config_desc, f"{where}: config")), f"{where}: config").platform]
+    manifests = doc.get("manifests") or []
+    if not isinstance(manifests, list):
+        raise InvalidImageError(f"{where}: manifests must be a list")
+    found: list[Platform] = []
+    for raw in manifests:
+        d = Descriptor.parse(raw, f"{name}: index entry")
+        platform = Platform.of(d.platform) if d.platform else None
+        if platform and platform.os not in ("", "unknown") and platform not in found:
+            found.append(platform)
+    if not found:
+        raise InvalidImageError(f"{where}: the index names no platform")
+    return found
 
 
 def _document(d: Descriptor, where: str) -> Descriptor:

@@ -64,6 +64,19 @@ def split_ref(spec: str) -> tuple[str, str | None]:
 
 
 def load(spec: str, platform: img.Platform = img.DEFAULT_PLATFORM) -> img.Image:
+    root, top = _top(spec)
+    return img.for_platform(f"oci:{spec}", top, read_blob(root, top), lambda d: read_blob(root, d),
+                            platform, lambda d: LayoutLayer(root, d))
+
+
+def platforms(spec: str) -> list[img.Platform]:
+    """The platforms of the layout's image (`image.offered`)."""
+    root, top = _top(spec)
+    return img.offered(f"oci:{spec}", top, read_blob(root, top), lambda d: read_blob(root, d))
+
+
+def _top(spec: str) -> tuple[str, img.Descriptor]:
+    """The layout's root and the descriptor `spec` names in its index.json."""
     root, ref = split_ref(spec)
     try:
         with open(os.path.join(root, "index.json"), "rb") as f:
@@ -83,9 +96,7 @@ def load(spec: str, platform: img.Platform = img.DEFAULT_PLATFORM) -> img.Image:
     if not isinstance(manifests, list):
         raise InvalidImageError(f"oci:{spec}: {root}/index.json: manifests must be a list")
     entries = [img.Descriptor.parse(m, f"{root}/index.json") for m in manifests]
-    top = _pick(spec, entries, ref)
-    return img.for_platform(f"oci:{spec}", top, read_blob(root, top), lambda d: read_blob(root, d),
-                       platform, lambda d: LayoutLayer(root, d))
+    return root, _pick(spec, entries, ref)
 
 
 def _pick(spec: str, entries: list[img.Descriptor], ref: str | None) -> img.Descriptor:

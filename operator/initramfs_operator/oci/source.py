@@ -18,5 +18,14 @@ def load(spec: str, platform: Platform, options: registry.RegistryOptions) -> Ab
     return registry.load(spec.removeprefix("docker://"), platform, options)
 
 
+def platforms(spec: str, options: registry.RegistryOptions) -> list[Platform]:
+    """The platforms the image at `spec` has (a `docker save` archive: its one image's)."""
+    if spec.startswith(OCI):
+        return layout.platforms(spec[len(OCI):])
+    if spec.startswith(DOCKER_ARCHIVE):
+        return [dockerarchive.load(spec[len(DOCKER_ARCHIVE):]).config.platform]
+    return registry.platforms(spec.removeprefix("docker://"), options)
+
+
 def is_registry(spec: str) -> bool:
     return not spec.startswith((OCI, DOCKER_ARCHIVE))

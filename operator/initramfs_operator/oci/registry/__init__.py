@@ -15,13 +15,13 @@ from .keychain import Credentials, Keychain
 from .options import RegistryOptions, read_ca_file
 
 if TYPE_CHECKING:
-    from .pull import current_digest, head, load
-    from .push import ARTIFACT_TYPE, push_artifact, push_target
+    from .pull import current_digest, head, load, platforms
+    from .push import ARTIFACT_TYPE, push_artifact, push_index, push_manifest, push_target
 
 # pull and push bring httpx (~50 ms to import): they load on first use, so a build from an OCI layout
 # or a docker archive, which only needs RegistryOptions, starts without them.
-_LAZY = {"current_digest": "pull", "head": "pull", "load": "pull", "ARTIFACT_TYPE": "push", "push_artifact": "push",
-         "push_target": "push"}
+_LAZY = {"current_digest": "pull", "head": "pull", "load": "pull", "platforms": "pull", "ARTIFACT_TYPE": "push",
+         "push_artifact": "push", "push_index": "push", "push_manifest": "push", "push_target": "push"}
 
 
 def __getattr__(name: str) -> Any:
@@ -31,4 +31,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ARTIFACT_TYPE", "Credentials", "Keychain", "RegistryOptions", "current_digest", "head", "load",
-           "push_artifact", "push_target", "read_ca_file"]
+           "platforms", "push_artifact", "push_index", "push_manifest", "push_target", "read_ca_file"]

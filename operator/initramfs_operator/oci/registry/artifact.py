@@ -22,15 +22,27 @@ T = TypeVar("T")
 LAYER_TYPE_PREFIX = ARTIFACT_TYPE + ".cpio"
 
 
-def layer_of(reference: str, options: RegistryOptions) -> image.Descriptor:
-    """The initramfs layer of the artifact `repository@digest`."""
+def layer_of(reference: str, options: RegistryOptions, platform: image.Platform | None = None) -> image.Descriptor:
+    """The initramfs layer of the artifact `repository@digest`; of an index of them (several platforms), the
+    layer of `platform`'s artifact, its manifest read by the digest the index names."""
     ref = parse_reference(reference)
     if not ref.digest:
         raise InvalidImageError(f"{ref}: an initramfs artifact is read by digest")
     with Transport(ref, options) as transport:
-        data, _ = manifest(transport, ref.digest, ref.digest)
-    where = f"{ref.name}@{ref.digest}"
-    doc = image.parse_json(data, where)
+        data, media_type = manifest(transport, ref.digest, ref.digest)
+        where = f"{ref.name}@{ref.digest}"
+        doc = image.parse_json(data, where)
+        if image.kind(doc, media_type) == "index":
+            if platform is None:
+                raise InvalidImageError(f"{where}: an index of initramfs artifacts: name the platform to read")
+            entries = doc.get("manifests")
+            if not isinstance(entries, list):
+                raise InvalidImageError(f"{where}: manifests must be a list")
+            chosen = image.pick_platform([image.Descriptor.parse(e, f"{where}: index entry") for e in entries],
+                                         platform, where)
+            data, _ = manifest(transport, chosen.digest, chosen.digest)
+            where = f"{ref.name}@{chosen.digest}"
+            doc = image.parse_json(data, where)
     if doc.get("artifactType") != ARTIFACT_TYPE:
         raise InvalidImageError(f"{where}: not an initramfs artifact (artifactType {doc.get('artifactType')!r})")
     layers = [image.Descriptor.parse(raw, f"{where}: layer") for raw in doc.get("layers") or []

@@ -33,6 +33,15 @@ def load(reference: str, platform: image.Platform, options: RegistryOptions) -> 
         yield image.for_platform(str(ref), top, data, lambda d: fetch(transport, d), platform, downloads.layer)
 
 
+def platforms(reference: str, options: RegistryOptions) -> list[image.Platform]:
+    """The platforms of the image (`image.offered`); no layer is fetched."""
+    ref = parse_reference(reference)
+    with Transport(ref, options) as transport:
+        data, media_type = manifest(transport, ref.identifier, ref.digest)
+        top = image.Descriptor(media_type, digest_of(data, ref.digest), len(data))
+        return image.offered(str(ref), top, data, lambda d: fetch(transport, d))
+
+
 def current_digest(reference: str, options: RegistryOptions) -> str:
     """The digest the reference points at now (an index's, for multi-platform images)."""
     return head(reference, options).digest

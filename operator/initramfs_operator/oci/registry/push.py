@@ -13,7 +13,10 @@
 - `subject`, when given (`Image.descriptor`, or `pull.head()`), points at the source image's
   manifest, which must be in the same repository. For registries without the referrers API
   the tag `sha256-<hex>` holds an OCI index listing the referrers of `<hex>`, updated on each
-  push: the referrers tag schema of the OCI distribution spec.
+  push: the referrers tag schema of the OCI distribution spec;
+- several platforms: each platform's artifact is pushed by digest, then one OCI image index
+  (`artifactType` as above) at the tag lists them, each entry with its `platform`, as a
+  multi-platform image's index lists its images: clients pick their platform as they do for images.
 """
 
 import json
@@ -59,7 +62,14 @@ def push_artifact(path: str, reference: str | Reference, *, media_type: str, ann
     """Push the file at `path` as an initramfs artifact (see the module docstring) to `reference` (text, or
     a Reference from push_target); returns its manifest digest."""
     ref = push_target(reference)
-    assert ref.tag is not None  # push_target refuses a reference without one
+    return push_manifest(path, ref, media_type=media_type, annotations=annotations, subject=subject,
+                         options=options, tag=ref.tag).digest
+
+
+def push_manifest(path: str, ref: Reference, *, media_type: str, annotations: dict[str, str],
+                  subject: image.Descriptor | None, options: RegistryOptions, tag: str | None) -> image.Descriptor:
+    """`push_artifact`, to `tag`, or by digest only when `tag` is None (one platform of an index); returns
+    the descriptor of the manifest pushed."""
     name = os.path.basename(path)
     try:
         size = os.path.getsize(path)
@@ -79,11 +89,25 @@ def push_artifact(path: str, reference: str | Reference, *, media_type: str, ann
     with Transport(ref, options, push=True) as transport:
         _upload(transport, layer, lambda offset, length: _file_chunks(path, offset, length, options.on_bytes))
         _upload(transport, config, lambda offset, length: [EMPTY_CONFIG[offset:offset + length]])
-        pushed, referrers_api = _put_manifest(transport, ref.tag, data, image.OCI_MANIFEST)
+        pushed, referrers_api = _put_manifest(transport, tag or digests.of(data), data, image.OCI_MANIFEST)
         if subject and not referrers_api:
             _add_referrer(transport, subject.digest, image.Descriptor(
                 image.OCI_MANIFEST, pushed, len(data), annotations=manifest_annotations, artifact_type=ARTIFACT_TYPE))
-    return pushed
+    return image.Descriptor(image.OCI_MANIFEST, pushed, len(data), annotations=manifest_annotations,
+                            artifact_type=ARTIFACT_TYPE)
+
+
+def push_index(reference: str | Reference, manifests: list[image.Descriptor], annotations: dict[str, str],
+               options: RegistryOptions) -> str:
+    """Push an index of initramfs artifacts (each descriptor with its `platform`, pushed before) to the tag of
+    `reference`; returns its digest."""
+    ref = push_target(reference)
+    assert ref.tag is not None  # push_target refuses a reference without one
+    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": image.OCI_INDEX, "artifactType": ARTIFACT_TYPE,
+                           "manifests": [m.to_json() for m in manifests],
+                           "annotations": {CREATED: _created(), **annotations}}
+    with Transport(ref, options, push=True) as transport:
+        return _put_manifest(transport, ref.tag, json.dumps(doc, indent=2).encode(), image.OCI_INDEX)[0]
 
 
 def _upload(transport: Transport, d: image.Descriptor, chunks: Chunks) -> None:
