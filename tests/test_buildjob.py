@@ -55,7 +55,8 @@ def test_pvc_job_runs_the_builder_locked_down():
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes[mounts["/scratch"]] == {"name": "scratch", "emptyDir": {}}
+    assert volumes[mounts["/scratch"]] == {"name": "scratch", "emptyDir": {"sizeLimit": "32Gi"}}
+    assert "/cache" not in mounts and "imagePullSecrets" not in pod and "resources" not in c
     assert volumes[mounts["/output"]]["persistentVolumeClaim"] == {"claimName": "images"}
     owner = manifest["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("InitramfsBuild", "app", True)
@@ -67,6 +68,60 @@ def test_pvc_job_runs_the_builder_locked_down():
     assert manifest["spec"]["template"]["metadata"]["annotations"] == {buildjob.BUILD_NAME: "app"}
     fail_job = manifest["spec"]["podFailurePolicy"]["rules"][1]
     assert fail_job["action"] == "FailJob" and fail_job["onExitCodes"]["values"] == [2, 3, 4]  # not 5: retried
+
+
+PVC_OUTPUT = {"pvc": {"claimName": "images", "path": "app.cpio.gz"}}
+OCI_OUTPUT = {"oci": {"repository": "dst.example.com/boot/app", "tag": "v2"}}
+CACHE = buildjob.BuildCache("layers", "20Gi")
+
+
+@pytest.mark.parametrize(("limits", "output", "cache", "size_limit"), [
+    ({}, PVC_OUTPUT, None, "32Gi"),                        # layers, and the file contents kept
+    ({}, OCI_OUTPUT, None, "48Gi"),                        # and the archive until it is pushed
+    ({}, PVC_OUTPUT, CACHE, "16Gi"),                       # the layers are in the cache
+    ({"maxUncompressedSize": "1Gi"}, OCI_OUTPUT, CACHE, "2Gi"),
+    ({"maxUncompressedSize": 1000}, PVC_OUTPUT, None, "2000"),
+    ({"maxUncompressedSize": "500M"}, PVC_OUTPUT, None, "1000000000"),
+    ({"maxUncompressedSize": "1Gi", "platforms": 2}, PVC_OUTPUT, None, "4Gi"),  # each platform's
+])
+def test_the_scratch_volume_is_bounded_by_what_the_build_may_keep_there(limits, output, cache, size_limit):
+    limits = dict(limits)
+    count = limits.pop("platforms", 1)
+    spec = {"image": "src.example.com/app:1", "output": output, "limits": limits,
+            **({"platforms": ["linux/amd64", "linux/arm64"][:count]} if count > 1 else {})}
+    pod = buildjob.build_job(build(spec), DIGEST, "builder:1", defaults=buildjob.PodDefaults(cache))["spec"][
+        "template"]["spec"]
+    assert pod["volumes"][0] == {"name": "scratch", "emptyDir": {"sizeLimit": size_limit}}
+
+
+@pytest.mark.parametrize(("spec_cache", "default", "claim", "max_size"), [
+    (None, None, None, None),
+    (None, CACHE, "layers", "20Gi"),
+    ({"claimName": "own"}, CACHE, "own", None),  # the build's own, unbounded
+    ({"claimName": "own", "maxSize": 1 << 30}, None, "own", "1073741824"),
+])
+def test_the_layer_cache_is_the_build_s_own_or_the_operator_s(spec_cache, default, claim, max_size):
+    spec = {**build()["spec"], **({"cache": spec_cache} if spec_cache else {})}
+    manifest = buildjob.build_job(build(spec), DIGEST, "builder:1", defaults=buildjob.PodDefaults(default))
+    c, pod = container(manifest), manifest["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    parsed = cli.parser().parse_args(c["args"])
+    assert (parsed.cache_dir, parsed.cache_max_size) == ("/cache" if claim else None, max_size)
+    if claim:
+        assert volumes["cache"]["persistentVolumeClaim"] == {"claimName": claim}
+        assert {"name": "cache", "mountPath": "/cache"} in c["volumeMounts"]
+    else:
+        assert "cache" not in volumes
+
+
+def test_operator_defaults_pull_the_builder_and_size_builds_that_set_nothing():
+    defaults = buildjob.PodDefaults(image_pull_secrets=("regcred", "mirror"), resources={"limits": {"memory": "1Gi"}})
+    manifest = buildjob.build_job(build(), DIGEST, "private.example.com/builder:1", defaults=defaults)
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert container(manifest)["resources"] == {"limits": {"memory": "1Gi"}}
+    own = {**build()["spec"], "resources": {"limits": {"memory": "3Gi"}}}
+    assert container(buildjob.build_job(build(own), DIGEST, "b:1", defaults=defaults))["resources"] == own["resources"]
 
 
 def crd_compression() -> dict:

@@ -133,15 +133,22 @@ def apply(kube: Cluster, docs: list[dict], namespace: str, *args: str):
 
 # --- against the real API server -----------------------------------------------------------------
 
-@pytest.mark.parametrize("values", [CLUSTER_WIDE, NAMESPACED, {"rbac": {"registrySecrets": False}}, NO_IDS],
-                         ids=["cluster", "namespaced", "no-secrets", "no-ids"])
+# Network policies for the operator and the build pods of two namespaces, a builder pulled with a Secret and a cache.
+POLICIES = {"networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.0.0.10/32"]},
+                              "registries": {"cidrs": ["192.0.2.0/24", "2001:db8::/32"], "ports": [443, 5000]}},
+            "builder": {"imagePullSecrets": [{"name": "regcred"}], "cache": {"claimName": "layers", "maxSize": "20Gi"}},
+            "watchNamespaces": ["team-a", "team-b"]}
+
+
+@pytest.mark.parametrize("values", [CLUSTER_WIDE, NAMESPACED, {"rbac": {"registrySecrets": False}}, NO_IDS, POLICIES],
+                         ids=["cluster", "namespaced", "no-secrets", "no-ids", "policies"])
 def test_server_side_dry_run(kube: Cluster, crd, helm: Helm, make_namespace, values: dict):
     # The operator's pod and the helm test's must pass the "restricted" Pod Security Standard, with or
     # without IDs: the API server refuses such a Pod and warns about a Deployment's pod template.
     release_ns = make_namespace("ops", {"pod-security.kubernetes.io/enforce": "restricted",
                                         "pod-security.kubernetes.io/warn": "restricted"})
     if values.get("watchNamespaces"):
-        values = {"watchNamespaces": [make_namespace(n) for n in values["watchNamespaces"]]}
+        values = {**values, "watchNamespaces": [make_namespace(n) for n in values["watchNamespaces"]]}
     rendered = helm.template("r", release_ns, values).stdout
     # A Pod is admitted only if its ServiceAccount exists, which a dry run does not create.
     kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(find(documents(rendered), "ServiceAccount")))

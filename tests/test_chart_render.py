@@ -13,6 +13,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import prometheus_client
 import pytest
 import yaml
 
@@ -33,11 +34,23 @@ from fixtures.helm import (
 )
 from fixtures.operator import CRD
 from fixtures.tools import REPO
+from initramfs_operator.delivery.metrics import Metrics as DeliveryMetrics
+from initramfs_operator.kube import buildjob, command
 
 DELIVERY_TENANCY = {"delivery": {"enabled": True, "pullSecret": "agent-pull", "namespaces": ["team-a"],
                                  "namespaceSelector": "initramfs.dev/delivery=allowed",
                                  "readableSecrets": {"team-a": ["registry-push"], "ops": ["mirror"]},
                                  "readableConfigMaps": {"team-b": ["registry-ca"]}}}
+
+
+# What platform teams turn on: policies, alerts, a private builder image, sized build pods, a build cache.
+PLATFORM = {"networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.0.0.10/32"], "ports": [6443]},
+                              "registries": {"cidrs": ["192.0.2.0/24"], "ports": [443, 5000]}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+            "builder": {"imagePullSecrets": [{"name": "regcred"}, {"name": "mirror"}],
+                        "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
+                        "cache": {"claimName": "layer-cache", "maxSize": "20Gi"}},
+            "delivery": {"enabled": True}, "watchNamespaces": ["team-a", "team-b"]}
 
 
 @pytest.fixture
@@ -56,9 +69,9 @@ def release_objects(docs: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("values", [CLUSTER_WIDE, NAMESPACED,
                                     {"rbac": {"registrySecrets": False, "aggregateClusterRoles": False}},
                                     {"serviceMonitor": {"enabled": True}}, {"crds": {"enabled": False}}, NO_IDS,
-                                    {"delivery": {"enabled": True}}, DELIVERY_TENANCY],
+                                    {"delivery": {"enabled": True}}, DELIVERY_TENANCY, PLATFORM],
                          ids=["cluster", "namespaced", "no-secrets", "servicemonitor", "no-crds", "no-ids", "delivery",
-                              "delivery-tenancy"])
+                              "delivery-tenancy", "platform"])
 def test_lint_is_clean(static_helm: Helm, values: dict):
     done = static_helm.run("lint", "--strict", str(CHART), "-f", static_helm.values_file(values))
     assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout and "[WARNING]" not in done.stdout, done.stdout
@@ -153,6 +166,11 @@ def test_update_crds_keeps_template_syntax_literal_and_refuses_foreign_metadata(
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({"imagePullSecrets": ["regcred"]}, "/imagePullSecrets/0"),
     ({"fullnameOverride": "Not A Name"}, "/fullnameOverride"),
+    ({"builder": {"cache": {"maxSize": "lots"}}}, "/builder/cache/maxSize"),
+    ({"builder": {"imagePullSecrets": ["regcred"]}}, "/builder/imagePullSecrets/0"),
+    ({"networkPolicy": {"registries": {"cidrs": ["registry.example.com"]}}}, "/networkPolicy/registries/cidrs/0"),
+    ({"networkPolicy": {"apiServer": {"ports": []}}}, "/networkPolicy/apiServer/ports"),
+    ({"prometheusRule": {"stalledWindow": "a while"}}, "/prometheusRule/stalledWindow"),
 ])
 def test_schema_refuses_bad_values(static_helm: Helm, values: dict, message: str):
     done = static_helm.template("r", "ops", values, check=False)
@@ -482,3 +500,72 @@ def test_delivery_agents_read_only_the_named_secrets_and_write_only_their_nodes_
         in agent_rules
     assert not [r for r in agent_rules if "initramfsbuilds" in r["resources"]]
     assert "INITRAMFS_DELIVERY_PULL_SECRET" not in container_env(one(plain, "DaemonSet"))
+
+
+# --- what platform teams add: builder values, network policies, alerts --------------------------------
+
+def test_builder_values_reach_the_operator_as_its_pod_defaults(static_helm: Helm, monkeypatch):
+    env = container_env(one(static_helm.render("r", "ops", PLATFORM), "Deployment"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = command.parser().parse_args([])
+    assert command.pod_defaults(args) == buildjob.PodDefaults(
+        buildjob.BuildCache("layer-cache", "20Gi"), ("regcred", "mirror"),
+        {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}})
+    none = container_env(one(static_helm.render("r", "ops"), "Deployment"))
+    assert not [name for name in none if name.startswith(("INITRAMFS_BUILD_CACHE", "INITRAMFS_BUILD_IMAGE_PULL",
+                                                           "INITRAMFS_BUILD_RESOURCES"))]
+
+
+def egress_peers(policy: dict) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Each egress rule as (its CIDRs, or none for any address; its ports)."""
+    return [(tuple(peer["ipBlock"]["cidr"] for peer in rule.get("to") or []),
+             tuple(port["port"] for port in rule["ports"])) for rule in policy["spec"]["egress"]]
+
+
+def test_network_policies_let_each_pod_reach_only_what_it_needs(static_helm: Helm):
+    assert not find(static_helm.render("r", "ops", {"delivery": {"enabled": True}}), "NetworkPolicy")
+    docs = static_helm.render("r", "ops", PLATFORM)
+    dns, api_server, registries = ((), (53, 53)), (("10.0.0.10/32",), (6443,)), (("192.0.2.0/24",), (443, 5000))
+    operator, agent = one(docs, "NetworkPolicy", namespace="ops"), one(docs, "NetworkPolicy", namespace="ops-delivery")
+    for policy, pods in ((operator, one(docs, "Deployment")), (agent, one(docs, "DaemonSet"))):
+        assert policy["spec"]["policyTypes"] == ["Egress"]
+        assert egress_peers(policy) == [dns, api_server, registries]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= \
+            pods["spec"]["template"]["metadata"]["labels"].items()
+    # Build pods, in the served namespaces: registries only (no ServiceAccount token, no API server).
+    job = buildjob.build_job({"metadata": {"name": "b", "namespace": "team-a", "uid": "u", "generation": 1},
+                              "spec": {"image": "r.example.com/a:1", "output": {"oci": {"repository": "r.example.com/b",
+                                                                                      "tag": "1"}}}},
+                             "sha256:" + "a" * 64, "builder:1")
+    for namespace in ("team-a", "team-b"):
+        builds = one(docs, "NetworkPolicy", namespace=namespace)
+        assert egress_peers(builds) == [dns, registries]
+        assert builds["spec"]["podSelector"]["matchLabels"].items() <= \
+            job["spec"]["template"]["metadata"]["labels"].items()
+    # Without the API server's addresses, the policy could only lock the operator out: a clear refusal.
+    done = static_helm.template("r", "ops", {"networkPolicy": {"enabled": True}}, check=False)
+    assert done.returncode != 0 and "networkPolicy.apiServer.cidrs" in done.stderr
+
+
+def exposed_metrics() -> set[str]:
+    """Every series name the operator and a delivery agent expose (counters with _total, histograms' parts)."""
+    registries = [prometheus_client.REGISTRY, DeliveryMetrics().registry]
+    return {sample.name for registry in registries for family in registry.collect() for sample in family.samples} | \
+        {f"{family.name}_total" for registry in registries for family in registry.collect() if family.type == "counter"}
+
+
+def test_alerts_are_off_by_default_and_read_only_metrics_that_exist(static_helm: Helm):
+    assert not find(static_helm.render("r", "ops"), "PrometheusRule")
+    rule = one(static_helm.render("r", "ops", PLATFORM), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) == {"InitramfsBuildsStalled", "InitramfsBuildQueueStuck", "InitramfsDeliveryFailing",
+                           "InitramfsOperatorNoLeader"}
+    known = exposed_metrics()
+    for name, alert in alerts.items():
+        used = set(re.findall(r"\binitramfs_[a-z_]+", alert["expr"]))
+        assert used and used <= known, f"{name} reads {used - known}"
+        assert alert["expr"].count("(") == alert["expr"].count(")") and "{{" not in alert["expr"]
+    assert '{result!="Succeeded"}[30m]' in alerts["InitramfsBuildsStalled"]["expr"]
+    assert alerts["InitramfsBuildQueueStuck"]["expr"].endswith("> 1800")

@@ -49,7 +49,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "kube.client": (),
     "kube.metrics": (),
     "delivery": ("errors", "oci", "archive", "extra", "kube.api", "kube.client", "kube.conditions", "kube.crd",
-                 "kube.selector", "kube.registry_access", "kube.workqueue", "delivery"),
+                 "kube.informer", "kube.selector", "kube.registry_access", "kube.workqueue", "delivery"),
 }
 # Third-party imports (by top-level name) and the layers allowed to use them; anything else that is
 # not in the standard library is refused.

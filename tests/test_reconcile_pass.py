@@ -328,6 +328,23 @@ def test_a_pinned_digest_is_offered_and_queued_while_the_slots_are_taken() -> No
     assert sent(c) == [("POST", "job", job_name())]
 
 
+def test_the_queue_s_age_is_how_long_its_oldest_build_has_waited() -> None:
+    other = job(active=1, uid="job-other", build_uid="u2")
+    c = Cluster(build(), jobs=(other,))
+    admission = c.reconciler.admission
+    now = [100.0]
+    admission.monotonic = lambda: now[0]
+    assert admission.oldest_wait() == 0.0
+    c.reconcile()  # offered at 100
+    admission.round()
+    now[0] = 160.0
+    c.reconcile()  # offered again while it waits: its wait goes on
+    assert admission.oldest_wait() == 60.0
+    c.show(jobs=[job(condition("Complete"), uid="job-other", build_uid="u2")])
+    admission.round()  # admitted
+    assert admission.oldest_wait() == 0.0
+
+
 def test_a_tag_is_looked_up_resolving_shows_after_a_while_and_the_answer_is_built() -> None:
     c = Cluster(build(TAG))
     c.registry.digests[TAG] = DIGEST

@@ -7,6 +7,7 @@ Authorization. The same rules are exercised against real registries in test_regi
 
 import base64
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -368,7 +369,7 @@ def test_a_blob_moved_into_the_cache_before_its_reader_opens_it_is_read_from_the
     download.add_done_callback(lambda _: arrival.changed())
     arrival.restart(str(tmp_path / ".blob.tmp"))  # gone: renamed to `cached`
     arrival.grew(len(LAYER))
-    reader = downloads.ArrivingBlob(arrival, download)
+    reader = downloads.ArrivingBlob(arrival, download, lambda: os.open(download.result(), os.O_RDONLY))
     threading.Timer(0.2, download.set_result, args=(str(cached),)).start()
     assert reader.read() == LAYER
     reader.close()

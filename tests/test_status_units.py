@@ -10,6 +10,7 @@ import pytest
 from fixtures.fake_kube import FakeClock
 from initramfs_operator.kube import buildjob, conditions, controller, diagnosis, handlers
 from initramfs_operator.kube.cache import Overlay
+from initramfs_operator.kube.delivery_status import labels_only
 from initramfs_operator.kube.jobs import deadline_message
 from initramfs_operator.kube.report import Report
 from initramfs_operator.kube.settings import Settings
@@ -145,15 +146,16 @@ def operator():
     return op
 
 
-def node(name: str, labels: dict, heartbeat: str) -> dict:
-    return {"metadata": {"name": name, "labels": labels},
-            "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}]}}
+def node(name: str, labels: dict, version: str) -> dict:
+    """A Node as the metadata-only watch brings it, trimmed as the operator keeps it."""
+    return labels_only({"metadata": {"name": name, "labels": labels, "resourceVersion": version,
+                                     "managedFields": [{"manager": "kubelet"}]}})
 
 
-def node_event(op, kind: str | None, body: dict) -> list[str]:
-    """Delivers one Node event as kopf does (kind None: the initial listing); the names of the builds it queued."""
-    asyncio.run(handlers.node_event(name=body["metadata"]["name"], labels=body["metadata"]["labels"],
-                                      event={"type": kind, "object": body}, memo=kopf.Memo(operator=op)))
+def node_event(op, old: dict | None, new: dict | None) -> list[str]:
+    """Delivers one change of the Node informer (old None: listed or added; new None: deleted); the names
+    of the builds it queued."""
+    op.delivery.node_changed(("", (new or old)["metadata"]["name"]), old, new)
     queued = []
     while (key := op.delivery.queue.get(timeout=0.01)) is not None:
         op.delivery.queue.done(key)
@@ -162,14 +164,19 @@ def node_event(op, kind: str | None, body: dict) -> list[str]:
 
 
 def test_node_events_queue_a_build_only_when_its_selector_gains_or_loses_the_node(operator):
-    assert node_event(operator, None, node("n1", {"vm": "yes"}, "t0")) == ["every-node", "vm-only"]
+    n1 = node("n1", {"vm": "yes"}, "1")
+    assert n1 == {"metadata": {"name": "n1", "labels": {"vm": "yes"}, "resourceVersion": "1"}}  # no managedFields
+    assert node_event(operator, None, n1) == ["every-node", "vm-only"]
     # kubelet heartbeats and other status updates: labels unchanged, nothing to recompute.
-    for beat in ("t1", "t2", "t3"):
-        assert node_event(operator, "MODIFIED", node("n1", {"vm": "yes"}, beat)) == []
-    assert node_event(operator, "MODIFIED", node("n1", {"vm": "no"}, "t4")) == ["vm-only"]  # left its selector
-    assert node_event(operator, "MODIFIED", node("n1", {"vm": "no", "zone": "a"}, "t5")) == []  # no selector cares
-    assert node_event(operator, "DELETED", node("n1", {"vm": "no", "zone": "a"}, "t5")) == ["every-node"]
-    assert node_event(operator, "ADDED", node("n2", {"vm": "yes"}, "t6")) == ["every-node", "vm-only"]
+    for version in ("2", "3", "4"):
+        n1, before = node("n1", {"vm": "yes"}, version), n1
+        assert node_event(operator, before, n1) == []
+    n1, before = node("n1", {"vm": "no"}, "5"), n1
+    assert node_event(operator, before, n1) == ["vm-only"]  # left its selector
+    n1, before = node("n1", {"vm": "no", "zone": "a"}, "6"), n1
+    assert node_event(operator, before, n1) == []  # no selector cares
+    assert node_event(operator, n1, None) == ["every-node"]
+    assert node_event(operator, None, node("n2", {"vm": "yes"}, "7")) == ["every-node", "vm-only"]
 
 
 # --- Warning Events: indexed by what they are about, and queueing that object's build -------------------------

@@ -85,6 +85,7 @@ def _registry_options(args: argparse.Namespace, progress: Progress | None = None
         ca_certs=registry.read_ca_file(args.ca_file) if args.ca_file and uses_registry else None,
         keychain=_keychain(args.username, password, args.registry_config) if uses_registry else registry.Keychain(),
         cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
+        cache_max_bytes=_cache_max_bytes(args),
         on_bytes=progress.on_bytes if progress else None)
 
 
@@ -93,6 +94,14 @@ def _images(args: argparse.Namespace) -> list[str]:
     if args.command == "verify":
         return [spec for spec in (args.kernel, None if os.path.exists(args.initramfs) else args.initramfs) if spec]
     return [args.image]
+
+
+def _cache_max_bytes(args: argparse.Namespace) -> int | None:
+    if not getattr(args, "cache_max_size", None):
+        return None
+    if not args.cache_dir:
+        raise UsageError("--cache-max-size needs --cache-dir")
+    return _size(args.cache_max_size, "--cache-max-size")
 
 
 def _keychain(username: str | None, password: str | None, config_files: list[str]) -> registry.Keychain:
@@ -591,7 +600,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="drop matching paths; leading / optional, * within a directory, ** across "
                         "directories, a matched directory goes with its contents (repeatable)")
-    c.add_argument("--cache-dir", metavar="DIR", help="content-addressed cache of downloaded layers")
+    c.add_argument("--cache-dir", metavar="DIR", help="content-addressed cache of downloaded layers, safe to share "
+                                                     "between builds running at the same time")
+    c.add_argument("--cache-max-size", metavar="SIZE", help="after the build, evict the least recently used layers "
+                                                           "until --cache-dir holds at most SIZE (layers another "
+                                                           "build is using stay)")
     c.add_argument("--scratch-dir", metavar="DIR", help="where file contents wait while the archive is "
                                                         "written (default $TMPDIR)")
     c.add_argument("--memory-budget", metavar="SIZE", default=f"{MEMORY_BUDGET >> 20}MiB",

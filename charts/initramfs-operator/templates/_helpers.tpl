@@ -197,3 +197,40 @@ app.kubernetes.io/component: delivery-agent
   resources: [initramfsdeliveries]
   verbs: [get, list, create, patch, delete]
 {{- end }}
+
+{{/* The names of a list of references ([{name: a}, {name: b}]), comma-separated. */}}
+{{- define "initramfs-operator.names" -}}
+{{- $names := list -}}
+{{- range . }}{{ $names = append $names .name }}{{ end -}}
+{{- join "," $names -}}
+{{- end }}
+
+{{/* NetworkPolicy egress rules: DNS if allowed, the API server if `apiServer`, and the registries. */}}
+{{- define "initramfs-operator.egress" -}}
+{{- $np := .values.networkPolicy -}}
+{{- if $np.dns }}
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+{{- end }}
+{{- if .apiServer }}
+- to:
+    {{- range $np.apiServer.cidrs }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  ports:
+    {{- range $np.apiServer.ports }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+{{- end }}
+- {{- with $np.registries.cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  {{- end }}
+  ports:
+    {{- range $np.registries.ports }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+{{- end }}

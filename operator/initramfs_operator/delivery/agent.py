@@ -48,11 +48,11 @@ import httpx
 
 from ..errors import BuildError, RegistryError, UsageError
 from ..kube import api, client, conditions, crd, registry_access, selector
+from ..kube.informer import Informer, Key, Obj
 from ..kube.workqueue import Backoff, Retries, WorkQueue
 from ..oci import reference
 from ..oci.registry import RegistryOptions, artifact
 from . import metrics
-from .informer import Informer, Key, Obj
 from .store import Expected, Readable, Verified, VersionStore, namespace_bytes
 from .tenancy import (
     DELIVERY_CONFLICT,
@@ -174,7 +174,7 @@ class Agent:
         self._beats: dict[str, float] = {}  # worker thread name -> when it last went round or moved bytes
         self.releases = self._release_informers(namespaces)
         self.nodes = Informer("node", self.kube, api.path("v1", "nodes"), self._node_changed,
-                              {"fieldSelector": f"metadata.name={node}"})
+                              {"fieldSelector": f"metadata.name={node}"}, metadata_only=True)
         # The namespaces the admin's selector picks (a namespace leaving it is a deletion to this watch).
         chosen = self.tenancy.namespace_selector
         self.selected = Informer("namespaces", self.kube, api.path("v1", "namespaces"), self._namespace_changed,

@@ -67,11 +67,14 @@ def take_turns(candidates: list[Candidate], turns: deque[str], count: int) -> tu
 
 
 class Admission:
-    def __init__(self, kube: api.Kube, cache: Cache, slots: int, requeue: Callable[[Hashable], None]):
+    def __init__(self, kube: api.Kube, cache: Cache, slots: int, requeue: Callable[[Hashable], None],
+                 monotonic: Callable[[], float] = time.monotonic):
         self.kube, self.cache, self.slots, self.requeue = kube, cache, slots, requeue
+        self.monotonic = monotonic
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._candidates: dict[str, Candidate] = {}  # by build uid
+        self._offered_at: dict[str, float] = {}      # by build uid: when it began to wait, while it waits
         self._told: set[str] = set()                 # candidates whose pass was told they wait
         self._turns: deque[str] = deque()            # namespaces, in the order of their next turn
         self._unseen: dict[str, float] = {}          # uid -> time.monotonic() of Jobs created, not yet watched
@@ -83,6 +86,7 @@ class Admission:
         with self._lock:
             before = self._candidates.get(candidate.uid)
             self._candidates[candidate.uid] = candidate
+            self._offered_at.setdefault(candidate.uid, self.monotonic())
             if before is None or before.job_name != candidate.job_name:
                 self._told.discard(candidate.uid)
             if candidate.namespace not in self._turns:
@@ -101,6 +105,7 @@ class Admission:
     def withdraw(self, uid: str) -> None:
         with self._lock:
             self._candidates.pop(uid, None)
+            self._offered_at.pop(uid, None)
             self._told.discard(uid)
             self._rejections.pop(uid, None)
 
@@ -120,6 +125,11 @@ class Admission:
     def depth(self) -> int:
         with self._lock:
             return len(self._candidates)
+
+    def oldest_wait(self) -> float:
+        """Seconds the build waiting longest for a slot has waited (0: none waits)."""
+        with self._lock:
+            return self.monotonic() - min(self._offered_at.values()) if self._offered_at else 0.0
 
     # --- the admitter thread ----------------------------------------------------------------
 
@@ -149,6 +159,7 @@ class Admission:
     def gauges(self) -> None:
         metrics.RUNNING.set(self.taken())
         metrics.QUEUE_DEPTH.set(self.depth())
+        metrics.QUEUE_OLDEST.set(self.oldest_wait())
 
     def round(self) -> None:
         """Create Jobs for as many waiting builds as slots are free, in turn; tell the others they wait."""
@@ -169,6 +180,7 @@ class Admission:
         picked, self._turns = take_turns(list(self._candidates.values()), self._turns, count)
         for c in picked:
             del self._candidates[c.uid]
+            self._offered_at.pop(c.uid, None)  # a Job that cannot be created yet waits again from now
             self._told.discard(c.uid)
         return picked
 

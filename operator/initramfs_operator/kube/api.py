@@ -19,6 +19,11 @@ TIMEOUT = (5.0, 30.0)  # connect, read: a request that hangs must not hold a wor
 WATCH_SLACK = 30.0     # a watch is quiet until its timeoutSeconds at most: silent longer, the connection is dead
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+JSON = "application/json"
+# Metadata only (PartialObjectMetadata), as client-go's metadata informers ask: a Node's status, images and
+# conditions never travel. A server that cannot convert answers with whole objects (the plain JSON fallback).
+METADATA_LIST = f"{JSON};as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,{JSON}"
+METADATA_WATCH = f"{JSON};as=PartialObjectMetadata;g=meta.k8s.io;v=v1,{JSON}"
 
 # Told of every request: its verb, its HTTP status code ("error" if none came back) and its duration in seconds.
 Observer = Callable[[str, str, float], None]
@@ -75,8 +80,8 @@ class Kube:
         self.transport = transport
         self.observe = observe
 
-    def get(self, url: str, query: dict | None = None) -> dict:
-        return self.call("GET", url, query=query)
+    def get(self, url: str, query: dict | None = None, accept: str = JSON) -> dict:
+        return self.call("GET", url, query=query, accept=accept)
 
     def create(self, url: str, body: dict) -> dict:
         return self.call("POST", url, body=body)
@@ -95,13 +100,14 @@ class Kube:
         return self.call("PATCH", url, query={"fieldManager": field_manager, "force": "true"}, body=body,
                          content_type=APPLY_PATCH)
 
-    def watch(self, url: str, resource_version: str, timeout_seconds: int, query: dict | None = None) -> Iterator[dict]:
+    def watch(self, url: str, resource_version: str, timeout_seconds: int, query: dict | None = None,
+              accept: str = JSON) -> Iterator[dict]:
         """The events of a collection from `resource_version` on, bookmarks included, as the API server streams
         them ({"type": ADDED, MODIFIED, DELETED, BOOKMARK or ERROR, "object": ...}), until it ends the watch
         after `timeout_seconds`. Not observed: a watch's duration says nothing of the API server's speed."""
         query = {**(query or {}), "watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
                  "timeoutSeconds": str(timeout_seconds)}
-        with self.transport.open("GET", url, list(query.items()), {"Accept": "application/json"}, None,
+        with self.transport.open("GET", url, list(query.items()), {"Accept": accept}, None,
                                  (TIMEOUT[0], timeout_seconds + WATCH_SLACK)) as reply:
             if not 200 <= reply.status <= 299:
                 raise ApiError(reply.status, reply.reason, reply.read().decode())
@@ -110,8 +116,8 @@ class Kube:
                     yield json.loads(line)
 
     def call(self, method: str, url: str, *, query: dict | None = None, body: dict | None = None,
-             content_type: str = "application/json") -> dict:
-        headers = {"Accept": "application/json"}
+             content_type: str = JSON, accept: str = JSON) -> dict:
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         started = time.perf_counter()

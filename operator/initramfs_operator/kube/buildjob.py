@@ -28,7 +28,7 @@ CLEANUP = "cleanup"                          # COMPONENT of cleanup Jobs (cleanu
 CONTAINER = "build"
 UID = 65532  # the conventional "nonroot" user of distroless images, and the project image's USER
 TERMINATION_LOG = "/dev/termination-log"
-SCRATCH, OUTPUT = "/scratch", "/output"
+SCRATCH, OUTPUT, CACHE = "/scratch", "/output", "/cache"
 CONFIG_DIR = "/var/run/initramfs"
 MAX_NAME = 63  # Job names end up in the job-name label of their pods
 
@@ -82,6 +82,61 @@ def pinned_image(spec: dict, digest: str) -> str:
 
 
 @dataclass(frozen=True)
+class BuildCache:
+    """The layer cache of build pods: a PVC of this name in the build's namespace, mounted as the builder's
+    --cache-dir and trimmed to `max_size` (a quantity; None: unbounded) after each build."""
+    claim_name: str
+    max_size: str | None = None
+
+
+@dataclass(frozen=True)
+class PodDefaults:
+    """What the operator (the chart's builder values) gives every build pod: the layer cache unless the build
+    names its own, Secrets to pull the builder image with, and resources unless the build sets its own."""
+    cache: BuildCache | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    resources: dict | None = None
+
+
+def build_cache(spec: dict, default: BuildCache | None) -> BuildCache | None:
+    """spec.cache, else the operator's default (the chart's builder.cache)."""
+    cache = spec.get("cache")
+    if cache:
+        return BuildCache(cache["claimName"], str(cache["maxSize"]) if "maxSize" in cache else None)
+    return default
+
+
+QUANTITY_UNITS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                  "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+DEFAULT_MAX_UNCOMPRESSED = "16Gi"  # the CRD's default of spec.limits.maxUncompressedSize
+
+
+def quantity_bytes(quantity: int | str) -> int:
+    """Bytes of a size as the CRD's limits allow it (an integer, or digits and one unit such as 16Gi)."""
+    text = str(quantity)
+    digits = text.rstrip("kKMGTi")
+    return int(digits) * QUANTITY_UNITS[text[len(digits):]]
+
+
+def quantity(n: int) -> str:
+    """Bytes as the largest binary unit that divides them (a Quantity in its canonical form)."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        if n and n % QUANTITY_UNITS[unit] == 0:
+            return f"{n // QUANTITY_UNITS[unit]}{unit}"
+    return str(n)
+
+
+def scratch_size_limit(spec: dict, cached: bool) -> str:
+    """What the scratch emptyDir may hold: for each platform built, the image's layers while it is read (in
+    the cache instead when there is one), the file contents kept for the archive, and the archive itself
+    before its push, each bounded by maxUncompressedSize. Over it the kubelet evicts the build pod (its own
+    disk use, not its neighbours', decides)."""
+    limit = quantity_bytes((spec.get("limits") or {}).get("maxUncompressedSize", DEFAULT_MAX_UNCOMPRESSED))
+    per_platform = limit * (1 + (not cached) + ("oci" in spec["output"]))
+    return quantity(per_platform * max(1, len(platforms(spec))))
+
+
+@dataclass(frozen=True)
 class Limits:
     """How long a build Job may hold its slot, and how long it stays once finished (operator settings)."""
     deadline_seconds: int = 3600      # activeDeadlineSeconds unless the build sets its own
@@ -89,7 +144,7 @@ class Limits:
 
 
 def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Sequence[tuple[str, str]] = (),
-              ids: PodIds = PodIds(), limits: Limits = Limits()) -> dict:
+              ids: PodIds = PodIds(), limits: Limits = Limits(), defaults: PodDefaults = PodDefaults()) -> dict:
     """The Job that builds `build` from the image at `digest`.
 
     `registry_secrets` are the build's registry Secrets as (name, key of the docker config),
@@ -100,7 +155,7 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
     name = job_name(build, digest)
     labels = {MANAGED_BY: OPERATOR, "app.kubernetes.io/name": "initramfs-builder",
               crd.BUILD_UID_LABEL: meta["uid"], GENERATION: str(build_generation(build))}
-    args, mounts, volumes = builder_arguments(spec, digest, registry_secrets)
+    args, mounts, volumes = builder_arguments(spec, digest, registry_secrets, build_cache(spec, defaults.cache))
     pod_security, container_security = security_contexts(ids)
     container = {
         "name": CONTAINER, "image": builder_image, "imagePullPolicy": "IfNotPresent",
@@ -112,8 +167,9 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security,
     }
-    if spec.get("resources"):
-        container["resources"] = spec["resources"]
+    resources: dict = spec.get("resources") or defaults.resources or {}
+    if resources:
+        container["resources"] = resources
     pod_spec = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -122,6 +178,8 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
         "containers": [container],
         "volumes": volumes,
     }
+    if defaults.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": secret} for secret in defaults.image_pull_secrets]
     for field in ("nodeSelector", "tolerations"):
         if spec.get(field):
             pod_spec[field] = spec[field]
@@ -213,13 +271,18 @@ def is_cleanup(job: dict) -> bool:
     return (job["metadata"].get("labels") or {}).get(COMPONENT) == CLEANUP
 
 
-def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[str, str]]) -> tuple[list, list, list]:
+def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[str, str]],
+                      cache: BuildCache | None = None) -> tuple[list, list, list]:
     """`initramfs-builder build` arguments, with the volumes and mounts they refer to."""
     compression = spec.get("compression") or {}
     args = ["build", pinned_image(spec, digest), "-c", compression.get("format", "gzip"),
             "--scratch-dir", SCRATCH, "--result-file", TERMINATION_LOG, "--quiet"]
     mounts: list[dict] = [{"name": "scratch", "mountPath": SCRATCH}]
-    volumes: list[dict] = [{"name": "scratch", "emptyDir": {}}]
+    volumes: list[dict] = [{"name": "scratch", "emptyDir": {"sizeLimit": scratch_size_limit(spec, bool(cache))}}]
+    if cache:
+        args += ["--cache-dir", CACHE, *(["--cache-max-size", cache.max_size] if cache.max_size else [])]
+        mounts.append({"name": "cache", "mountPath": CACHE})
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache.claim_name}})
 
     def mount(name: str, path: str, source: dict) -> None:
         mounts.append({"name": name, "mountPath": path, "readOnly": True})

@@ -32,6 +32,16 @@ def seconds(text: str) -> int:
     return int(text)
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def own_namespace() -> str:
     """Where the operator's Lease lives: its pod's namespace in a cluster, else "default"."""
     if os.environ.get("POD_NAMESPACE"):
@@ -77,6 +87,17 @@ def parser() -> argparse.ArgumentParser:
                    help="runAsGroup of the build pods; empty: not set ($INITRAMFS_BUILD_RUN_AS_GROUP, default 65532)")
     p.add_argument("--build-fs-group", type=pod_id, default=env("INITRAMFS_BUILD_FS_GROUP", default_id),
                    help="fsGroup of the build pods; empty: not set ($INITRAMFS_BUILD_FS_GROUP, default 65532)")
+    p.add_argument("--build-cache-claim", default=env("INITRAMFS_BUILD_CACHE_CLAIM", ""), metavar="PVC",
+                   help="layer cache of build pods that do not name their own (spec.cache): the PVC of this name in "
+                        "each build's namespace ($INITRAMFS_BUILD_CACHE_CLAIM; default: none)")
+    p.add_argument("--build-cache-max-size", default=env("INITRAMFS_BUILD_CACHE_MAX_SIZE", ""), metavar="SIZE",
+                   help="its size bound, a quantity such as 20Gi ($INITRAMFS_BUILD_CACHE_MAX_SIZE; default: none)")
+    p.add_argument("--build-image-pull-secrets", default=env("INITRAMFS_BUILD_IMAGE_PULL_SECRETS", ""),
+                   metavar="NAMES", help="comma-separated Secrets the build pods pull the builder image with, in "
+                                         "each build's namespace ($INITRAMFS_BUILD_IMAGE_PULL_SECRETS)")
+    p.add_argument("--build-resources", type=json_object, default=env("INITRAMFS_BUILD_RESOURCES", "{}"),
+                   metavar="JSON", help="resources of build pods that set none (spec.resources), as a container's "
+                                        "resources in JSON ($INITRAMFS_BUILD_RESOURCES)")
     p.add_argument("--delivery", action="store_true", default=env("INITRAMFS_DELIVERY", "") == "true",
                    help="write each delivering build's InitramfsRelease for the delivery agents, and sum their "
                         "reports into status.delivery and the Delivered condition "
@@ -95,14 +116,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("not a JSON object")
-    return value
+def pod_defaults(args: argparse.Namespace) -> buildjob.PodDefaults:
+    cache = buildjob.BuildCache(args.build_cache_claim, args.build_cache_max_size or None) \
+        if args.build_cache_claim else None
+    secrets = tuple(name.strip() for name in args.build_image_pull_secrets.split(",") if name.strip())
+    return buildjob.PodDefaults(cache, secrets, args.build_resources or None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
     settings = Settings(args.builder_image, args.max_concurrent_builds,
                         buildjob.PodIds(args.build_run_as_user, args.build_run_as_group, args.build_fs_group),
-                        buildjob.Limits(args.build_deadline, args.job_ttl),
+                        buildjob.Limits(args.build_deadline, args.job_ttl), pod_defaults(args),
                         verify=verifyjob.Settings(args.verifier_image, args.verify_default, args.kvm_resource))
     metrics.known_results((conditions.SUCCEEDED, *sorted(buildjob.REASONS | diagnosis.REASONS | verifyjob.REASONS)))
     operator = Operator(api.Kube(KubernetesTransport(kubernetes.client.ApiClient()), metrics.observe_request), settings,

@@ -60,9 +60,13 @@ class Operator:
     def start(self) -> None:
         for t in self.threads:
             t.start()
+        if self.delivery is not None:
+            self.delivery.nodes.start()
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.delivery is not None:
+            self.delivery.nodes.stop()
         self.reconciler.lookups.shutdown()
         self.reconciler.cleanup.lookups.shutdown()
         self.elector.release()

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import api, conditions, crd, rollout
 from .cache import Cache, snapshot
+from .informer import Informer, Key, Obj
 from .release import Releases
 from .selector import matches
 from .workqueue import WorkQueue
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DELIVERED = "Delivered"
 SHOWN_NODES = 5  # failed nodes named in a message; the rest are counted
+NODES_PAGE = 500  # Nodes per page of the listing (client-go's informers list 500 at a time)
 WINDOW = 3.0  # seconds: at most one status write per build in this time, the last one at most this late
 
 
@@ -147,9 +149,11 @@ class Coalescer:
 class DeliveryStatus:
     """Keeps `status.delivery` and the `Delivered` condition of every build with spec.delivery current.
 
-    Fed by two more indexes (handlers.py registers them when delivery is on): the agents'
-    reports by build UID, and every node's labels. A report or a build changing queues that
-    build; a node queues the builds whose selector it enters or leaves. One worker writes a
+    Fed by a kopf index of the agents' reports by build UID (handlers.py registers it when delivery
+    is on), and by an informer of every Node's labels: metadata-only, paged, holding a label map per
+    node (at 5,000 nodes the whole Node objects would be hundreds of MiB to list and hold). A report
+    or a build changing queues that build; a node queues the builds whose selector it enters or
+    leaves. Nothing is written until the nodes are listed. One worker writes a
     build's status only when the summary changed, as `coalesce` allows, with the resourceVersion
     it read (a conflict is retried on the next event).
     """
@@ -161,24 +165,18 @@ class DeliveryStatus:
         self.releases = Releases(kube)
         self.queue = WorkQueue()
         self._reports: Mapping[Hashable, Any] = {}
-        self._nodes: Mapping[Hashable, Any] = {}
-        # The labels each node had at its last event, to tell a relabelling from a status update. Only
-        # node_changed (kopf's event loop) touches it; the index has the new labels before the handler runs.
-        self._labels_seen: dict[str, dict[str, str]] = {}
+        self.nodes = Informer("nodes", kube, api.path("v1", "nodes"), self.node_changed, page_size=NODES_PAGE,
+                              metadata_only=True, keep=labels_only)
 
-    def bind(self, reports: Mapping[Hashable, Any], nodes: Mapping[Hashable, Any],
-             releases: Mapping[Hashable, Any]) -> None:
-        self._reports, self._nodes = reports, nodes
+    def bind(self, reports: Mapping[Hashable, Any], releases: Mapping[Hashable, Any]) -> None:
+        self._reports = reports
         self.releases.bind(releases)
 
-    def node_changed(self, name: str, labels: Mapping[str, str] | None) -> None:
-        """A Node event; `labels` None when it was deleted. Only labels feed the selectors: a status update
-        (kubelet heartbeats, every few seconds per node) queues nothing, a node added, deleted or relabelled
-        queues the builds whose selector it enters or leaves."""
-        before = self._labels_seen.pop(name, None)
-        after = dict(labels) if labels is not None else None
-        if after is not None:
-            self._labels_seen[name] = after
+    def node_changed(self, node: Key, old: Obj | None, new: Obj | None) -> None:
+        """A Node listed, changed or deleted (None). Only labels feed the selectors: a status update (kubelet
+        heartbeats) queues nothing, a node added, deleted or relabelled queues the builds whose selector it
+        enters or leaves."""
+        before, after = _labels(old), _labels(new)
         if before == after:
             return
         for key in self.builds.build_keys():
@@ -192,7 +190,9 @@ class DeliveryStatus:
             if key is None:
                 continue
             try:
-                if self.leading():
+                if not self.nodes.synced.is_set():
+                    self.queue.add_after(key, 1.0)  # a summary over a partial node list would be wrong
+                elif self.leading():
                     self.sync(key)
             except Exception:
                 log.exception("delivery status of %s failed", key)
@@ -201,18 +201,7 @@ class DeliveryStatus:
                 self.queue.done(key)
 
     def node_labels(self) -> dict[str, Mapping[str, str]]:
-        labels: dict[str, Mapping[str, str]] = {}
-        for node in snapshot(lambda: self._nodes):
-            found = self._first(self._nodes, node)
-            if found is not None:
-                labels[str(node)] = found
-        return labels
-
-    @staticmethod
-    def _first(index: Mapping[Hashable, Any], key: Hashable) -> Any:
-        store = index.get(key)
-        found: list[Any] = snapshot(lambda: store) if store is not None else []
-        return found[0] if found else None
+        return {name: _labels(node) or {} for (_, name), node in snapshot(lambda: self.nodes.objects.items())}
 
     def _all(self, key: Hashable) -> list[Any]:
         store = self._reports.get(key)
@@ -259,3 +248,13 @@ class DeliveryStatus:
         except api.ApiError as e:
             if e.status not in (404, 409):
                 raise
+
+
+def labels_only(node: Obj) -> Obj:
+    """What the operator keeps of a Node: its name, resourceVersion and labels."""
+    meta = node["metadata"]
+    return {"metadata": {k: meta[k] for k in ("name", "resourceVersion", "labels") if k in meta}}
+
+
+def _labels(node: Obj | None) -> dict[str, str] | None:
+    return dict(node["metadata"].get("labels") or {}) if node is not None else None

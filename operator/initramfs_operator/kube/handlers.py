@@ -25,6 +25,11 @@ JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
 EVENTS = ("", "v1", "events")
 BUILD_OBJECTS = {buildjob.MANAGED_BY: buildjob.OPERATOR}
+# Warning Events travel only if they may be about a build's Job or pod. A field selector cannot ask for
+# "Pod or Job", only exclude kinds: these make most of a fleet's Warnings (its nodes', its controllers').
+NOT_ABOUT_BUILDS = ("Node", "ReplicaSet", "Deployment", "StatefulSet", "DaemonSet", "CronJob",
+                    "HorizontalPodAutoscaler", "PersistentVolumeClaim", "PersistentVolume", "Service", "Endpoints")
+WARNINGS_SELECTOR = ",".join(["type=Warning", *(f"involvedObject.kind!={kind}" for kind in NOT_ABOUT_BUILDS)])
 
 
 @kopf.index(crd.GROUP, crd.VERSION, crd.PLURAL)
@@ -59,11 +64,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes) -> None
     # Only the operator's own Jobs and pods travel: the API server filters them.
     settings.watching.label_selectors[JOBS] = buildjob.SELECTOR
     settings.watching.label_selectors[PODS] = buildjob.SELECTOR
-    settings.watching.field_selectors[EVENTS] = "type=Warning"
+    settings.watching.field_selectors[EVENTS] = WARNINGS_SELECTOR
     operator: Operator = memo.operator
     operator.cache.bind(indexes["builds"], indexes["build_jobs"], indexes["build_pods"], indexes["build_warnings"])
     if operator.delivery:
-        operator.delivery.bind(indexes["delivery_reports"], indexes["node_labels"], indexes["releases"])
+        operator.delivery.bind(indexes["delivery_reports"], indexes["releases"])
     operator.start()
 
 
@@ -108,21 +113,16 @@ def dependent_event(operator: Operator, namespace: str | None, annotations: Mapp
     operator.reconciler.admission.wake()
 
 
-# --- delivery: the agents' reports and the nodes' labels, only when the agents run -------------
+# --- delivery: the agents' reports, only when the agents run (the Nodes' labels: delivery_status.py) ----
 
 DELIVERIES = (crd.GROUP, crd.VERSION, crd.DELIVERY_PLURAL)
 RELEASES = (crd.GROUP, crd.VERSION, crd.RELEASE_PLURAL)
-NODES = ("", "v1", "nodes")
 
 
 async def delivery_reports(body: kopf.Body, **_) -> dict | None:
     spec, meta = body.get("spec") or {}, body["metadata"]
     entry = {"spec": dict(spec), "status": dict(body.get("status") or {}), "metadata": {"name": meta["name"]}}
     return {spec["buildUID"]: entry} if spec.get("buildUID") else None
-
-
-async def node_labels(name: str, labels: Mapping[str, str], **_) -> dict:
-    return {name: dict(labels)}
 
 
 async def releases(body: kopf.Body, namespace: str | None, name: str, **_) -> dict:
@@ -141,17 +141,9 @@ async def release_event(namespace: str | None, name: str, memo: Any, **_) -> Non
         memo.operator.delivery.queue.add((namespace, name))
 
 
-async def node_event(name: str, labels: Mapping[str, str], event: Mapping[str, Any], memo: Any, **_) -> None:
-    """Every Node event, status updates included: delivery sorts out the few that change labels."""
-    if memo.operator.delivery:
-        memo.operator.delivery.node_changed(name, None if event.get("type") == "DELETED" else labels)
-
-
 def register_delivery() -> None:
-    """Watches that cost nothing unless delivery is on (and need RBAC on nodes, reports and releases then)."""
+    """Watches that cost nothing unless delivery is on (and need RBAC on reports and releases then)."""
     kopf.index(*DELIVERIES)(delivery_reports)
-    kopf.index(*NODES)(node_labels)
     kopf.index(*RELEASES)(releases)
     kopf.on.event(*DELIVERIES)(report_event)
     kopf.on.event(*RELEASES)(release_event)
-    kopf.on.event(*NODES)(node_event)

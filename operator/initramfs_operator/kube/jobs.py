@@ -79,7 +79,8 @@ class JobLifecycle:
         self.admission.offer(Candidate(
             report.namespace, report.name, report.uid, report.observed_generation, report.meta["creationTimestamp"],
             buildjob.job_name(build, digest),
-            lambda: buildjob.build_job(build, digest, s.builder_image, secrets, s.pod_ids, s.limits)))
+            lambda: buildjob.build_job(build, digest, s.builder_image, secrets, s.pod_ids, s.limits,
+                                                 s.pod_defaults)))
 
     def rejected(self, report: Report, rejection: Rejection) -> None:
         # A quota frees up, an admission webhook comes back: Stalled only once it keeps refusing.

@@ -13,6 +13,8 @@ BUILDS = Counter("initramfs_builds", "Builds that reached a final state, by resu
 DURATION = Histogram("initramfs_build_duration_seconds", "Run time of finished build Jobs", ["result"],
                      buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
 QUEUE_DEPTH = Gauge("initramfs_build_queue_depth", "InitramfsBuilds waiting for a build slot")
+QUEUE_OLDEST = Gauge("initramfs_build_queue_oldest_seconds",
+                     "How long the InitramfsBuild waiting longest for a build slot has waited (0: none waits)")
 RUNNING = Gauge("initramfs_builds_running", "Build slots taken: build Jobs not finished, or whose pods still run")
 RECONCILE_ERRORS = Counter("initramfs_reconcile_errors", "Passes over a build that failed and will be retried")
 API_LATENCY = Histogram("initramfs_api_request_duration_seconds",

@@ -7,8 +7,9 @@ it arrives, so inflating and parsing overlap with the transfer; those bytes are 
 they are read, because they are the ones used (a download restarted after a broken connection
 writes the file again from the start). A layer opened once its file is verified, or found in the
 cache (read once its check is done), is read with only its size checked: its bytes are hashed
-once. Files live in the layer cache when there is one (written atomically, so a crash leaves no
-half blob behind), otherwise in a scratch directory that closing `Downloads` removes.
+once. Files live in the layer cache when there is one (see `cache`: shared by concurrent builds,
+each blob pinned from its check until the image is closed, then the cache trimmed to its size
+bound), otherwise in a scratch directory that closing `Downloads` removes.
 """
 
 import logging
@@ -26,6 +27,7 @@ from typing import BinaryIO
 from ...errors import BuildError, InvalidImageError, UsageError
 from .. import image
 from ..digests import VerifyingReader
+from . import cache
 from .options import RegistryOptions
 from .transport import READ_SIZE, Body, Transport, fail
 
@@ -38,12 +40,14 @@ class Downloads:
     def __init__(self, transport: Transport, options: RegistryOptions):
         self._transport = transport
         self._cached = bool(options.cache_dir)
+        self._cache_max_bytes = options.cache_max_bytes
         # The cache's blobs/ (left in place), or a scratch directory of this image's own.
         self._directory = os.path.join(options.cache_dir, "blobs") if options.cache_dir \
             else _scratch_dir(options.scratch_dir)
         self._slots = threading.Semaphore(max(1, options.jobs))
         self._futures: dict[str, Future[str]] = {}
         self._arrivals: dict[str, _Arrival] = {}
+        self._pins: dict[str, int] = {}  # digest -> a shared-locked descriptor of its cached blob
         self._on_bytes = options.on_bytes
         self._lock = threading.Lock()  # guards the fields below, scratch files' creation and `on_bytes`
         self._closed = False
@@ -77,14 +81,34 @@ class Downloads:
     def arriving(self, d: image.Descriptor) -> "ArrivingBlob":
         """The blob of `d` read as its download writes it."""
         future = self.start(d)
-        return ArrivingBlob(self._arrivals[d.digest], future)
+        return ArrivingBlob(self._arrivals[d.digest], future, lambda: self.open_verified(d))
+
+    def open_verified(self, d: image.Descriptor) -> int:
+        """A new descriptor of the verified blob of `d` (its download done): the pinned inode of a cached one."""
+        path = self.start(d).result()
+        with self._lock:
+            pinned = self._pins.get(d.digest)
+        return os.dup(pinned) if pinned is not None else os.open(path, os.O_RDONLY)
 
     def close(self) -> None:
-        """Removes the scratch files; downloads in flight fail, and those not started never start."""
+        """Removes the scratch files, or trims the cache to its bound and unpins this image's blobs; downloads
+        in flight fail, and those not started never start."""
         with self._lock:
             self._closed = True
             if not self._cached:
                 shutil.rmtree(self._directory, ignore_errors=True)
+                return
+            for fd in self._pins.values():
+                os.close(fd)
+            self._pins.clear()
+        if self._cache_max_bytes is not None:
+            try:  # this image's blobs were used last: they go last
+                gone = cache.evict(self._directory, self._cache_max_bytes)
+                if gone.removed:
+                    log.info("layer cache: evicted %d files (%d bytes); %d bytes kept",
+                             gone.removed, gone.freed, gone.kept)
+            except OSError as e:  # the build is done: a cache that cannot be trimmed is not its failure
+                log.warning("layer cache: cannot trim %s: %s", self._directory, e.strerror)
 
     def _run(self, future: "Future[str]", d: image.Descriptor) -> None:
         with self._slots:  # `jobs` at a time, roughly in the order asked
@@ -119,24 +143,40 @@ class Downloads:
 
     def _fetch_to_cache(self, d: image.Descriptor) -> str:
         path = self._cache_path(d)
-        if os.path.exists(path):
+        pinned = cache.pin(path)
+        if pinned is not None:
             try:
-                with open(path, "rb") as f:
-                    VerifyingReader(f, d.digest, d.size, "cached layer").verify()
+                with closing(VerifyingReader(cache.BlobFile(os.dup(pinned)), d.digest, d.size, "cached layer")) as f:
+                    f.verify()
+                self._keep_pin(d, pinned)
                 self._progress(d.size)
                 return path
             except InvalidImageError as e:
+                os.close(pinned)
                 log.warning("%s; downloading it again", e)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-        os.close(fd)
+            except BaseException:
+                os.close(pinned)
+                raise
+        pinned, tmp = cache.create(path)
         try:
             _download(self._transport, d, tmp, lambda: _create(tmp), self._progress, self._arrivals[d.digest])
-            os.replace(tmp, path)
-        finally:
+            os.replace(tmp, path)  # over a corrupt blob, or the same bytes another build just downloaded
+        except BaseException:
+            os.close(pinned)
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            raise
+        self._keep_pin(d, pinned)
         return path
+
+    def _keep_pin(self, d: image.Descriptor, fd: int) -> None:
+        """Holds the blob's pin until `close`, and marks it as just used."""
+        cache.touch(fd)
+        with self._lock:
+            if self._closed:  # the image was closed while this download ran: nothing will read it
+                os.close(fd)
+            else:
+                self._pins[d.digest] = fd
 
     def _create_scratch(self, path: str) -> BinaryIO:
         with self._lock:  # never a file in a scratch directory being removed
@@ -165,7 +205,8 @@ class RegistryLayer:
         d = self.descriptor
         future = self.downloads.start(d)
         if future.done() or self.downloads.in_cache(d):
-            return VerifyingReader(open(future.result(), "rb"), d.digest, d.size, "layer", hashed=False)
+            return VerifyingReader(cache.BlobFile(self.downloads.open_verified(d)), d.digest, d.size, "layer",
+                                   hashed=False)
         return VerifyingReader(self.downloads.arriving(d), d.digest, d.size, "layer")
 
 
@@ -196,8 +237,8 @@ class ArrivingBlob:
     """A blob's file read while its download writes it: `read` waits for bytes, and ends where the
     finished download ended; the download's failure is raised to the reader."""
 
-    def __init__(self, arrival: _Arrival, download: "Future[str]"):
-        self._arrival, self._download = arrival, download
+    def __init__(self, arrival: _Arrival, download: "Future[str]", open_verified: Callable[[], int]):
+        self._arrival, self._download, self._open_verified = arrival, download, open_verified
         self._fd: int | None = None
         self._pos = 0
         self._closed = False
@@ -215,16 +256,17 @@ class ArrivingBlob:
                 done = self._download.done()
                 path, end = self._arrival.path, self._arrival.written
             if done:
-                path = self._download.result()  # the download's error, if it failed
+                self._download.result()  # the download's error, if it failed
             if self._fd is None:
-                assert path is not None
-                try:
-                    self._fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    if done:
-                        raise
-                    wait([self._download])  # it just ended: its file renamed into the cache, or removed
-                    continue
+                if done:
+                    self._fd = self._open_verified()
+                else:
+                    assert path is not None
+                    try:
+                        self._fd = os.open(path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        wait([self._download])  # it just ended: its file renamed into the cache, or removed
+                        continue
             if done:
                 data = os.pread(self._fd, n, self._pos)
             else:

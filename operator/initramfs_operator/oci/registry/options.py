@@ -33,6 +33,7 @@ class RegistryOptions:
     ca_certs: bytes | None = field(default=None, repr=False)  # PEM, trusted in addition to the system CAs
     keychain: Keychain = field(default_factory=Keychain)  # empty: anonymous access
     cache_dir: str | None = None         # content-addressed layer cache, shared between runs
+    cache_max_bytes: int | None = None   # the cache trimmed to this after each image (None: unbounded)
     scratch_dir: str | None = None       # where layers wait until read (default: $TMPDIR)
     jobs: int = 4                        # parallel layer downloads
     on_bytes: Callable[[int], None] | None = None
