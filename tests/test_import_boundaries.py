@@ -2,7 +2,8 @@
 
 errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/
 (the cpio format, compression, output) beside each other, archive knowing nothing of images or trees;
-rootfs/ (the flattened tree) on both; build and cli on top. kube/ (the operator) sits beside the engine:
+rootfs/ (the flattened tree) on both; build (with progress, what a build shows while it runs) and cli on
+top. kube/ (the operator) sits beside the engine:
 it may use all of it, and nothing in the engine imports kube/ or the operator's libraries. kube/api.py,
 kube/client.py and kube/metrics.py, at the bottom of kube/, import nothing of the package. delivery/ (the
 agent on each VM host) uses the engine and the few parts of kube/ both programs share (the API client and
@@ -37,8 +38,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "archive.cpio": ("errors",),
     # the tree is built from image layers and turned into the format's records
     "rootfs": ("errors", "oci", "archive.cpio", "rootfs"),
-    "build": ("errors", "oci", "archive", "rootfs"),
-    "cli": ("", "errors", "oci", "archive", "rootfs", "build"),
+    # what a build is doing, watched from beside it
+    "progress": ("oci", "archive", "rootfs"),
+    "build": ("errors", "oci", "archive", "rootfs", "progress"),
+    "cli": ("", "errors", "oci", "archive", "rootfs", "progress", "build"),
     # the entry points that need the [operator] extra
     "extra": (),
     "kube": ("", "errors", "oci", "archive", "rootfs", "build", "cli", "extra", "kube"),

@@ -12,13 +12,12 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 from contextlib import suppress
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import __version__, build
+from . import __version__, build, progress
 from .archive import compress, output
 from .errors import BuildError, OutputError, UsageError
 from .oci import reference, registry, source
@@ -35,38 +34,7 @@ IMAGE_HELP = ("registry reference (alpine, ghcr.io/org/app:1.0, host:5000/app@sh
               "oci:DIR[:TAG|@DIGEST] (OCI image layout) or docker-archive:FILE[:REPO:TAG] (docker save)")
 
 
-class Progress:
-    """One status line on stderr, only on a terminal: bytes downloaded and the current phase."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.downloaded = 0
-        self.phase = "resolving"
-        self._shown = 0.0
-
-    def on_bytes(self, n: int) -> None:
-        self.downloaded += n
-        self._show()
-
-    def report(self, phase: str) -> None:
-        self.phase = phase
-        self._show(force=True)
-
-    def _show(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.enabled and (force or now - self._shown > 0.1):
-            self._shown = now
-            downloaded = f"{self.downloaded / 1e6:.1f} MB downloaded | " if self.downloaded else ""
-            sys.stderr.write(f"\r\033[K{downloaded}{self.phase}")
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
-def _registry_options(args: argparse.Namespace, progress: Progress | None = None) -> registry.RegistryOptions:
+def _registry_options(args: argparse.Namespace) -> registry.RegistryOptions:
     password = None
     if getattr(args, "password_stdin", False):
         if not args.username:
@@ -80,8 +48,7 @@ def _registry_options(args: argparse.Namespace, progress: Progress | None = None
         insecure=tuple(args.insecure_registry),
         ca_certs=registry.read_ca_file(args.ca_file) if args.ca_file and uses_registry else None,
         keychain=_keychain(args.username, password, args.registry_config) if uses_registry else registry.Keychain(),
-        cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
-        on_bytes=progress.on_bytes if progress else None)
+        cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None))
 
 
 def _keychain(username: str | None, password: str | None, config_files: list[str]) -> registry.Keychain:
@@ -143,10 +110,6 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"--scratch-dir {args.scratch_dir}: no such directory")
 
 
-def _warn(message: str) -> None:
-    print(f"initramfs-builder: warning: {message}", file=sys.stderr)
-
-
 def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     if args.output is not None and args.push:
         raise UsageError("choose one of -o/--output and --push")
@@ -157,27 +120,31 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
         scratch_dir=args.scratch_dir, memory_budget=_size(args.memory_budget, "--memory-budget"),
         limits=Limits(_size(args.max_uncompressed_size, "--max-uncompressed-size"), args.max_entries))
     _check_paths(args)
-    progress = Progress(sys.stderr.isatty() and not args.quiet)
-    reg = _registry_options(args, progress)
+    shown = progress.for_stream(sys.stderr, args.quiet)
+
+    def warn(message: str) -> None:
+        shown.print(f"initramfs-builder: warning: {message}")
+
+    reg = _registry_options(args)
     # parsed here, once: a bad destination (or one that is not a tag) fails before any download
     target = registry.push_target(args.push) if args.push else None
     with source.load(args.image, _platform(args), reg) as image:
         try:
             if target is None:
                 out = args.output or "initramfs" + compress.EXTENSIONS[args.compression]
-                result = build.build_file(image, out, options, progress.report, args.create_dirs, _warn)
+                result = build.build_file(image, out, options, shown, args.create_dirs, warn)
                 return {"output": os.path.abspath(out), **_result(result)}
             with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
                 path = os.path.join(tmp, "initramfs" + compress.EXTENSIONS[args.compression])
-                result = build.build_file(image, path, options, progress.report, warn=_warn)
-                progress.report("pushing")
+                result = build.build_file(image, path, options, shown, warn=warn)
                 media_type = registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression]
-                digest = registry.push_artifact(
-                    path, target, media_type=media_type, annotations=_base_annotations(image, args.image, epoch),
-                    subject=_subject(image, args.image, target), options=reg)
+                with shown.upload(result.size) as sent:
+                    digest = registry.push_artifact(
+                        path, target, media_type=media_type, annotations=_base_annotations(image, args.image, epoch),
+                        subject=_subject(image, args.image, target), options=replace(reg, on_bytes=sent))
             return {"reference": f"{target.name}@{digest}", "tag": target.tag, "digest": digest, **_result(result)}
         finally:
-            progress.done()
+            shown.close()
 
 
 def _result(r: build.Result) -> dict[str, Any]:
