@@ -2,8 +2,9 @@
 
 errors at the bottom; oci/ (references, digests, images, layers, their sources, registry/) and archive/ (the
 cpio format, compression, output) beside each other, archive knowing nothing of images or trees; rootfs/ (the
-flattened tree) on both; build, boot/ (booting an output) and cli on top. kube/ (the operator) sits beside the
-engine: it may use all of it, and nothing in the engine imports kube/ or the operator's libraries.
+flattened tree) on both; build (with progress, what a build shows while it runs), boot/ (booting an output)
+and cli on top. kube/ (the operator) sits beside the engine: it may use all of it, and nothing in the engine
+imports kube/ or the operator's libraries.
 kube/api.py, kube/client.py and kube/metrics.py, at the bottom of kube/, import nothing of the package.
 delivery/ (the agent on each VM host) uses the engine and the few parts of kube/ both programs share (the API
 client and its own transport, the API's names, conditions' timestamps, selectors, registry access, the work
@@ -37,10 +38,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "archive.cpio": ("errors",),
     # the tree is built from image layers and turned into the format's records
     "rootfs": ("errors", "oci", "archive.cpio", "rootfs"),
-    "build": ("errors", "oci", "archive", "rootfs"),
+    # what a build is doing, watched from beside it
+    "progress": ("oci", "archive", "rootfs"),
+    "build": ("errors", "oci", "archive", "rootfs", "progress"),
     # booting an output to verify it: the kernel comes out of an image like any build's root
     "boot": ("errors", "oci", "archive", "rootfs", "boot"),
-    "cli": ("", "errors", "oci", "archive", "rootfs", "build", "boot"),
+    "cli": ("", "errors", "oci", "archive", "rootfs", "progress", "build", "boot"),
     # the entry points that need the [operator] extra
     "extra": (),
     "kube": ("", "errors", "oci", "archive", "rootfs", "build", "boot", "cli", "extra", "kube"),

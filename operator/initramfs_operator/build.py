@@ -2,13 +2,14 @@
 
 import hashlib
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .archive import compress, cpio, output
 from .errors import InvalidImageError, UsageError
 from .oci.image import Image
 from .oci.layer import Budget, Limits
+from .progress import SILENT, Progress
 from .rootfs import edit, initscript
 from .rootfs.flatten import apply
 from .rootfs.pathmatch import Globs
@@ -57,11 +58,11 @@ class Result:
     init: str  # "image", "file" or "generated"
 
 
-Report = Callable[[str], None]
+Warn = Callable[[str], None]
 
 
-def build(image: Image, out: compress.Sink, options: BuildOptions, report: Report = lambda _: None,
-          warn: Report = lambda _: None) -> tuple[int, str]:
+def build(image: Image, out: compress.Sink, options: BuildOptions, progress: Progress = SILENT,
+          warn: Warn = lambda _: None) -> tuple[int, str]:
     """Writes the compressed initramfs of `image` to `out`; returns (entries, init source), both read
     from what the archive writer wrote."""
     budget = Budget(options.limits)
@@ -70,8 +71,8 @@ def build(image: Image, out: compress.Sink, options: BuildOptions, report: Repor
         for layer in image.layers:
             layer.prefetch()  # remote layers download in parallel while the first ones are applied
         for i, layer in enumerate(image.layers, 1):
-            report(f"layer {i}/{len(image.layers)} {layer.descriptor.digest[:19]}")
-            apply(tree, layer, scratch, budget)
+            with progress.layer(layer, i, len(image.layers)) as watched:
+                apply(tree, watched, scratch, budget)
         edit.exclude(tree, options.exclude)
         for item in options.inject:
             edit.inject(tree, scratch, item)
@@ -80,18 +81,12 @@ def build(image: Image, out: compress.Sink, options: BuildOptions, report: Repor
         sink = compress.writer(out, options.compression, options.compress_level, options.threads)
         writer = cpio.Writer(sink, watch={"init"})
         records = cpio.clamp_mtime(tree_records(tree, scratch), options.source_date_epoch, warn)
-        for record in _counted(records, f"writing {options.compression} archive", report):
-            writer.write(record)
-        writer.close()
-        sink.close()
+        with progress.archive(options.compression, tree, writer):
+            for record in records:
+                writer.write(record)
+            writer.close()
+            sink.close()
         return writer.records, _init_source(writer.watched.get("init"), installed)
-
-
-def _counted(records: Iterator[cpio.Record], phase: str, report: Report) -> Iterator[cpio.Record]:
-    for n, record in enumerate(records):
-        if n % 1000 == 0:
-            report(f"{phase}: {n} entries")
-        yield record
 
 
 def _install_init(tree: Tree, scratch: Scratch, image: Image, options: BuildOptions) -> tuple[str, str | None]:
@@ -123,11 +118,11 @@ def _init_source(written: cpio.Written | None, installed: tuple[str, str | None]
     return "image"
 
 
-def build_file(image: Image, path: str, options: BuildOptions, report: Report = lambda _: None,
-               create_dirs: bool = False, warn: Report = lambda _: None) -> Result:
+def build_file(image: Image, path: str, options: BuildOptions, progress: Progress = SILENT,
+               create_dirs: bool = False, warn: Warn = lambda _: None) -> Result:
     """Builds into `path` atomically: on any failure no file (and no partial file) is left."""
     with output.atomic(path, create_dirs) as out:
-        entries, init_source = build(image, out, options, report, warn)
+        entries, init_source = build(image, out, options, progress, warn)
     d = out.digests
     return Result(d.size, d.sha256.hexdigest(), d.sha512.hexdigest(), entries, image.name, image.digest,
                   str(image.config.platform), options.compression, init_source)

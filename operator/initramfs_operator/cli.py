@@ -16,20 +16,22 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import __version__, build
+from . import __version__, build, progress
 from .archive import compress, output
+from .archive.cpio import Writer
 from .boot import console, kernel, machine
 from .errors import BootFailed, BootTimeout, BuildError, LimitExceeded, OutputError, UsageError
 from .oci import reference, registry, source
-from .oci.image import DEFAULT_PLATFORM, Descriptor, Image, Platform
+from .oci.image import DEFAULT_PLATFORM, Descriptor, Image, Layer, Platform
 from .oci.layer import Limits
 from .rootfs.edit import Injection
 from .rootfs.scratch import MEMORY_BUDGET
+from .rootfs.tree import Tree
 
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
@@ -39,38 +41,7 @@ IMAGE_HELP = ("registry reference (alpine, ghcr.io/org/app:1.0, host:5000/app@sh
               "oci:DIR[:TAG|@DIGEST] (OCI image layout) or docker-archive:FILE[:REPO:TAG] (docker save)")
 
 
-class Progress:
-    """One status line on stderr, only on a terminal: bytes downloaded and the current phase."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.downloaded = 0
-        self.phase = "resolving"
-        self._shown = 0.0
-
-    def on_bytes(self, n: int) -> None:
-        self.downloaded += n
-        self._show()
-
-    def report(self, phase: str) -> None:
-        self.phase = phase
-        self._show(force=True)
-
-    def _show(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.enabled and (force or now - self._shown > 0.1):
-            self._shown = now
-            downloaded = f"{self.downloaded / 1e6:.1f} MB downloaded | " if self.downloaded else ""
-            sys.stderr.write(f"\r\033[K{downloaded}{self.phase}")
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
-def _registry_options(args: argparse.Namespace, progress: Progress | None = None) -> registry.RegistryOptions:
+def _registry_options(args: argparse.Namespace) -> registry.RegistryOptions:
     password = None
     if getattr(args, "password_stdin", False):
         if not args.username:
@@ -85,8 +56,7 @@ def _registry_options(args: argparse.Namespace, progress: Progress | None = None
         ca_certs=registry.read_ca_file(args.ca_file) if args.ca_file and uses_registry else None,
         keychain=_keychain(args.username, password, args.registry_config) if uses_registry else registry.Keychain(),
         cache_dir=getattr(args, "cache_dir", None), scratch_dir=getattr(args, "scratch_dir", None),
-        cache_max_bytes=_cache_max_bytes(args),
-        on_bytes=progress.on_bytes if progress else None)
+        cache_max_bytes=_cache_max_bytes(args))
 
 
 def _images(args: argparse.Namespace) -> list[str]:
@@ -200,10 +170,6 @@ def _check_scratch(args: argparse.Namespace) -> None:
         raise UsageError(f"--scratch-dir {args.scratch_dir}: no such directory")
 
 
-def _warn(message: str) -> None:
-    print(f"initramfs-builder: warning: {message}", file=sys.stderr)
-
-
 def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     if args.output is not None and args.push:
         raise UsageError("choose one of -o/--output and --push")
@@ -215,8 +181,7 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
         limits=Limits(_size(args.max_uncompressed_size, "--max-uncompressed-size"), args.max_entries))
     _check_scratch(args)
     wanted = _platforms(args)
-    progress = Progress(sys.stderr.isatty() and not args.quiet)
-    reg = _registry_options(args, progress)
+    reg = _registry_options(args)
     # parsed here, once: a bad destination (or one that is not a tag) fails before any download
     target = registry.push_target(args.push) if args.push else None
     several = wanted is None or len(wanted) > 1
@@ -225,12 +190,15 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     platforms = wanted if wanted is not None else _all_platforms(args, reg)
     if target is None and wanted is None:
         paths = _output_paths(args, platforms, several)
+    for path in paths.values():
+        output.check_target(path)
+    shown = progress.for_stream(sys.stderr, args.quiet)
     try:
         if not several:
-            return _build_one(args, platforms[0], options, reg, target, paths, progress.report)
-        return _build_several(args, platforms, options, reg, target, paths, progress.report)
+            return _build_one(args, platforms[0], options, reg, target, paths, shown)
+        return _build_several(args, platforms, options, reg, target, paths, shown)
     finally:
-        progress.done()
+        shown.close()
 
 
 @dataclass
@@ -244,32 +212,36 @@ class Built:
 
 def _build_platform(args: argparse.Namespace, platform: Platform, options: build.BuildOptions,
                     reg: registry.RegistryOptions, target: reference.Reference | None, path: str,
-                    report: build.Report, tag: str | None) -> Built:
+                    shown: progress.Progress, tag: str | None) -> Built:
     """Builds one platform into `path`, or (with a target) pushes it, to `tag` or by digest only."""
+    def warn(message: str) -> None:
+        shown.print(f"initramfs-builder: warning: {message}")
+
     with source.load(args.image, platform, reg) as image:
         if target is None:
-            result = build.build_file(image, path, options, report, args.create_dirs, _warn)
+            result = build.build_file(image, path, options, shown, args.create_dirs, warn)
             return Built(result, image.index_digest)
         with tempfile.TemporaryDirectory(dir=args.scratch_dir, prefix="initramfs-push-") as tmp:
             local = os.path.join(tmp, path)
-            result = build.build_file(image, local, options, report, warn=_warn)
-            report("pushing")
+            result = build.build_file(image, local, options, shown, warn=warn)
             media_type = registry.ARTIFACT_TYPE + ".cpio" + compress.MEDIA_SUFFIX[args.compression]
-            pushed = registry.push_manifest(
-                local, target, media_type=media_type,
-                annotations=_base_annotations(image, args.image, options.source_date_epoch),
-                subject=_subject(image, args.image, target), options=reg, tag=tag)
+            with shown.upload(result.size) as sent:
+                pushed = registry.push_manifest(
+                    local, target, media_type=media_type,
+                    annotations=_base_annotations(image, args.image, options.source_date_epoch),
+                    subject=_subject(image, args.image, target), options=dataclasses.replace(reg, on_bytes=sent),
+                    tag=tag)
         return Built(result, image.index_digest, pushed)
 
 
 def _build_one(args: argparse.Namespace, platform: Platform, options: build.BuildOptions,
                reg: registry.RegistryOptions, target: reference.Reference | None, paths: dict[Platform, str],
-               report: build.Report) -> dict[str, Any]:
+               shown: progress.Progress) -> dict[str, Any]:
     if target is None:
-        built = _build_platform(args, platform, options, reg, None, paths[platform], report, None)
+        built = _build_platform(args, platform, options, reg, None, paths[platform], shown, None)
         return {"output": os.path.abspath(paths[platform]), **_result(built.result)}
     built = _build_platform(args, platform, options, reg, target, "initramfs" + compress.EXTENSIONS[args.compression],
-                            report, target.tag)
+                            shown, target.tag)
     assert built.pushed is not None
     digest = built.pushed.digest
     return {"reference": f"{target.name}@{digest}", "tag": target.tag, "digest": digest, **_result(built.result)}
@@ -277,14 +249,14 @@ def _build_one(args: argparse.Namespace, platform: Platform, options: build.Buil
 
 def _build_several(args: argparse.Namespace, platforms: list[Platform], options: build.BuildOptions,
                    reg: registry.RegistryOptions, target: reference.Reference | None, paths: dict[Platform, str],
-                   report: build.Report) -> dict[str, Any]:
+                   shown: progress.Progress) -> dict[str, Any]:
     """Every platform, side by side; files appear only once all are built, an index only once every platform's
     artifact is pushed."""
     extension = compress.EXTENSIONS[args.compression]
     staged = {p: _staged(path) for p, path in paths.items()}
     try:
-        built = _each_platform(platforms, options, report, lambda p, opts, say: _build_platform(
-            args, p, opts, reg, target, staged.get(p) or p.expand("initramfs-{arch}" + extension), say, None))
+        built = _each_platform(platforms, options, shown, lambda p, opts, beside: _build_platform(
+            args, p, opts, reg, target, staged.get(p) or p.expand("initramfs-{arch}" + extension), beside, None))
         for p, path in paths.items():
             try:
                 os.replace(staged[p], path)
@@ -309,7 +281,6 @@ def _build_several(args: argparse.Namespace, platforms: list[Platform], options:
                            "platforms": entries}
     if target is None:
         return out
-    report("pushing the index")
     index = registry.push_index(target, [_index_entry(p, b) for p, b in zip(platforms, built, strict=True)],
                                 {BASE_NAME: args.image, BASE_DIGEST: built[0].index_digest or first.image_digest},
                                 reg)
@@ -332,14 +303,42 @@ def _index_entry(platform: Platform, built: Built) -> Descriptor:
 
 
 class Cancelled(Exception):
-    """Another platform failed: this one stops at its next progress report."""
+    """Another platform failed: this one stops at its next phase."""
+
+
+class _Beside(progress.Progress):
+    """The progress of one platform built beside others: none on the screen (one redrawn line cannot follow
+    several builds at once), warnings through the command's, and a stop at the next phase once another
+    platform failed."""
+
+    def __init__(self, platform: Platform, shown: progress.Progress, stop: threading.Event):
+        self.platform, self.shown, self.stop = platform, shown, stop
+
+    def _going_on(self) -> None:
+        if self.stop.is_set():
+            raise Cancelled(str(self.platform))
+
+    def layer(self, layer: Layer, number: int, count: int) -> AbstractContextManager[Layer]:
+        self._going_on()
+        return super().layer(layer, number, count)
+
+    def archive(self, compression: str, tree: Tree, writer: Writer) -> AbstractContextManager[None]:
+        self._going_on()
+        return super().archive(compression, tree, writer)
+
+    def upload(self, size: int) -> AbstractContextManager[Callable[[int], None]]:
+        self._going_on()
+        return super().upload(size)
+
+    def print(self, message: str) -> None:
+        self.shown.print(message)
 
 
 T = TypeVar("T")
 
 
-def _each_platform(platforms: list[Platform], options: build.BuildOptions, report: build.Report,
-                   work: Callable[[Platform, build.BuildOptions, build.Report], T]) -> list[T]:
+def _each_platform(platforms: list[Platform], options: build.BuildOptions, shown: progress.Progress,
+                   work: Callable[[Platform, build.BuildOptions, progress.Progress], T]) -> list[T]:
     """`work` for every platform, as many at once as there are --threads (each with its share of the threads and
     of the memory budget, which changes no output byte); the first failure stops the others and is raised."""
     threads = options.threads or compress.default_threads()
@@ -349,12 +348,8 @@ def _each_platform(platforms: list[Platform], options: build.BuildOptions, repor
     stop = threading.Event()
 
     def run(platform: Platform) -> T:
-        def say(phase: str) -> None:
-            if stop.is_set():
-                raise Cancelled(str(platform))
-            report(f"{platform}: {phase}")
         try:
-            return work(platform, share, say)
+            return work(platform, share, _Beside(platform, shown, stop))
         except BuildError as e:
             if not str(e).startswith(f"{platform}: "):  # a failed platform names itself
                 e.args = (f"{platform}: {e}", *e.args[1:])

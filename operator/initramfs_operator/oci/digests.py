@@ -65,6 +65,11 @@ class VerifyingReader:
     def readable(self) -> bool:
         return True
 
+    @property
+    def position(self) -> int:
+        """Bytes read so far (a progress display watches it from another thread)."""
+        return self._seen
+
     def verify(self) -> None:
         while self.read(1 << 20):
             pass
