@@ -13,6 +13,8 @@ Not a test: run it by hand, `python3 benchmarks/benchmark.py` (about 5 minutes; 
   set for its process alone, makes it trust the test CA and nothing is installed on the host.
 - The same registry behind a relay that sends at most 50 MB/s (a registry across a network): our
   build beside downloading the layer alone, to show how much of the build overlaps the download.
+- Our tool runs from the checkout's pure-Python sources, or with `--compiled` from the mypyc build
+  (setup.py with INITRAMFS_MYPYC=1, built once into the cache as the tests build it).
 - The Rust `initramfs-builder` 0.2.1 is installed with `cargo install` into the cache, once.
 - Every pipeline runs `--runs` times (default 3), interleaved; the table shows the median wall
   time and peak RSS (GNU time's %M: the largest process of the pipeline) and the output size.
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import _paths  # first: tests/ and operator/ on sys.path
+from fixtures.compiled import compiled_engine
 from fixtures.registry import Registry, start_registry
 
 CACHE = Path(os.environ.get("INITRAMFS_TOOLS_CACHE", Path.home() / ".cache/initramfs-operator"))
@@ -282,15 +285,15 @@ def floor(image: str, layout: Layout) -> list[Pipeline]:
                                                       f"| sha512sum > /dev/null")]
 
 
-def ours(image: str, source: str, compression: str, work: Path, *extra: str, registry: Registry | None = None,
-         variant: str = "") -> Pipeline:
+def ours(image: str, source: str, compression: str, work: Path, engine: Path, *extra: str,
+         registry: Registry | None = None, variant: str = "") -> Pipeline:
     where = "registry" if registry else "layout"
     name = f"ours {where} -> {compression}" + (f", {variant}" if variant else "")
     out = work / ("".join(c if c.isalnum() or c in "-." else "_" for c in name) + f".{image}.img")
     tls = ["--ca-file", str(registry.ca_file)] if registry else []
     command = [sys.executable, "-m", "initramfs_operator.cli", "build", source, "-o", str(out), "-c", compression,
                "-q", "--scratch-dir", str(work), *tls, *extra]
-    return Pipeline(image, name, command, out, {"PYTHONPATH": str(_paths.REPO / "operator")},
+    return Pipeline(image, name, command, out, {"PYTHONPATH": str(engine)},
                     same_as=f"{image} {where} {compression}")
 
 
@@ -335,14 +338,14 @@ class Throttle:
 
 
 def throttled(image: str, layout: Layout, reference: str, registry: Registry, throttle: Throttle,
-              work: Path) -> list[Pipeline]:
+              work: Path, engine: Path) -> list[Pipeline]:
     """Downloading the layers alone, and our build, through the throttle."""
     slow = reference.replace(registry.host, throttle.host, 1)
     repository = slow.rsplit(":", 1)[0]
     urls = " ".join(f"https://{throttle.host}/v2/{repository.split('/', 1)[1]}/blobs/sha256:{p.name}"
                     for p in layout.layers)
     variant = f"at {THROTTLE_MB_S} MB/s"
-    build = ours(image, slow, "zstd", work, registry=registry, variant=variant)
+    build = ours(image, slow, "zstd", work, engine, registry=registry, variant=variant)
     build.same_as += " throttled"  # its own group: the generated /init names the reference, the relay's port
     return [Pipeline(image, f"download {variant}: curl", f"curl -sf --cacert {registry.ca_file} {urls} > /dev/null"),
             build]
@@ -435,11 +438,16 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--skip-large", action="store_true", help="only the minbase image")
     parser.add_argument("--rust-large", action="store_true", help="run the Rust tool on the large image too (slow)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="run our tool compiled by mypyc (setup.py, INITRAMFS_MYPYC=1; built once into the cache), "
+                             "not the checkout's pure-Python sources")
     args = parser.parse_args()
     missing = missing_prerequisites()
     if missing:
         sys.exit(f"missing: apt-get install {' '.join(missing)}")
     rust_tool()
+    engine = compiled_engine() if args.compiled else _paths.REPO / "operator"
+    print(f"our tool: {'compiled by mypyc' if args.compiled else 'pure Python'}, from {engine}", flush=True)
     root = minbase_rootfs()
     images = {"minbase": minbase_image(root)}
     if not args.skip_large:
@@ -449,7 +457,7 @@ def main() -> None:
         registry, server = start_registry(work / "registry", tls=True)
         try:
             throttle = Throttle(registry.host, THROTTLE_MB_S * 1e6)
-            pipelines = plan(images, registry, throttle, work, args.rust_large)
+            pipelines = plan(images, registry, throttle, work, engine, args.rust_large)
             for i in range(args.runs):
                 print(f"run {i + 1}/{args.runs}", flush=True)
                 for p in pipelines.values():
@@ -461,21 +469,22 @@ def main() -> None:
     sys.exit(0 if judge(pipelines, images).print() else 1)
 
 
-def plan(images: dict[str, Layout], registry: Registry, throttle: Throttle, work: Path,
+def plan(images: dict[str, Layout], registry: Registry, throttle: Throttle, work: Path, engine: Path,
          rust_large: bool) -> dict[str, Pipeline]:
     pipelines: list[Pipeline] = []
     for image, layout in images.items():
         reference = registry.push(layout.path, "bench", repo=f"bench/{image}")
         local = f"oci:{layout.path}:bench"
         pipelines += floor(image, layout)
-        pipelines += [ours(image, local, "zstd", work),
-                      ours(image, local, "zstd", work, "--threads", "1", variant="--threads 1"),
-                      ours(image, local, "zstd", work, "--memory-budget", "4GiB", variant=IN_MEMORY),
-                      ours(image, reference, "zstd", work, registry=registry),
-                      ours(image, reference, "gzip", work, registry=registry),
-                      ours(image, reference, "gzip", work, "--threads", "1", registry=registry, variant="--threads 1")]
+        pipelines += [ours(image, local, "zstd", work, engine),
+                      ours(image, local, "zstd", work, engine, "--threads", "1", variant="--threads 1"),
+                      ours(image, local, "zstd", work, engine, "--memory-budget", "4GiB", variant=IN_MEMORY),
+                      ours(image, reference, "zstd", work, engine, registry=registry),
+                      ours(image, reference, "gzip", work, engine, registry=registry),
+                      ours(image, reference, "gzip", work, engine, "--threads", "1", registry=registry,
+                           variant="--threads 1")]
         if image == "minbase":
-            pipelines += throttled(image, layout, reference, registry, throttle, work)
+            pipelines += throttled(image, layout, reference, registry, throttle, work, engine)
         if image == "minbase" or rust_large:
             pipelines += [rust(image, reference, compression, registry, work) for compression in ("zstd", "gzip")]
     return {f"{p.image}/{p.name}": p for p in pipelines}

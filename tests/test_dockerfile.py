@@ -38,6 +38,7 @@ def test_builder_runs_in_a_locked_down_pod(kube, node, project_image, namespace)
         initramfs-builder --help >/dev/null && initramfs-operator --help >/dev/null && echo entrypoints=ok
         python3 -c 'import operator, initramfs_operator; print("stdlib-operator=" + operator.__file__); \
 print("package=" + initramfs_operator.__file__)'
+        python3 -c 'import initramfs_operator.oci.tarstream as m; print("tarstream=" + m.__file__)'
         grep -E '^(Uid|CapEff|Seccomp):' /proc/self/status
         touch /usr/x 2>/dev/null || echo root=read-only
         touch /scratch/x && echo scratch=writable
@@ -61,5 +62,6 @@ print("package=" + initramfs_operator.__file__)'
     assert out["entrypoints"] == "ok"
     assert "site-packages" not in out["stdlib-operator"]
     assert "/site-packages/initramfs_operator/" in out["package"]
+    assert out["tarstream"].endswith(".so"), out["tarstream"]  # the engine compiled by mypyc
     assert out["Uid"].split() == [str(UID)] * 4 and out["CapEff"] == "0" * 16 and out["Seccomp"] == "2"
     assert (out["root"], out["scratch"], out["token"]) == ("read-only", "writable", "absent")

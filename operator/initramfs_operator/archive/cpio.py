@@ -146,7 +146,7 @@ class Writer:
 
     def _write(self, r: Record, fields: list[int]) -> None:
         name = r.name.encode("utf-8", "surrogateescape") + b"\0"
-        header = MAGIC + b"".join(b"%08X" % f for f in fields)
+        header = MAGIC + b"".join([b"%08X" % f for f in fields])
         self._out.write(header + name + _pad(len(header) + len(name)))
         digest = hashlib.sha256()
         written = 0

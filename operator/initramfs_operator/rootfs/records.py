@@ -41,5 +41,5 @@ def tree_records(tree: Tree, scratch: Scratch) -> Iterator[Record]:
 
 def _hardlinked(tree: Tree) -> dict[int, int]:
     """The number of names of each node that has more than one."""
-    names = Counter(id(node) for _, node in tree.walk(ordered=False) if not node.is_dir)
+    names = Counter([id(node) for _, node in tree.walk(ordered=False) if not node.is_dir])
     return {key: n for key, n in names.items() if n > 1}
