@@ -167,7 +167,8 @@ def test_delivers_to_the_selected_node_and_qemu_boots_current(
                           "initramfsbuild/vm", check=False)
     status = builds.get("vm")["status"]
     assert waited.returncode == 0, f"{waited.stderr}\nstatus: {json.dumps(status, indent=1)}"
-    assert status["delivery"] == {"desired": 1, "ready": 1, "failed": 0, "nodes": "1/1"}
+    assert status["delivery"] == {"desired": 1, "ready": 1, "failed": 0, "nodes": "1/1",
+                                  "digest": f"sha256:{status['output']['sha256']}"}
 
     current = host_root / builds.namespace / "vm" / "current"
     assert current.is_symlink()
