@@ -201,7 +201,9 @@ def test_delivers_to_the_selected_node_and_qemu_boots_current(
     wait_until(lambda: (builds.get("vm")["status"].get("delivery") or {}).get("desired") == 0, timeout=60,
                what="status.delivery.desired 0")
     wait_until(lambda: not reports(builds, "vm"), timeout=60, what="the node's report to be deleted")
-    assert builds.get("vm")["status"]["delivery"] == {"desired": 0, "ready": 0, "failed": 0, "nodes": "0/0"}
+    after = builds.get("vm")["status"]
+    assert after["delivery"] == {"desired": 0, "ready": 0, "failed": 0, "nodes": "0/0",
+                                 "digest": f"sha256:{after['output']['sha256']}"}
     assert builds.condition("vm", "Delivered")["reason"] == "NoNodes"
     assert os.path.realpath(current) == str(delivered) and delivered.read_bytes() == data
     assert not [sample for sample in scrape(pod) if sample[0] == "initramfs_delivery_current"]
