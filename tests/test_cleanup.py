@@ -164,6 +164,20 @@ def test_superseded(status, new, previous) -> None:
     assert cleanup.superseded(status, new) == previous
 
 
+def test_several_platforms_on_a_claim_are_tracked_file_by_file() -> None:
+    """output.path of several platforms is the pattern ({arch}); what is removed is each platform's file."""
+    def several(pattern: str) -> tuple[dict, list[dict]]:
+        output = {"claimName": "c", "path": pattern, "platforms": "linux/amd64,linux/arm64"}
+        return output, [{**file(pattern.replace("{arch}", arch)), "architecture": arch} for arch in ("amd64", "arm64")]
+
+    old, old_files = several("a-{arch}")
+    new, new_files = several("b-{arch}")
+    assert cleanup.superseded({"output": old, "outputs": old_files}, new, new_files) == [file("a-amd64"),
+                                                                                          file("a-arm64")]
+    assert cleanup.superseded({"output": old, "outputs": old_files}, old, old_files) == []  # rewritten in place
+    assert cleanup.removable(new, new_files) == [file("b-amd64"), file("b-arm64")]
+
+
 def test_retention_and_deletion_policy_are_not_build_inputs() -> None:
     spec = {"image": "a", "output": {"pvc": {"claimName": "c", "path": "x"}}}
     same = {**spec, "deletionPolicy": "Delete", "output": {**spec["output"], "retention": 3}}

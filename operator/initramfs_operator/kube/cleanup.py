@@ -53,14 +53,27 @@ def tracked(output: dict) -> dict:
     return {k: output[k] for k in keep if k in output}
 
 
-def superseded(status: dict, new_output: dict) -> list[dict]:
-    """status.previousOutputs once `new_output` replaces status.output: the old one first, unless it is the same
-    output (a file rewritten in place, a reproducible build); never an entry that is the new output."""
-    old, current = status.get("output"), identity(new_output)
-    entries = ([tracked(old)] if old else []) + list(status.get("previousOutputs") or [])
+def removable(output: dict | None, outputs: list[dict] | None = None) -> list[dict]:
+    """What removing an output (status.output, with status.outputs beside it) removes, one entry each: its
+    artifact (of one platform, or the index of several), or its file, or each platform's file (several
+    platforms on a claim: output.path is only the pattern their paths were made from)."""
+    if not output:
+        return []
+    if "digest" not in output and output.get("platforms"):
+        return [tracked(o) for o in outputs or []]
+    return [tracked(output)]
+
+
+def superseded(status: dict, new_output: dict, new_outputs: list[dict] | None = None) -> list[dict]:
+    """status.previousOutputs once `new_output` (and `new_outputs`) replace status.output: the old one first,
+    unless it is the same output (a file rewritten in place, a reproducible build); never an entry that is
+    the new output."""
+    current = {identity(e) for e in removable(new_output, new_outputs)}
+    entries = removable(status.get("output"), status.get("outputs")) + list(status.get("previousOutputs") or [])
     kept: list[dict] = []
     for entry in entries:
-        if identity(entry) != current and identity(entry) not in {identity(e) for e in kept}:
+        if identity(entry) not in current:
+            current.add(identity(entry))
             kept.append(entry)
     return kept[:MAX_PREVIOUS]
 
@@ -134,8 +147,8 @@ class Cleanup:
         """Remove what the deletion policy says, then the finalizer: the API server deletes the build."""
         targets = self.beyond_retention(report.spec, report.status)
         if report.spec.get("deletionPolicy", RETAIN) == DELETE:
-            current = report.status.get("output")
-            targets = ([tracked(current)] if current else []) + list(report.status.get("previousOutputs") or [])
+            targets = removable(report.status.get("output"), report.status.get("outputs")) + \
+                list(report.status.get("previousOutputs") or [])
         finished = self.settle(report, targets, cleanup_jobs) if targets else {}
         if len(finished) < len({identity(t) for t in targets}):
             return  # the rest is under way; its answer queues the build

@@ -180,7 +180,7 @@ class JobLifecycle:
                 state = conditions.succeeded(outcome.message)
                 fields["output"] = outcome.output | claim
                 fields["outputs"] = outputs
-                fields["previousOutputs"] = cleanup.superseded(report.status, fields["output"]) or None
+                fields["previousOutputs"] = cleanup.superseded(report.status, fields["output"], outputs) or None
             else:
                 state = conditions.failed(outcome.reason, outcome.message)
         start, end = (conditions.parse_time(fields[f]) for f in ("startTime", "completionTime"))

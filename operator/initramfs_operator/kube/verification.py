@@ -77,8 +77,9 @@ class Verification:
         done = {**fields["verification"], "result": verdict.reason,
                 "completionTime": conditions.timestamp(ended or report.now)}
         if verdict.reason == BOOTED:
-            report.write({**fields, "verification": done, "output": candidate, "outputs": v.get("outputs") or [],
-                          "previousOutputs": cleanup.superseded(report.status, candidate) or None},
+            outputs = v.get("outputs") or []
+            report.write({**fields, "verification": done, "output": candidate, "outputs": outputs,
+                          "previousOutputs": cleanup.superseded(report.status, candidate, outputs) or None},
                          conditions.booted(v.get("built") or "built", verdict.message))
             self.proven[report.key] = (report.generation, report.status.get("imageDigest"),
                                        candidate.get("claimUID") or candidate.get("digest"))
