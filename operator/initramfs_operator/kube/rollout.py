@@ -106,11 +106,13 @@ def plan(build: Mapping[str, Any], held: Mapping[str, Any] | None, selected: Seq
     if output is None or rollout is None:
         return Plan(output)
     digest, order = digest_of(output), sorted(selected)
-    holds = [n for n in order if reports.get(n, Report("", None, None)).digest == digest
-             and reports[n].phase == "Ready"]
+    holding = {n for n in order if reports.get(n, Report("", None, None)).digest == digest
+               and reports[n].phase == "Ready"}
     ends = wave_ends(len(order), rollout)
-    # The first wave not yet done; the hosts of the waves before it all hold the output.
-    wave = next((i for i, end in enumerate(ends) if not set(order[:end]) <= set(holds)), len(ends) - 1)
+    # The first wave not yet done: the one of the first host (in order) that does not hold the output; the
+    # hosts before it all do.
+    first_missing = next((i for i, n in enumerate(order) if n not in holding), len(order))
+    wave = next((i for i, end in enumerate(ends) if end > first_missing), len(ends) - 1)
     allowed = order[:ends[wave]]
     failed = [n for n in allowed if reports.get(n, Report("", None, None)).phase == "Failed"]
     if len(failed) > int(rollout.get("maxFailures", 0)):
