@@ -11,6 +11,7 @@ import pytest
 
 from fixtures.images import Layout, busybox_entries
 from initramfs_operator import build
+from initramfs_operator.boot import machine
 from initramfs_operator.boot.console import BOOT_FAILED, BOOT_TIMEOUT, BOOTED, MAX_LINE, TAIL_LINES, Console
 from initramfs_operator.oci import layout
 
@@ -62,6 +63,30 @@ def test_a_flood_of_console_output_is_bounded() -> None:
         console.feed(b"x" * 100_000 + b"\n", i / 1000)
     assert len(console.partial) < MAX_LINE and len(console.tail) == TAIL_LINES
     assert all(len(line) <= 120 for line in console.tail)
+
+
+@pytest.mark.parametrize("unpacked, memory", [
+    (1 << 20, machine.MIN_MEMORY),                        # small: the floor
+    ((100 << 20) + 1, 401 << 20),                         # 4x, rounded up to MiB
+    ((256 << 20) + 1, None),                              # beyond MAX_UNPACKED (here 256 MiB): refused
+])
+def test_guest_memory_comes_from_a_bounded_count_of_what_the_archive_unpacks_to(unpacked, memory, tmp_path,
+                                                                                 monkeypatch) -> None:
+    import gzip
+
+    from initramfs_operator.errors import LimitExceeded
+
+    monkeypatch.setattr(machine, "MAX_UNPACKED", 256 << 20)  # the real bound is 16 GiB: as costly to test
+    archive = tmp_path / "initramfs.cpio.gz"
+    with gzip.open(archive, "wb", compresslevel=1) as f:  # a bomb in small: zeros compress a thousandfold
+        for _ in range(unpacked >> 20):
+            f.write(bytes(1 << 20))
+        f.write(bytes(unpacked & ((1 << 20) - 1)))
+    if memory is None:
+        with pytest.raises(LimitExceeded, match="unpacks to more than"):
+            machine.memory_for(str(archive))
+    else:
+        assert machine.memory_for(str(archive)) == memory
 
 
 @pytest.mark.parametrize(("args", "said"), [

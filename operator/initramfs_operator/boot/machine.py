@@ -17,13 +17,17 @@ import zstandard
 from isal import igzip
 
 from ..archive import blocklz4
-from ..errors import UsageError
+from ..errors import LimitExceeded, UsageError
 from ..oci.image import Platform
+from ..oci.layer import Limits
 from .console import Console, Verdict
 
 MIB = 1 << 20
 MIN_MEMORY = 256 * MIB
 MEMORY_FACTOR = 4         # guest memory per byte the archive unpacks to: cpio, page cache, tmpfs and the kernel
+# What an archive may unpack to when its size is taken for the guest's memory: a build never writes more
+# (max-uncompressed-size), and a pulled artifact may be a decompression bomb.
+MAX_UNPACKED = Limits.max_uncompressed_size
 CHUNK = 1 << 20
 
 
@@ -69,29 +73,34 @@ def command(platform: Platform, kernel: str, initramfs: str, memory: int, cpus: 
 def memory_for(initramfs: str) -> int:
     """Guest memory for an initramfs: MEMORY_FACTOR times what it unpacks to, rounded up to MiB, at least
     MIN_MEMORY. An archive that does not decode is given as much as if it unpacked to four times its size:
-    the kernel says what is wrong with it."""
+    the kernel says what is wrong with it. One that unpacks to more than MAX_UNPACKED is refused (give the
+    memory instead)."""
     try:
         with open(initramfs, "rb") as f:
             unpacked = unpacked_size(f)
     except (OSError, EOFError, ValueError, lzma.LZMAError, zstandard.ZstdError):
         unpacked = os.path.getsize(initramfs) * 4
+    if unpacked > MAX_UNPACKED:
+        raise LimitExceeded(f"{initramfs} unpacks to more than {MAX_UNPACKED >> 30} GiB: give the guest's memory "
+                            "(--memory, spec.verify.memory)")
     return max(MIN_MEMORY, math.ceil(unpacked * MEMORY_FACTOR / MIB) * MIB)
 
 
 def unpacked_size(f: BinaryIO) -> int:
-    """The archive's size once decompressed; LZ4 legacy blocks are counted at their largest, undecoded."""
+    """The archive's size once decompressed, counted up to just past MAX_UNPACKED; LZ4 legacy blocks are
+    counted at their largest, undecoded."""
     head = f.read(6)
     f.seek(0)
     if head.startswith(blocklz4.MAGIC):
         f.seek(len(blocklz4.MAGIC))
         blocks = 0
-        while len(size := f.read(4)) == 4:
+        while blocks * blocklz4.BLOCK <= MAX_UNPACKED and len(size := f.read(4)) == 4:
             f.seek(struct.unpack("<I", size)[0], os.SEEK_CUR)
             blocks += 1
         return blocks * blocklz4.BLOCK
     with _decompressed(f, head) as stream:
         total = 0
-        while chunk := stream.read(CHUNK):
+        while total <= MAX_UNPACKED and (chunk := stream.read(CHUNK)):
             total += len(chunk)
         return total
 
@@ -104,6 +113,7 @@ def _decompressed(f: BinaryIO, head: bytes) -> AbstractContextManager[Any]:
     if head.startswith(b"\xfd7zXZ\x00"):
         return lzma.open(f)
     return nullcontext(f)
+
 
 def run(argv: list[str], console: Console) -> Verdict:
     """Runs the VM until the console has a verdict (the timeout is the console's), then stops it."""
