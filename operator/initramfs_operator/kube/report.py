@@ -106,16 +106,9 @@ class Report:
             if patch.get(replaced):
                 # A merge patch merges objects: drop what the last one had and this one has not (pvc -> oci).
                 patch[replaced] = {**{k: None for k in self.status.get(replaced) or {}}, **patch[replaced]}
-        body = {"metadata": {"resourceVersion": self.meta["resourceVersion"]}, "status": patch}
-        try:
-            written = self.kube.merge_patch(
-                api.path(crd.API_VERSION, crd.PLURAL, self.namespace, self.name, "status"), body)
-        except api.ApiError as e:
-            if e.status not in (404, 409):
-                raise
-            log.debug("%s/%s changed meanwhile: its next event brings it back", self.namespace, self.name)
+        written = self._guarded_patch({"status": patch}, "status")
+        if written is None:
             return
-        self.overlay.written(self.key, self.build, cache.build_entry(written))
         before = self.status
         self.build, self.meta, self.status = written, written["metadata"], merged
         self.recorded = True
@@ -124,16 +117,24 @@ class Report:
 
     def patch_metadata(self, metadata: dict) -> None:
         """Merge-patch the build's metadata (its finalizers), guarded by the resourceVersion the pass decided on."""
-        body = {"metadata": {**metadata, "resourceVersion": self.meta["resourceVersion"]}}
+        written = self._guarded_patch({"metadata": metadata})
+        if written is not None:
+            self.build, self.meta = written, written["metadata"]
+
+    def _guarded_patch(self, body: dict, subresource: str | None = None) -> dict | None:
+        """Merge-patch the build (or its `subresource`) if it is still at the resourceVersion the pass decided
+        on, and tell the overlay; None if it changed meanwhile or is gone."""
+        guarded = {**body, "metadata": {**body.get("metadata", {}), "resourceVersion": self.meta["resourceVersion"]}}
         try:
-            written = self.kube.merge_patch(api.path(crd.API_VERSION, crd.PLURAL, self.namespace, self.name), body)
+            written = self.kube.merge_patch(
+                api.path(crd.API_VERSION, crd.PLURAL, self.namespace, self.name, subresource), guarded)
         except api.ApiError as e:
             if e.status not in (404, 409):
                 raise
             log.debug("%s/%s changed meanwhile: its next event brings it back", self.namespace, self.name)
-            return
+            return None
         self.overlay.written(self.key, self.build, cache.build_entry(written))
-        self.build, self.meta = written, written["metadata"]
+        return written
 
     def announce(self, state: conditions.State, before: dict, duration: float | None) -> None:
         """An Event when what the state is about changes (not on every message), and the metrics of a
