@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""What one rollout to a fleet of VM hosts costs, with the real operator and real agents (issue 20, item 8).
+"""What one rollout to a fleet of VM hosts costs, with the real operator and real agents (issue 20, item 8;
+issue 21: the time for a pin to reach every host).
 
 Not a test: run it by hand (it starts a control plane: on a shared machine, under the cluster lock), e.g.
     flock /tmp/irb-cluster.lock python3 benchmarks/delivery_benchmark.py --hosts 200
@@ -15,11 +16,13 @@ agent rules), informers, version store and registry pulls.
 One InitramfsBuild selects every host. Rollout 1: the build is created; the operator resolves its
 image, runs its build Job, records the output; the agents deliver it; the operator sums their reports
 into `Delivered`. Rollout 2 (the roll forward): spec.image moves to a new tag, and the same happens
-with a second artifact. There is no kubelet: the only simulated party is the build pod (bound and
-played to Succeeded by fleet_benchmark's PodCompleter; it pushes a prepared `--size` artifact to the
-build's output tag, as the builder would, and ends with the builder's JSON result as its termination
-message). The nodes have no kubelet either, and kube-controller-manager runs without its node
-lifecycle controller (which would taint kubelet-less nodes mid-run: events no real fleet sees).
+with a second artifact. Rollout 3 (the pin): spec.delivery.pinnedDigest names rollout 1's output, which
+every host keeps (`keep` is 3), so each only re-points `current`: nothing is pulled. There is no
+kubelet: the only simulated party is the build pod (bound and played to Succeeded by fleet_benchmark's
+PodCompleter; it pushes a prepared `--size` artifact to the build's output tag, as the builder would, and
+ends with the builder's JSON result as its termination message). The nodes have no kubelet either, and
+kube-controller-manager runs without its node lifecycle controller (which would taint kubelet-less nodes
+mid-run: events no real fleet sees).
 
 Per rollout, printed with PASS/FAIL against the issue's budgets: the agents' API requests per host (audit
 log, by user), the operator's status writes to the build and writes of its InitramfsRelease (audit log),
@@ -34,6 +37,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -127,9 +131,13 @@ class BuildPods(fleet.PodCompleter):
 
 # --- what the build shows, from a watch ------------------------------------------------------------------------
 
+DELIVERED_DIGEST = re.compile(r"hold sha256:([0-9a-f]{64})")
+
+
 @dataclass
 class BuildSeen:
-    """When the watcher first saw each output (by sha256) and Delivered True for it."""
+    """When the watcher first saw each output (by sha256) and Delivered True for a digest (the output, or the
+    one a pin names), at the build's generation."""
     output: dict[str, float] = field(default_factory=dict)
     delivered: dict[str, float] = field(default_factory=dict)
     nodes: str = "-"
@@ -147,9 +155,9 @@ class BuildSeen:
         self.nodes = (status.get("delivery") or {}).get("nodes", "-")
         cond = next((c for c in status.get("conditions") or [] if c["type"] == DELIVERED), {})
         self.message = cond.get("message", "")
-        if cond.get("status") == "True" and f"sha256:{sha256}" in self.message and \
-                cond.get("observedGeneration") == build["metadata"]["generation"]:
-            self.delivered.setdefault(sha256, now)
+        held = DELIVERED_DIGEST.search(self.message)
+        if cond.get("status") == "True" and held and cond.get("observedGeneration") == build["metadata"]["generation"]:
+            self.delivered.setdefault(held.group(1), now)
 
 
 # --- the agents, in a few processes ---------------------------------------------------------------------------
@@ -232,6 +240,7 @@ class Rollout:
     name: str
     trigger: str  # what started it
     artifact: Artifact
+    pin: bool = False  # a pin to an output the hosts keep: timed from the patch, and nothing may be pulled
     started: float = 0.0
     ended: float = 0.0
     output_at: float | None = None
@@ -253,7 +262,8 @@ def wait_delivered(rollout: Rollout, seen: BuildSeen, timeout: float, check) -> 
             print(f"  {rollout.name}: {time.time() - rollout.started:5.1f} s  {state}, nodes {seen.nodes}",
                   file=sys.stderr, flush=True)
         time.sleep(0.2)
-    rollout.output_at, rollout.delivered_at = seen.output.get(sha), seen.delivered.get(sha)
+    rollout.output_at = rollout.started if rollout.pin else seen.output.get(sha)
+    rollout.delivered_at = seen.delivered.get(sha)
 
 
 # --- the report --------------------------------------------------------------------------------------------
@@ -360,7 +370,9 @@ def print_rollout(rollout: Rollout, m: Measured) -> list[tuple[str, bool]]:
     worst = max(m.requests_by_host.values(), default=0)
     limit = n / 10 + 10
     disk = (hashed + m.read_bytes) / n
-    return [
+    pin = [(f"{rollout.name}: pulled from the registry {pulled} bytes = 0 (every host keeps the pinned version)",
+            pulled == 0)] if rollout.pin else []
+    return pin + [
         (f"{rollout.name}: Delivered {n}/{n} reached", m.seconds_from_output is not None),
         (f"{rollout.name}: agent API requests per host: mean {per_host_requests:.2f}, max {worst} "
          f"<= {MAX_AGENT_REQUESTS_PER_HOST}", worst <= MAX_AGENT_REQUESTS_PER_HOST),
@@ -485,7 +497,8 @@ def main() -> int:
                       "agents": sum(fleet.cpu_seconds(p.pid) for p in agents.procs),
                       "kube-apiserver": fleet.cpu_seconds(plane.apiserver_pid)}
         rollouts = [Rollout("rollout 1 (new build)", "build was created", artifacts[0]),
-                    Rollout("rollout 2 (roll forward)", "spec.image moved to tag 2", artifacts[1])]
+                    Rollout("rollout 2 (roll forward)", "spec.image moved to tag 2", artifacts[1]),
+                    Rollout("rollout 3 (pin to 1)", "pinnedDigest was set", artifacts[0], pin=True)]
         for i, rollout in enumerate(rollouts):
             rollout.before = Snapshot.of(agents.stats(newer_than=time.time()))
             rollout.started = time.time()
@@ -495,6 +508,11 @@ def main() -> int:
                     "spec": {"image": f"{registry.host}/src/app:1", "registry": {"insecure": True},
                              "output": {"oci": {"repository": f"{registry.host}/{OUTPUT_REPO}", "tag": OUTPUT_TAG}},
                              "delivery": {"nodeSelector": {"matchLabels": {"vm-host": "true"}}}}})
+            elif rollout.pin:
+                seen.delivered.pop(rollout.artifact.sha256, None)  # delivered in rollout 1: wait for it again
+                custom.patch_namespaced_custom_object(
+                    crd.GROUP, crd.VERSION, NAMESPACE, crd.PLURAL, BUILD,
+                    {"spec": {"delivery": {"pinnedDigest": f"sha256:{rollout.artifact.sha256}"}}})
             else:
                 custom.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, NAMESPACE, crd.PLURAL, BUILD,
                                                       {"spec": {"image": f"{registry.host}/src/app:2"}})
@@ -509,7 +527,7 @@ def main() -> int:
         cpu = {"operator": fleet.cpu_seconds(operator.proc.pid) - cpu_before["operator"],
                "agents": sum(fleet.cpu_seconds(p.pid) for p in agents.procs) - cpu_before["agents"],
                "kube-apiserver": fleet.cpu_seconds(plane.apiserver_pid) - cpu_before["kube-apiserver"]}
-        last = rollouts[-1].after or rollouts[0].after
+        last = next((r.after for r in reversed(rollouts) if r.after is not None), None)
         agents.stop()
         operator.stop()
         time.sleep(1)  # the audit log has every request that ended
@@ -521,7 +539,7 @@ def main() -> int:
               "every agent (its own Node, token, informers, store, pulls), the registry (loopback). "
               "simulated: only the kubelet running the build pod (it pushes a prepared artifact and reports the "
               "builder's JSON result); the nodes run no kubelet.")
-        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; CPU seconds over both rollouts: "
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; CPU seconds over the rollouts: "
               + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
         checks: list[tuple[str, bool]] = []
         measured = []
@@ -556,10 +574,10 @@ def main() -> int:
         for label, fmt in rows:
             print(f"  {label:34} " + "  ".join(f"{fmt(m):>26}" for _, m in measured))
 
-        print("\nbudgets (issue 20, item 8):")
+        print("\nbudgets (issue 20, item 8; the pin: issue 21):")
         for text, passed in checks:
             print(f"  {'PASS' if passed else 'FAIL'}  {text}")
-        ok = all(passed for _, passed in checks) and len(measured) == 2
+        ok = all(passed for _, passed in checks) and len(measured) == len(rollouts)
     if not args.keep:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0 if ok else 1
