@@ -304,13 +304,15 @@ def rust(image: str, reference: str, compression: str, registry: Registry, work:
                     {"SSL_CERT_FILE": str(registry.ca_file), "RUST_LOG": "warn"})
 
 
-class Throttle:
-    """A TCP relay to the registry that sends to the client at most `rate` bytes/s: a registry across
-    a network, for the TLS connection passes through unchanged."""
+class Relay:
+    """A TCP relay to the registry that counts the bytes it sends to clients, and sends at most `rate`
+    bytes/s if given: a registry across a network, for the TLS connection passes through unchanged."""
 
-    def __init__(self, upstream: str, rate: float):
+    def __init__(self, upstream: str, rate: float | None = None):
         host, port = upstream.rsplit(":", 1)
         self.upstream, self.rate = (host, int(port)), rate
+        self.sent = 0
+        self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
         threading.Thread(target=self.accept, daemon=True).start()
@@ -319,16 +321,18 @@ class Throttle:
         while True:
             client, _ = self.listener.accept()
             server = socket.create_connection(self.upstream)
-            threading.Thread(target=self.pipe, args=(client, server, None), daemon=True).start()
-            threading.Thread(target=self.pipe, args=(server, client, self.rate), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(server, client, True), daemon=True).start()
 
-    @staticmethod
-    def pipe(source: socket.socket, sink: socket.socket, rate: float | None) -> None:
+    def pipe(self, source: socket.socket, sink: socket.socket, to_client: bool) -> None:
         try:
             while data := source.recv(1 << 16):
                 sink.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
+                if to_client:
+                    with self.lock:
+                        self.sent += len(data)
+                    if self.rate:
+                        time.sleep(len(data) / self.rate)
         except OSError:
             pass
         finally:
@@ -336,8 +340,14 @@ class Throttle:
                 with suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
 
+    def take(self) -> int:
+        """The bytes sent to clients since the last call."""
+        with self.lock:
+            sent, self.sent = self.sent, 0
+        return sent
 
-def throttled(image: str, layout: Layout, reference: str, registry: Registry, throttle: Throttle,
+
+def throttled(image: str, layout: Layout, reference: str, registry: Registry, throttle: Relay,
               work: Path, engine: Path) -> list[Pipeline]:
     """Downloading the layers alone, and our build, through the throttle."""
     slow = reference.replace(registry.host, throttle.host, 1)
@@ -456,7 +466,7 @@ def main() -> None:
         work = Path(tmp)
         registry, server = start_registry(work / "registry", tls=True)
         try:
-            throttle = Throttle(registry.host, THROTTLE_MB_S * 1e6)
+            throttle = Relay(registry.host, THROTTLE_MB_S * 1e6)
             pipelines = plan(images, registry, throttle, work, engine, args.rust_large)
             for i in range(args.runs):
                 print(f"run {i + 1}/{args.runs}", flush=True)
@@ -469,7 +479,7 @@ def main() -> None:
     sys.exit(0 if judge(pipelines, images).print() else 1)
 
 
-def plan(images: dict[str, Layout], registry: Registry, throttle: Throttle, work: Path, engine: Path,
+def plan(images: dict[str, Layout], registry: Registry, throttle: Relay, work: Path, engine: Path,
          rust_large: bool) -> dict[str, Pipeline]:
     pipelines: list[Pipeline] = []
     for image, layout in images.items():

@@ -11,60 +11,19 @@ time, bytes the registry sent per build, and the output's sha256 (the same for a
 
 import argparse
 import hashlib
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import _paths  # noqa: F401  (first: tests/ and operator/ on sys.path)
-from benchmark import THROTTLE_MB_S, minbase_image, minbase_rootfs
+from benchmark import THROTTLE_MB_S, Relay, minbase_image, minbase_rootfs
 from fixtures.registry import start_registry
 
 
-class CountingRelay:
-    """A TCP relay to the registry that counts what it sends to clients, at most `rate` bytes/s if given."""
-
-    def __init__(self, upstream: str, rate: float | None):
-        host, port = upstream.rsplit(":", 1)
-        self.upstream, self.rate = (host, int(port)), rate
-        self.sent = 0
-        self.lock = threading.Lock()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self) -> None:
-        while True:
-            client, _ = self.listener.accept()
-            server = socket.create_connection(self.upstream)
-            threading.Thread(target=self.pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self.pipe, args=(server, client, True), daemon=True).start()
-
-    def pipe(self, source: socket.socket, sink: socket.socket, to_client: bool) -> None:
-        try:
-            while data := source.recv(1 << 16):
-                sink.sendall(data)
-                if to_client:
-                    with self.lock:
-                        self.sent += len(data)
-                    if self.rate:
-                        time.sleep(len(data) / self.rate)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-
-    def take(self) -> int:
-        with self.lock:
-            sent, self.sent = self.sent, 0
-        return sent
-
-
-def build(relay: CountingRelay, repository: str, out: Path, cache: Path | None) -> tuple[float, int, str]:
+def build(relay: Relay, repository: str, out: Path, cache: Path | None) -> tuple[float, int, str]:
     """Wall seconds, bytes the registry sent, sha256 of the output."""
     relay.take()
     argv = [sys.executable, "-c", "from initramfs_operator.cli import main; main()", "build",
@@ -88,7 +47,7 @@ def main() -> int:
             registry.push(layout.path, "bench", repo="bench/minbase")
             results: dict[str, list[tuple[float, int, str]]] = {}
             for speed, rate in (("loopback", None), (f"{THROTTLE_MB_S} MB/s", THROTTLE_MB_S * 1e6)):
-                relay = CountingRelay(registry.host, rate)
+                relay = Relay(registry.host, rate)
                 cache = work / f"cache-{rate}"
                 build(relay, "bench/minbase", work / "out", cache)  # the first build fills the cache
                 for _ in range(args.runs):
