@@ -110,11 +110,16 @@ class Builds:
                                                                        crd.PLURAL, name, {"status": status}))
 
     def delete(self, name: str) -> None:
-        """The build, and its release as the garbage collector deletes it (here at once)."""
+        """The build, and its release as the garbage collector deletes it (here at once, unless the cluster's
+        garbage collector, which runs too, was first)."""
         self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.PLURAL, name)
         if self.releases is not None:
-            self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.RELEASE_PLURAL,
-                                                        name)
+            try:
+                self.custom.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace,
+                                                            crd.RELEASE_PLURAL, name)
+            except kubernetes.client.ApiException as e:
+                if e.status != 404:
+                    raise
 
     def release(self, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, crd.RELEASE_PLURAL,
