@@ -83,8 +83,8 @@ def platform(arch: str | None, os: str | None = "linux") -> dict[str, str]:
 FLEET = {"amd": platform("amd64"), "arm": platform("arm64"), "riscv": platform("riscv64"), "bare": platform(None, None),
          "riscv2": platform("riscv64")}
 THEIRS = "their platform's file of " + INDEX
-NONE_OF_OURS = ("3 selected nodes are of no platform the build has (linux/amd64, linux/arm64; by their kubernetes.io/os "
-                "and kubernetes.io/arch labels) and take nothing: ?/?: 1, linux/riscv64: 2")
+NONE_OF_OURS = ("3 selected nodes are of no platform the build has (linux/amd64, linux/arm64; by their "
+                "kubernetes.io/os and kubernetes.io/arch labels) and take nothing: ?/?: 1, linux/riscv64: 2")
 
 
 @pytest.mark.parametrize(("nodes", "reports", "counts", "condition"), [

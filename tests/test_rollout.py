@@ -110,9 +110,10 @@ def holds(nodes: str, status: dict = MNEW, phase: str = "Ready") -> dict[str, Re
 
 
 def test_a_release_of_several_platforms_names_each_platforms_file():
-    assert M_NEW == {"reference": MNEW["output"]["reference"], "digest": MNEW["output"]["digest"], "platforms": [
-        {k: o[k] for k in ("os", "architecture", "reference", "digest", "sha256", "sha512", "size", "compression")}
-        for o in MNEW["outputs"]]}
+    sent = ("os", "architecture", "reference", "digest", "sha256", "sha512", "size", "compression")
+    assert M_NEW["platforms"] == [{k: o[k] for k in sent} for o in MNEW["outputs"]]
+    assert (M_NEW["reference"], M_NEW["digest"]) == (MNEW["output"]["reference"], MNEW["output"]["digest"])
+    assert set(M_NEW) == {"reference", "digest", "platforms"}
     # An entry without its file (as no build writes it) is no output to deliver.
     assert released_output(multi({**MNEW, "outputs": [MNEW["outputs"][0], {"platform": "linux/arm64"}]})) is None
 
@@ -127,7 +128,8 @@ def test_a_release_of_several_platforms_names_each_platforms_file():
     ({"rollout": WAVES}, None, holds("n0", MOLD), Plan(M_NEW, ["n0"], 1, 3)),
     ({"rollout": WAVES}, None, holds("n0 n1 n3"), Plan(M_NEW, None, 3, 3)),  # the last wave: n2 is not waited for
     # n2 failing (it reports NoPlatform) halts nothing: it takes no part.
-    ({"rollout": WAVES}, None, {**holds("n0"), "n2": Report("Failed", None, NOW)}, Plan(M_NEW, ["n0", "n1", "n3"], 2, 3)),
+    ({"rollout": WAVES}, None, {**holds("n0"), "n2": Report("Failed", None, NOW)},
+     Plan(M_NEW, ["n0", "n1", "n3"], 2, 3)),
     ({"rollout": WAVES, "paused": True}, M_HELD, holds("n0"), Plan(M_OLD)),
     # A pin by the index's digest, by one platform's file or by one platform's artifact: the whole output, each
     # host its own platform's file of it.
