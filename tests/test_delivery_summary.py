@@ -165,3 +165,13 @@ def test_a_build_that_went_is_forgotten():
     assert coalesce.wait("b") == 3.0
     coalesce.forget("b")  # deleted, and created again under the same name
     assert coalesce.wait("b") == 0.0
+
+
+def test_a_count_gone_is_removed_by_the_status_patch():
+    """status.delivery is written as a merge patch: withoutPlatform (or a wave) no longer there is sent as null,
+    which removes it, so the status read back equals the summary and the next pass writes nothing."""
+    before = summarize(MULTI, FLEET, []).patch()
+    after = summarize(MULTI, {n: FLEET[n] for n in ("amd", "arm")}, []).patch()
+    assert before["withoutPlatform"] == 3 and after["withoutPlatform"] is None and after["wave"] is None
+    merged = {k: v for k, v in {**before, **after}.items() if v is not None}  # RFC 7386 on status.delivery
+    assert merged == summarize(MULTI, {n: FLEET[n] for n in ("amd", "arm")}, []).status()

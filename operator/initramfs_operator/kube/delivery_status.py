@@ -51,9 +51,16 @@ class Summary:
     without_platform: int = 0        # selected nodes of no platform the build has: not desired
 
     def status(self) -> dict[str, Any]:
-        progress = {"digest": self.digest, "wave": self.wave, "withoutPlatform": self.without_platform}
         return {"desired": self.desired, "ready": self.ready, "failed": self.failed,
-                "nodes": f"{self.ready}/{self.desired}", **{k: v for k, v in progress.items() if v}}
+                "nodes": f"{self.ready}/{self.desired}", **{k: v for k, v in self._progress().items() if v}}
+
+    def patch(self) -> dict[str, Any]:
+        """status.delivery as a merge patch: a field it no longer has (a wave once the rollout is gone, no node
+        without a platform) is removed, not left as it was."""
+        return {**{k: None for k in self._progress()}, **self.status()}
+
+    def _progress(self) -> dict[str, Any]:
+        return {"digest": self.digest, "wave": self.wave, "withoutPlatform": self.without_platform}
 
 
 def selected_nodes(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
@@ -275,7 +282,7 @@ class DeliveryStatus:
                                                                       conditions.timestamp(conditions.now()))}
         others = [c for c in status.get("conditions") or [] if c.get("type") != DELIVERED]
         body = {"metadata": {"resourceVersion": build["metadata"]["resourceVersion"]},
-                "status": {"delivery": summary.status(), "conditions": [*others, condition]}}
+                "status": {"delivery": summary.patch(), "conditions": [*others, condition]}}
         try:
             self.kube.merge_patch(api.path(crd.API_VERSION, crd.PLURAL, namespace, name, "status"), body)
         except api.ApiError as e:
