@@ -21,6 +21,7 @@ The same pass keeps the build's InitramfsRelease (release.py), what the agents w
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,8 @@ def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, s
     plan = plan or rollout.Plan(rollout.released_output(build))
     chosen = selected_nodes(build, node_labels)
     selected = rollout.takers(plan.output, {n: node_labels[n] for n in chosen})
-    without = [n for n in chosen if n not in set(selected)]
+    takes = set(selected)
+    without = [n for n in chosen if n not in takes]
     digest = rollout.digest_of(plan.output)
     phases: dict[str, tuple[str, str, str]] = {}  # node -> phase, message, reason
     for node, status in statuses(build, selected, reports).items():
@@ -120,9 +122,7 @@ def _without_platform(condition: tuple[str, str, str], output: Mapping[str, Any]
                       labels: list[Mapping[str, str]]) -> tuple[str, str, str]:
     """The condition, telling of the selected nodes the build has no platform for: how many of each platform
     (at most SHOWN_NODES platforms named). With no other node selected, that is why nothing is delivered."""
-    counts: dict[str, int] = {}
-    for node in labels:
-        counts[crd.node_platform(node)] = counts.get(crd.node_platform(node), 0) + 1
+    counts = Counter(crd.node_platform(node) for node in labels)
     shown = ", ".join(f"{platform}: {n}" for platform, n in sorted(counts.items())[:SHOWN_NODES])
     more = f" (and {len(counts) - SHOWN_NODES} more platforms)" if len(counts) > SHOWN_NODES else ""
     has = ", ".join(crd.platform_name(p) for p in output.get("platforms") or [])
