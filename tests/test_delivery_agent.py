@@ -384,20 +384,20 @@ def test_a_namespace_over_its_quota_gets_nothing_written(kube, namespace, regist
         host.stop()
 
 
-def platform_labels(arch: str | None) -> dict[str, str]:
-    return {"vm-host": "true", **({"kubernetes.io/os": "linux", "kubernetes.io/arch": arch} if arch else {})}
+def platform_labels(selected: str, arch: str | None) -> dict[str, str]:
+    return {"platform-test": selected, **({"kubernetes.io/os": "linux", "kubernetes.io/arch": arch} if arch else {})}
 
 
 def test_each_host_takes_its_own_platforms_file(kube, namespace, registry, tmp_path):
     """A build of two platforms: an amd64 and an arm64 host each hold their own platform's file; a riscv64 host
     and one without platform labels pull and write nothing and say why, until a relabel makes one arm64."""
-    hosts = {}
+    hosts, selected = {}, uuid.uuid4().hex[:8]
     for arch in ("amd64", "arm64", "riscv64", None):
         (tmp_path / f"root-{arch}").mkdir()
-        hosts[arch] = Host(kube, tmp_path / f"root-{arch}", platform_labels(arch))
+        hosts[arch] = Host(kube, tmp_path / f"root-{arch}", platform_labels(selected, arch))
     try:
         builds = Builds(kube, namespace, registry.host)
-        builds.create("app", {"nodeSelector": {"matchLabels": {"vm-host": "true"}}},
+        builds.create("app", {"nodeSelector": {"matchLabels": {"platform-test": selected}}},
                       platforms=["linux/amd64", "linux/arm64"])
         repo = unique_repo("platforms")
         files = {arch: pushed(registry, repo, os.urandom(60_000), tmp_path) for arch in ("amd64", "arm64")}
@@ -419,7 +419,7 @@ def test_each_host_takes_its_own_platforms_file(kube, namespace, registry, tmp_p
                           what="the unlabelled host's NoPlatform")
         assert bare["message"].startswith("this node has no kubernetes.io/os and no kubernetes.io/arch label")
         for arch in ("riscv64", None):
-            assert os.listdir(hosts[arch].root) == []  # not even the build's directory
+            assert not (hosts[arch].root / namespace).exists()  # not even the build's directory
             assert pulled_bytes(hosts[arch]) == 0
         # Relabelled (as after a reinstall on other hardware), the host takes that platform's file.
         hosts["riscv64"].relabel({"kubernetes.io/arch": "arm64"})
