@@ -4,6 +4,8 @@ DaemonSet in the privileged namespace the chart creates for it, writing into a h
 owns, the operator summing the agent's report into status.delivery; the file `current` points at is
 the registry's artifact, has the status's hashes, and boots in qemu. The agent's probes pass, its
 /metrics (read on the pod's IP) count the delivery, and the idle agent's memory is read from /proc.
+A build of two platforms gives the real (amd64) node and an arm64 API-only node with an agent process
+each its own file, and a riscv64 one nothing.
 """
 
 import hashlib
@@ -28,6 +30,9 @@ from fixtures.kube import RESTRICTED, Cluster, fresh_namespace, wait_until, writ
 from fixtures.node import Node
 from fixtures.operator import RELEASE, Builds, operator_values
 from fixtures.registry import Registry, unique_repo
+from test_delivery_agent import Host
+from test_operator_platforms import MARKER as PLATFORM_MARKER
+from test_operator_platforms import push_two_platforms
 
 MARKER = "initramfs-delivered-booted"
 # The marker is split so that the script itself does not show it on the console.
@@ -207,6 +212,62 @@ def test_delivers_to_the_selected_node_and_qemu_boots_current(
     assert builds.condition("vm", "Delivered")["reason"] == "NoNodes"
     assert os.path.realpath(current) == str(delivered) and delivered.read_bytes() == data
     assert not [sample for sample in scrape(pod) if sample[0] == "initramfs_delivery_current"]
+
+
+def test_two_platforms_deliver_each_host_its_own(
+        builds: Builds, node: Node, node_registry: Registry, busybox_static: Path, busybox_arm64: Path,
+        delivering_operator: Path, node_label: Callable[[str | None], str], kube: Cluster, kernel: Path,
+        tmp_path: Path) -> None:
+    """One build of linux/amd64 and linux/arm64 delivered to the real node (the kubelet labels it linux/amd64;
+    the chart's agent), an arm64-labelled API-only node and a riscv64 one (each with an agent process): each of
+    the first two holds its own platform's file, the riscv64 one reports NoPlatform, holds nothing and does not
+    keep the build from Delivered."""
+    host_root = delivering_operator
+    key = node_label("yes")
+    assert kubernetes.client.CoreV1Api(kube.api_client()).read_node(node.name).metadata.labels[
+        "kubernetes.io/arch"] == "amd64"
+    source, _ = push_two_platforms(node_registry, busybox_static, busybox_arm64, tmp_path)
+    target = unique_repo("platforms-delivered")
+    builds.create("both", {"image": source, "platforms": ["linux/amd64", "linux/arm64"],
+                           "registry": {"insecure": True},
+                           "output": {"oci": {"repository": f"{node_registry.host}/{target}", "tag": "boot"}},
+                           "delivery": {"nodeSelector": {"matchLabels": {key: "yes"}}}})
+    # The API-only nodes join once the build pod ran: none runs a kubelet, and the scheduler could pick one.
+    assert len(builds.wait_reason("both", "Succeeded", timeout=240)["status"]["outputs"]) == 2
+    hosts: dict[str, Host] = {}
+    try:
+        for arch in ("arm64", "riscv64"):
+            (tmp_path / f"root-{arch}").mkdir()
+            hosts[arch] = Host(kube, tmp_path / f"root-{arch}",
+                               {key: "yes", "kubernetes.io/os": "linux", "kubernetes.io/arch": arch})
+
+        def delivered() -> dict[str, Any] | None:
+            status = builds.get("both")["status"]
+            done = status.get("delivery") == {"desired": 2, "ready": 2, "failed": 0, "nodes": "2/2",
+                                              "digest": status["output"]["digest"], "withoutPlatform": 1}
+            return status if done and builds.condition("both", "Delivered").get("status") == "True" else None
+        try:
+            status = wait_until(delivered, timeout=180, what="Delivered 2/2, one node without a platform")
+        finally:
+            print(json.dumps(builds.get("both")["status"], indent=1))
+        message = builds.condition("both", "Delivered")["message"]
+        assert message.startswith(f"all 2 selected nodes hold their platform's file of {status['output']['digest']}")
+        assert message.endswith("take nothing: linux/riscv64: 1")
+        files = {o["architecture"]: o for o in status["outputs"]}
+        for root, arch in ((host_root, "amd64"), (hosts["arm64"].root, "arm64")):
+            data = (root / builds.namespace / "both" / "current").read_bytes()
+            assert (hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest(), len(data)) == \
+                (files[arch]["sha256"], files[arch]["sha512"], files[arch]["size"]), arch
+        [riscv] = [r for r in reports(builds, "both") if r["spec"]["nodeName"] == hosts["riscv64"].name]
+        assert (riscv["status"]["phase"], riscv["status"]["reason"]) == ("Failed", "NoPlatform")
+        assert "linux/riscv64, only for linux/amd64, linux/arm64" in riscv["status"]["message"]
+        assert not (hosts["riscv64"].root / builds.namespace).exists()
+        # The real node's file is the amd64 one: it boots on amd64.
+        console = boot(kernel, host_root / builds.namespace / "both" / "current", f"{PLATFORM_MARKER} amd64")
+        assert f"{PLATFORM_MARKER} amd64 x86_64" in console
+    finally:
+        for host in hosts.values():
+            host.stop()
 
 
 def probe_report(node_name: str, label: str | None = None) -> str:

@@ -387,3 +387,58 @@ def test_a_namespace_over_its_quota_gets_nothing_written(kube, namespace, regist
         wait_until(ready_with(builds, "fits", host.name, smaller), timeout=60, what="the rebuild delivered")
     finally:
         host.stop()
+
+
+def platform_labels(selected: str, arch: str | None) -> dict[str, str]:
+    return {"platform-test": selected, **({"kubernetes.io/os": "linux", "kubernetes.io/arch": arch} if arch else {})}
+
+
+def test_each_host_takes_its_own_platforms_file(kube, namespace, registry, tmp_path):
+    """A build of two platforms: an amd64 and an arm64 host each hold their own platform's file; a riscv64 host
+    and one without platform labels pull and write nothing and say why, until a relabel makes one arm64."""
+    hosts, selected = {}, uuid.uuid4().hex[:8]
+    for arch in ("amd64", "arm64", "riscv64", None):
+        (tmp_path / f"root-{arch}").mkdir()
+        hosts[arch] = Host(kube, tmp_path / f"root-{arch}", platform_labels(selected, arch))
+    try:
+        builds = Builds(kube, namespace, registry.host)
+        builds.create("app", {"nodeSelector": {"matchLabels": {"platform-test": selected}}},
+                      platforms=["linux/amd64", "linux/arm64"])
+        repo = unique_repo("platforms")
+        files = {arch: pushed(registry, repo, os.urandom(60_000), tmp_path) for arch in ("amd64", "arm64")}
+        index = "sha256:" + hashlib.sha256(b"the index").hexdigest()  # hosts never read the index itself
+        builds.patch_status("app", {
+            "output": {"reference": f"{registry.host}/{repo}@{index}", "digest": index, "tag": "v",
+                       "platforms": "linux/amd64,linux/arm64"},
+            "outputs": [{**files[arch], "platform": f"linux/{arch}", "os": "linux", "architecture": arch}
+                        for arch in ("amd64", "arm64")]})
+        for arch in ("amd64", "arm64"):
+            wait_until(ready_with(builds, "app", hosts[arch].name, files[arch]), timeout=60, what=f"the {arch} host")
+            data = (hosts[arch].root / namespace / "app" / "current").read_bytes()
+            assert hashlib.sha256(data).hexdigest() == files[arch]["sha256"]
+        riscv = wait_until(refused(builds, "app", hosts["riscv64"].name, "NoPlatform"), timeout=30,
+                           what="the riscv64 host's NoPlatform")
+        assert riscv["message"] == ("the build has no file for this node's platform linux/riscv64, only for "
+                                    "linux/amd64, linux/arm64; nothing was pulled") and "digest" not in riscv
+        bare = wait_until(refused(builds, "app", hosts[None].name, "NoPlatform"), timeout=30,
+                          what="the unlabelled host's NoPlatform")
+        assert bare["message"].startswith("this node has no kubernetes.io/os and no kubernetes.io/arch label")
+        for arch in ("riscv64", None):
+            # At most the directory's claim (tenancy.py), made while the release had no output yet: no version, no
+            # current.
+            directory = hosts[arch].root / namespace / "app"
+            assert not directory.exists() or os.listdir(directory) == [OWNER]
+            assert pulled_bytes(hosts[arch]) == 0
+        # Relabelled (as after a reinstall on other hardware), the host takes that platform's file.
+        hosts["riscv64"].relabel({"kubernetes.io/arch": "arm64"})
+        wait_until(ready_with(builds, "app", hosts["riscv64"].name, files["arm64"]), timeout=60,
+                   what="the relabelled host")
+        assert (hosts["riscv64"].root / namespace / "app" / "current").read_bytes() == \
+            (hosts["arm64"].root / namespace / "app" / "current").read_bytes()
+    finally:
+        for host in hosts.values():
+            host.stop()
+
+
+def pulled_bytes(host: Host) -> float:
+    return host.agent.metrics.registry.get_sample_value("initramfs_delivery_pulled_bytes_total") or 0.0

@@ -65,6 +65,65 @@ def test_the_message_names_no_waiting_node_so_reports_arriving_do_not_change_it(
                             "(and 3 more)")
 
 
+# --- several platforms: each node its own platform's file; a node of none is not desired ----------------------
+
+AMD, ARM = "1" * 64, "2" * 64  # each platform's file
+INDEX = "sha256:" + "9" * 64
+MULTI = {"metadata": {"uid": "u1"}, "spec": {"delivery": {"nodeSelector": {"matchLabels": {"vm": "yes"}}}},
+         "status": {"output": {"reference": "r/x@" + INDEX, "digest": INDEX, "platforms": "linux/amd64,linux/arm64"},
+                    "outputs": [{"os": "linux", "architecture": a, "reference": f"r/x@sha256:{a[0] * 64}",
+                                 "digest": f"sha256:{a[0] * 64}", "sha256": sha, "sha512": "c" * 128, "size": 1}
+                                for a, sha in (("amd64", AMD), ("arm64", ARM))]}}
+
+
+def platform(arch: str | None, os: str | None = "linux") -> dict[str, str]:
+    return {"vm": "yes", **({"kubernetes.io/os": os} if os else {}), **({"kubernetes.io/arch": arch} if arch else {})}
+
+
+FLEET = {"amd": platform("amd64"), "arm": platform("arm64"), "riscv": platform("riscv64"), "bare": platform(None, None),
+         "riscv2": platform("riscv64")}
+THEIRS = "their platform's file of " + INDEX
+NONE_OF_OURS = ("3 selected nodes are of no platform the build has (linux/amd64, linux/arm64; by their "
+                "kubernetes.io/os and kubernetes.io/arch labels) and take nothing: ?/?: 1, linux/riscv64: 2")
+
+
+@pytest.mark.parametrize(("nodes", "reports", "counts", "condition"), [
+    (FLEET, [report("amd", "Ready", "sha256:" + AMD), report("arm", "Ready", "sha256:" + ARM)], (2, 2, 0, 3),
+     ("True", "Delivered", f"all 2 selected nodes hold {THEIRS}; {NONE_OF_OURS}")),
+    # Each node's own platform: arm holding the amd64 file is not done; the NoPlatform reports count for nothing.
+    (FLEET, [report("amd", "Ready", "sha256:" + AMD), report("arm", "Ready", "sha256:" + AMD),
+             report("riscv", "Failed", "", reason="NoPlatform")], (2, 1, 0, 3),
+     ("False", "Delivering", f"1/2 nodes hold {THEIRS}; 1 waiting; {NONE_OF_OURS}")),
+    ({n: FLEET[n] for n in ("amd", "arm")}, [report("amd", "Ready", "sha256:" + AMD)], (2, 1, 0, 0),
+     ("False", "Delivering", f"1/2 nodes hold {THEIRS}; 1 waiting")),
+    ({n: FLEET[n] for n in ("riscv", "bare")}, [report("riscv", "Failed", "", reason="NoPlatform")], (0, 0, 0, 2),
+     ("False", "NoPlatform", "2 selected nodes are of no platform the build has (linux/amd64, linux/arm64; by their "
+                             "kubernetes.io/os and kubernetes.io/arch labels) and take nothing: ?/?: 1, "
+                             "linux/riscv64: 1")),
+])
+def test_summary_of_several_platforms(nodes, reports, counts, condition):
+    s = summarize(MULTI, nodes, reports)
+    assert (s.desired, s.ready, s.failed, s.without_platform) == counts
+    assert s.condition == condition and s.digest == INDEX
+    assert s.status()["nodes"] == f"{counts[1]}/{counts[0]}"
+    assert s.status().get("withoutPlatform", 0) == counts[3]
+
+
+def test_the_message_of_nodes_without_a_platform_stays_bounded():
+    nodes = {f"n{i}": platform(f"arch{i % 8}") for i in range(1000)}
+    message = summarize(MULTI, nodes, []).condition[2]
+    assert message.endswith("take nothing: linux/arch0: 125, linux/arch1: 125, linux/arch2: 125, linux/arch3: 125, "
+                            "linux/arch4: 125 (and 3 more platforms)")
+    assert len(message) < 400
+
+
+def test_one_platform_goes_to_every_node_as_before():
+    """A build of one platform (its status.output is its file) counts every selected node, whatever its
+    architecture, and its status has no withoutPlatform."""
+    s = summarize(BUILD, {"amd": platform("amd64"), "riscv": platform("riscv64")}, [report("riscv", "Ready")])
+    assert (s.desired, s.ready) == (2, 1) and "withoutPlatform" not in s.status()
+
+
 def written_at(changes: list[float], window: float) -> list[float]:
     """When a build's status is written for summaries changing at these times: DeliveryStatus.sync's
     steps on a clock of the test's, a delayed sync kept at its earliest time as WorkQueue.add_after keeps it."""
@@ -106,3 +165,13 @@ def test_a_build_that_went_is_forgotten():
     assert coalesce.wait("b") == 3.0
     coalesce.forget("b")  # deleted, and created again under the same name
     assert coalesce.wait("b") == 0.0
+
+
+def test_a_count_gone_is_removed_by_the_status_patch():
+    """status.delivery is written as a merge patch: withoutPlatform (or a wave) no longer there is sent as null,
+    which removes it, so the status read back equals the summary and the next pass writes nothing."""
+    before = summarize(MULTI, FLEET, []).patch()
+    after = summarize(MULTI, {n: FLEET[n] for n in ("amd", "arm")}, []).patch()
+    assert before["withoutPlatform"] == 3 and after["withoutPlatform"] is None and after["wave"] is None
+    merged = {k: v for k, v in {**before, **after}.items() if v is not None}  # RFC 7386 on status.delivery
+    assert merged == summarize(MULTI, {n: FLEET[n] for n in ("amd", "arm")}, []).status()

@@ -91,3 +91,41 @@ def test_a_release_already_gone_is_not_an_error():
     releases = releases_holding(release_spec(BUILD))
     releases.sync("team", "vm", edited({"spec": {"delivery": None}}))  # the FakeKube answers 404
     assert [r.method for r in releases.kube.sent()] == ["DELETE"]  # type: ignore[attr-defined]
+
+
+# --- several platforms -------------------------------------------------------------------------------------
+
+INDEX = {"reference": "r/out@sha256:" + "5" * 64, "digest": "sha256:" + "5" * 64, "tag": "v", "compression": "gzip",
+         "imageDigest": "sha256:" + "6" * 64, "platforms": "linux/amd64,linux/arm/v7"}
+FILES = [{"platform": "linux/amd64", "os": "linux", "architecture": "amd64", "reference": "r/out@sha256:" + "7" * 64,
+          "digest": "sha256:" + "7" * 64, "sha256": "c" * 64, "sha512": "d" * 128, "size": 5, "entries": 3,
+          "compression": "gzip", "imageDigest": "sha256:" + "8" * 64},
+         {"platform": "linux/arm/v7", "os": "linux", "architecture": "arm", "variant": "v7",
+          "reference": "r/out@sha256:" + "9" * 64, "digest": "sha256:" + "9" * 64, "sha256": "e" * 64,
+          "sha512": "f" * 128, "size": 6, "entries": 3, "compression": "gzip", "imageDigest": "sha256:" + "a" * 64}]
+MULTI = edited({"status": {"output": INDEX, "outputs": FILES}})
+SENT = ("os", "architecture", "variant", "reference", "digest", "sha256", "sha512", "size", "compression")
+
+
+def test_a_release_of_several_platforms_names_the_index_and_each_file():
+    assert release_spec(MULTI)["output"] == {"reference": INDEX["reference"], "digest": INDEX["digest"],
+                                             "platforms": [{k: f[k] for k in SENT if k in f} for f in FILES]}
+    # Status fields no host uses change nothing; any platform's file does.
+    busy = [{**f, "entries": 4, "imageDigest": "sha256:" + "b" * 64, "platform": "x"} for f in FILES]
+    assert release_spec(edited({"status": {"output": {**INDEX, "tag": "w"}, "outputs": busy}})) == \
+        release_spec(MULTI)
+    rebuilt = [FILES[0], {**FILES[1], "sha256": "1" * 64}]
+    assert release_spec(edited({"status": {"output": INDEX, "outputs": rebuilt}})) != release_spec(MULTI)
+    # Half a result (a platform without its file) is no output: the release names none.
+    assert "output" not in release_spec(edited({"status": {"output": INDEX, "outputs": [FILES[0], {"os": "linux"}]}}))
+
+
+def test_a_release_of_several_platforms_is_one_write_per_output():
+    """Written when the output changes, not per node nor per platform: the agents pick their file from it."""
+    releases = releases_holding()
+    releases.sync("team", "vm", MULTI)
+    written = releases.kube.sent()[0].body["spec"]  # type: ignore[attr-defined]
+    again = releases_holding(written)
+    for build in (MULTI, edited({"status": {"output": INDEX, "outputs": FILES, "delivery": {"nodes": "1/2"}}})):
+        again.sync("team", "vm", build)
+    assert again.kube.sent() == []  # type: ignore[attr-defined]

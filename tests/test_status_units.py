@@ -177,6 +177,13 @@ def test_node_events_queue_a_build_only_when_its_selector_gains_or_loses_the_nod
     assert node_event(operator, before, n1) == []  # no selector cares
     assert node_event(operator, n1, None) == ["every-node"]
     assert node_event(operator, None, node("n2", {"vm": "yes"}, "7")) == ["every-node", "vm-only"]
+    # A node's platform changing changes which file of a build of several platforms it takes: its builds sum again.
+    n2 = node("n2", {"vm": "yes", "kubernetes.io/arch": "arm64"}, "8")
+    assert node_event(operator, node("n2", {"vm": "yes"}, "7"), n2) == ["every-node", "vm-only"]
+    assert node_event(operator, n2, node("n2", {"vm": "no", "kubernetes.io/arch": "amd64"}, "9")) == \
+        ["every-node", "vm-only"]  # vm-only: left it
+    assert node_event(operator, node("n3", {"vm": "no"}, "1"), node("n3", {"vm": "no", "kubernetes.io/arch": "arm64"},
+                                                                    "2")) == ["every-node"]
 
 
 # --- Warning Events: indexed by what they are about, and queueing that object's build -------------------------

@@ -18,6 +18,11 @@ deliver, the directory is the build's (not another build's of the namespace), an
 versions on this host stay within its quota. A build refused by one of them is reported Failed with
 the rule as its reason, and nothing of it is written.
 
+A build of several platforms has one file per platform: the agent takes its own Node's (by its
+kubernetes.io/os and kubernetes.io/arch labels, crd.file_for, the rule the operator counts by). A node of
+no platform the build has pulls and writes nothing, and reports Failed with reason NoPlatform, naming the
+build's platforms; the operator does not count it as desired.
+
 The registry credentials are the chart's delivery pull Secret when there is one, else the build's push
 Secret (the release names it): the agent reads only Secrets and ConfigMaps the admin named in the chart's values.
 
@@ -74,6 +79,7 @@ MAX_NAME = 253
 READ_HINTS = {"secrets": " (the agents may read only the chart's delivery.pullSecret and the Secrets "
                          "delivery.readableSecrets lists)",
               "configmaps": " (the agents may read only the ConfigMaps the chart's delivery.readableConfigMaps lists)"}
+NO_PLATFORM = "NoPlatform"  # the reason of a build with no file for this node's platform
 REGISTRY_BUSY_SECONDS = 2.0  # a build whose registry has every pull slot taken looks again after this
 QUOTA_RECHECK_SECONDS = 60.0  # a build over its namespace's quota looks again after this (others may shrink)
 
@@ -110,21 +116,33 @@ class Wanted:
     reference: str | None  # repository@digest of the artifact, once the release has an output
     expected: Expected | None
     now: bool = True  # whether this node may take it now (not while waiting for its wave)
+    no_platform: str | None = None  # why the output has no file for this node
 
 
-def wanted(release: Obj, node: str = "") -> Wanted:
-    """What `node` should hold of the release."""
+def wanted(release: Obj, node: str = "", labels: dict[str, str] | None = None) -> Wanted:
+    """What `node`, with these labels (its platform), should hold of the release."""
     spec = release["spec"]
     delivery, output = spec["delivery"], spec.get("output")
     # Always under the build's namespace: one namespace's builds can never overwrite another's files.
     directory = f"{release['metadata']['namespace']}/{delivery['directory']}"
-    expected = reference = None
-    if output:
-        reference = output["reference"]
-        expected = Expected(output["sha256"], output["sha512"], int(output["size"]), output.get("compression", "gzip"))
+    expected = reference = no_platform = None
+    file = crd.file_for(output, labels or {}) if output else None
+    if file:
+        reference = file["reference"]
+        expected = Expected(file["sha256"], file["sha512"], int(file["size"]), file.get("compression", "gzip"))
+    elif output:
+        no_platform = _no_platform(output, labels or {})
     waves = spec.get("rollout")
     return Wanted(directory, int(delivery["keep"]), delivery["reclaimPolicy"], reference, expected,
-                  waves is None or node in (waves.get("nodes") or []))
+                  waves is None or node in (waves.get("nodes") or []), no_platform)
+
+
+def _no_platform(output: Obj, labels: dict[str, str]) -> str:
+    has = ", ".join(crd.platform_name(p) for p in output["platforms"])
+    missing = [label for label in (crd.OS_LABEL, crd.ARCH_LABEL) if not labels.get(label)]
+    if missing:
+        return f"this node has no {' and no '.join(missing)} label, so none of the build's platforms ({has}) is its own"
+    return f"the build has no file for this node's platform {crd.node_platform(labels)}, only for {has}"
 
 
 def _selects(release: Obj, labels: dict[str, str]) -> bool:
@@ -295,9 +313,15 @@ class Agent:
             self.last_seen.pop(key, None)
 
     def deliver(self, key: Key, release: Obj) -> None:
-        want = wanted(release, self.node)
-        store = VersionStore(self.root, want.directory, self.verified)
+        want = wanted(release, self.node, self.node_labels)
         path = os.path.join(self.root, want.directory, "current")
+        if want.no_platform is not None:
+            # Nothing on this host is touched (not even the build's directory made); looked at again when the
+            # release or the node's labels change, nothing to retry meanwhile.
+            self.report(key, release, "Failed", f"{want.no_platform}; nothing was pulled", path=path,
+                        reason=NO_PLATFORM)
+            return
+        store = VersionStore(self.root, want.directory, self.verified)
         try:
             refused = self._refused(key[0], release, want, store)
             if refused is not None:

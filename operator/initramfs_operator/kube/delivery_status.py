@@ -11,11 +11,17 @@ counting at once, whatever its agent has (or has not) cleaned up. When every fai
 build for one reason of the admin's rules (QuotaExceeded, DeliveryConflict, NamespaceNotAllowed), that
 is the condition's reason.
 
+A build of several platforms delivers each node its own platform's file (crd.file_for): a node counts as
+ready when it holds that one. A selected node of no platform the build has (nor any label naming its platform)
+is not desired: `desired` counts the nodes that can take the output, `withoutPlatform` the others, and the
+condition's message says which platforms they are, counted, not named (it stays one size at any fleet).
+
 The same pass keeps the build's InitramfsRelease (release.py), what the agents watch, current.
 """
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,11 +49,19 @@ class Summary:
     condition: tuple[str, str, str]  # status, reason, message
     digest: str | None = None        # the output being delivered
     wave: str | None = None          # "2/5" while rolled out in waves
+    without_platform: int = 0        # selected nodes of no platform the build has: not desired
 
     def status(self) -> dict[str, Any]:
-        progress = {"digest": self.digest, "wave": self.wave}
         return {"desired": self.desired, "ready": self.ready, "failed": self.failed,
-                "nodes": f"{self.ready}/{self.desired}", **{k: v for k, v in progress.items() if v}}
+                "nodes": f"{self.ready}/{self.desired}", **{k: v for k, v in self._progress().items() if v}}
+
+    def patch(self) -> dict[str, Any]:
+        """status.delivery as a merge patch: a field it no longer has (a wave once the rollout is gone, no node
+        without a platform) is removed, not left as it was."""
+        return {**{k: None for k in self._progress()}, **self.status()}
+
+    def _progress(self) -> dict[str, Any]:
+        return {"digest": self.digest, "wave": self.wave, "withoutPlatform": self.without_platform}
 
 
 def selected_nodes(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
@@ -72,18 +86,24 @@ def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, s
     if delivery is None:
         return None
     plan = plan or rollout.Plan(rollout.released_output(build))
-    selected = selected_nodes(build, node_labels)
+    chosen = selected_nodes(build, node_labels)
+    selected = rollout.takers(plan.output, {n: node_labels[n] for n in chosen})
+    takes = set(selected)
+    without = [n for n in chosen if n not in takes]
     digest = rollout.digest_of(plan.output)
     phases: dict[str, tuple[str, str, str]] = {}  # node -> phase, message, reason
     for node, status in statuses(build, selected, reports).items():
         phase = status.get("phase") or "Pending"
-        if phase == "Ready" and status.get("digest") != digest:
+        if phase == "Ready" and status.get("digest") != rollout.expected(plan.output, node_labels[node]):
             phase = "Pending"  # holds an older output: the new one is on its way
         phases[node] = (phase, status.get("message") or "", status.get("reason") or "")
     ready = [n for n in selected if phases.get(n, ("",))[0] == "Ready"]
     failed = [n for n in selected if phases.get(n, ("",))[0] == "Failed"]
     waiting = [n for n in selected if n not in ready and n not in failed]
-    condition = _condition(selected, ready, failed, len(waiting), phases, digest)
+    held = f"their platform's file of {digest}" if plan.output and "platforms" in plan.output else digest
+    condition = _condition(selected, ready, failed, len(waiting), phases, held)
+    if without:
+        condition = _without_platform(condition, plan.output or {}, [node_labels[n] for n in without])
     wave = f"{plan.wave}/{plan.waves}" if plan.waves else None
     if plan.missing_pin:
         condition = ("False", "PinNotFound", f"spec.delivery.pinnedDigest {plan.missing_pin} is none of the outputs "
@@ -95,7 +115,22 @@ def summarize(build: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, s
                      f"failed, more than spec.delivery.rollout.maxFailures: {shown}")
     elif delivery.get("paused") and condition[0] != "True":
         condition = ("False", "RolloutPaused", f"spec.delivery.paused: {condition[2]}")
-    return Summary(len(selected), len(ready), len(failed), condition, digest, wave)
+    return Summary(len(selected), len(ready), len(failed), condition, digest, wave, len(without))
+
+
+def _without_platform(condition: tuple[str, str, str], output: Mapping[str, Any],
+                      labels: list[Mapping[str, str]]) -> tuple[str, str, str]:
+    """The condition, telling of the selected nodes the build has no platform for: how many of each platform
+    (at most SHOWN_NODES platforms named). With no other node selected, that is why nothing is delivered."""
+    counts = Counter(crd.node_platform(node) for node in labels)
+    shown = ", ".join(f"{platform}: {n}" for platform, n in sorted(counts.items())[:SHOWN_NODES])
+    more = f" (and {len(counts) - SHOWN_NODES} more platforms)" if len(counts) > SHOWN_NODES else ""
+    has = ", ".join(crd.platform_name(p) for p in output.get("platforms") or [])
+    told = (f"{len(labels)} selected nodes are of no platform the build has ({has}; by their kubernetes.io/os and "
+            f"kubernetes.io/arch labels) and take nothing: {shown}{more}")
+    if condition[1] == "NoNodes":
+        return "False", "NoPlatform", told
+    return condition[0], condition[1], f"{condition[2]}; {told}"
 
 
 def _selects(build: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
@@ -106,6 +141,7 @@ def _selects(build: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool
 
 def _condition(selected: list[str], ready: list[str], failed: list[str], waiting: int,
                phases: Mapping[str, tuple[str, str, str]], digest: str | None) -> tuple[str, str, str]:
+    """`digest`: what a node that is done holds."""
     if not selected:
         return "False", "NoNodes", "no node matches spec.delivery.nodeSelector"
     if digest is None:
@@ -175,13 +211,17 @@ class DeliveryStatus:
     def node_changed(self, node: Key, old: Obj | None, new: Obj | None) -> None:
         """A Node listed, changed or deleted (None). Only labels feed the selectors: a status update (kubelet
         heartbeats) queues nothing, a node added, deleted or relabelled queues the builds whose selector it
-        enters or leaves."""
+        enters or leaves, or that select it while its platform changes (which of their files it takes)."""
         before, after = _labels(old), _labels(new)
         if before == after:
             return
+        replatformed = crd.node_platform(before or {}) != crd.node_platform(after or {})
         for key in self.builds.build_keys():
             build = self.builds.build(*key)  # type: ignore[misc]  # keys are (namespace, name)
-            if build is not None and _selects(build, before) != _selects(build, after):
+            if build is None:
+                continue
+            was, now = _selects(build, before), _selects(build, after)
+            if was != now or (replatformed and now):
                 self.queue.add(key)
 
     def run(self, stopping: Any) -> None:
@@ -216,7 +256,7 @@ class DeliveryStatus:
             return  # deleted, or nothing to deliver: no need to read every node's labels
         labels, reports = self.node_labels(), self._all(build["metadata"]["uid"])
         selected = selected_nodes(build, labels)
-        plan = rollout.plan(build, self.releases.held(namespace, name), selected,
+        plan = rollout.plan(build, self.releases.held(namespace, name), {n: labels[n] for n in selected},
                             {n: rollout.report_of(s) for n, s in statuses(build, selected, reports).items()},
                             conditions.now())
         self.releases.sync(namespace, name, build, plan)
@@ -242,7 +282,7 @@ class DeliveryStatus:
                                                                       conditions.timestamp(conditions.now()))}
         others = [c for c in status.get("conditions") or [] if c.get("type") != DELIVERED]
         body = {"metadata": {"resourceVersion": build["metadata"]["resourceVersion"]},
-                "status": {"delivery": summary.status(), "conditions": [*others, condition]}}
+                "status": {"delivery": summary.patch(), "conditions": [*others, condition]}}
         try:
             self.kube.merge_patch(api.path(crd.API_VERSION, crd.PLURAL, namespace, name, "status"), body)
         except api.ApiError as e:

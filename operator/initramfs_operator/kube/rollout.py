@@ -15,10 +15,16 @@ level-triggered, so a restarted operator picks a rollout up where the reports sa
   Delivered condition says RolloutHalted and names them); it resumes once they recover, and a new output
   (a fix) starts over with the canary.
 - `spec.delivery.paused` holds the release as it is.
+
+A build of several platforms delivers each host its own platform's file (crd.file_for: by the Node's
+kubernetes.io/os and kubernetes.io/arch labels): the release's output is their index with one entry per
+platform, and a host holds the output when it holds its own platform's file. A selected host of no platform
+the build has takes no part: not in a wave, not waited for. A pin may name the index's digest, or any
+platform's file or artifact digest: every host gets its own platform's file of that output.
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,13 +32,21 @@ from typing import Any
 from . import conditions, crd
 
 OUTPUT_FIELDS = ("reference", "digest", "sha256", "sha512", "size", "compression")
+PLATFORM_FIELDS = ("os", "architecture", "variant", *OUTPUT_FIELDS)
+
+Labels = Mapping[str, Mapping[str, str]]  # node -> its labels
 
 
 def released_output(build: Mapping[str, Any]) -> dict[str, Any] | None:
     """The output the build's hosts may take (crd.deliverable: with spec.verify, only one that booted), as much
-    of it as a release carries."""
+    of it as a release carries: the file, or for several platforms their index and each platform's file."""
     output = crd.deliverable(build)
-    return {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None} if output else None
+    if not output:
+        return None
+    if "outputs" in output:
+        return {"reference": output["reference"], "digest": output["digest"],
+                "platforms": [{k: o[k] for k in PLATFORM_FIELDS if o.get(k) is not None} for o in output["outputs"]]}
+    return {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None}
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,24 @@ class Plan:
 
 
 def digest_of(output: Mapping[str, Any] | None) -> str | None:
-    return f"sha256:{output['sha256']}" if output else None
+    """What names an output: its file's sha256 digest, or for several platforms their index's digest."""
+    if not output:
+        return None
+    return str(output["digest"]) if "platforms" in output else f"sha256:{output['sha256']}"
+
+
+def expected(output: Mapping[str, Any] | None, labels: Mapping[str, str]) -> str | None:
+    """The digest a node with these labels reports once it holds `output`: its platform's file's; None when the
+    build has no file for it."""
+    file = crd.file_for(output, labels) if output else None
+    return f"sha256:{file['sha256']}" if file else None
+
+
+def _names(output: Mapping[str, Any]) -> set[str | None]:
+    """Every digest a pin may name the output by: the file's and the artifact's, of each platform's too."""
+    files = [output, *(output.get("platforms") or [])]
+    return {digest_of(output)} | {f.get("digest") for f in files} | {f"sha256:{f['sha256']}" for f in files
+                                                                       if f.get("sha256")}
 
 
 def _known(held: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -73,9 +104,10 @@ def history(held: Mapping[str, Any] | None, output: Mapping[str, Any] | None, ke
 
 
 def pinned(pin: str, build: Mapping[str, Any], held: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The output a pin names, by its file's sha256 digest or its artifact's digest."""
+    """The output a pin names, by its file's sha256 digest or its artifact's digest (of several platforms: the
+    index's, or one platform's file or artifact)."""
     candidates = [o for o in [released_output(build)] if o] + _known(held)
-    return next((o for o in candidates if pin in (digest_of(o), o.get("digest"))), None)
+    return next((o for o in candidates if pin in _names(o)), None)
 
 
 def wave_ends(count: int, rollout: Mapping[str, Any]) -> list[int]:
@@ -90,8 +122,15 @@ def wave_ends(count: int, rollout: Mapping[str, Any]) -> list[int]:
     return ends or [count]
 
 
-def plan(build: Mapping[str, Any], held: Mapping[str, Any] | None, selected: Sequence[str],
+def takers(output: Mapping[str, Any] | None, selected: Labels) -> list[str]:
+    """The selected nodes, in name order, that have a file of the output: all of them for one file (or none yet),
+    those of one of its platforms for several."""
+    return sorted(n for n, labels in selected.items() if output is None or crd.file_for(output, labels) is not None)
+
+
+def plan(build: Mapping[str, Any], held: Mapping[str, Any] | None, selected: Labels,
          reports: Mapping[str, Report], now: datetime) -> Plan:
+    """`selected`: the nodes the build's selector picks, with their labels (their platform)."""
     delivery = build["spec"].get("delivery") or {}
     if delivery.get("paused") and held is not None:
         return Plan(held.get("output"), (held.get("rollout") or {}).get("nodes"))
@@ -105,8 +144,8 @@ def plan(build: Mapping[str, Any], held: Mapping[str, Any] | None, selected: Seq
     output, rollout = released_output(build), delivery.get("rollout")
     if output is None or rollout is None:
         return Plan(output)
-    digest, order = digest_of(output), sorted(selected)
-    holding = {n for n in order if reports.get(n, Report("", None, None)).digest == digest
+    order = takers(output, selected)
+    holding = {n for n in order if reports.get(n, Report("", None, None)).digest == expected(output, selected[n])
                and reports[n].phase == "Ready"}
     ends = wave_ends(len(order), rollout)
     # The first wave not yet done: the one of the first host (in order) that does not hold the output; the
