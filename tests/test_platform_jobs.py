@@ -302,3 +302,25 @@ def test_a_suspended_build_follows_its_running_platform_job_and_offers_none_unti
     c.reconcile()
     c.reconciler.admission.round()
     assert [r for r in sent(c) if r[:2] == ("POST", "job")] == [("POST", "job", names()["linux/arm64"])]
+
+
+def test_an_index_whose_push_secret_went_missing_is_stalled_and_tried_again_later() -> None:
+    """The Jobs pushed with the Secret; it is gone by the time the index is due: said, and tried again, so
+    applying it again heals the build."""
+    output = {"oci": {**ARTIFACTS["oci"], "pushSecret": {"name": "push"}}}
+    c = Cluster(several(output))
+    show(c, succeeded("linux/amd64", output), succeeded("linux/arm64", output))
+    c.clock.advance(70)
+    assert c.reconcile() == 4.0
+    assert sent(c)[-2:] == [("PATCH", "status", "InvalidSpec"), ("POST", "event", "Warning", "InvalidSpec")]
+    assert c.conditions()["Stalled"][2].startswith("secret push") and not c.registry.pending
+    c.kube.route("GET", "/api/v1/namespaces/ns/secrets/push", {"metadata": {"name": "push"}, "type": "x", "data": {
+        ".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="}})
+    c.reconciler.platforms.push_index = lambda *_: INDEX
+    c.clock.advance(4)
+    c.show()
+    c.reconcile()
+    c.registry.run()
+    c.show()
+    c.reconcile()
+    assert c.conditions()["Ready"][:2] == ("True", "Succeeded") and c.build["status"]["output"]["digest"] == INDEX

@@ -216,8 +216,9 @@ class PlatformJobs:
         target = f"{oci['repository']}:{oci['tag']}"
         try:
             options = lookup.limited(self.registry_options(report.namespace, report.spec))
-        except BuildError as e:  # its Secret is gone or unreadable: someone must act
-            report.write(report.fields, report.over_output(conditions.failed(e.reason, str(e))))
+        except BuildError as e:  # its Secret is gone or unreadable: someone must act (then the next attempt heals it)
+            report.write(report.fields, report.over_output(report.after_failure(
+                e.reason, str(e), retries.failed(key), BUILDING, False, self.lifecycle.settings.stall_after)))
             return None
         entries = [(platform_fields(o), o["digest"]) for o in outputs]
         annotations = {"org.opencontainers.image.base.name": report.spec["image"],
