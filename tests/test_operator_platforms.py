@@ -52,7 +52,7 @@ def test_two_platforms_are_ready_with_two_outputs_and_one_index(builds, node_reg
     status = builds.wait_reason("both", "Succeeded", timeout=240)["status"]
     assert builds.condition("both")["status"] == "True"
     jobs = platform_jobs(builds, "both")
-    assert list(jobs) == ["linux/amd64", "linux/arm64"]  # one Job each, and nothing else
+    assert sorted(jobs) == ["linux/amd64", "linux/arm64"]  # one Job each, and nothing else
     assert all("--push-by-digest" in j.spec.template.spec.containers[0].args for j in jobs.values())
     # The second waited for the first's slot: created once the first had ended.
     first, second = jobs["linux/amd64"], jobs["linux/arm64"]
@@ -96,7 +96,9 @@ def test_two_platforms_to_a_pvc_write_one_file_each(builds, node_registry, busyb
                             "registry": {"insecure": True},
                             "output": {"pvc": {"claimName": "images", "path": "boot/app-{arch}.cpio.gz"}}})
     status = builds.wait_reason("files", "Succeeded", timeout=180)["status"]
-    assert list(platform_jobs(builds, "files")) == ["linux/arm64", "linux/amd64"]  # in the spec's order
+    jobs = platform_jobs(builds, "files")
+    assert sorted(jobs) == ["linux/amd64", "linux/arm64"]  # one Job each, and nothing else
+    assert status["jobName"] == ", ".join(jobs[p].metadata.name for p in ("linux/arm64", "linux/amd64"))  # spec order
     assert status["output"]["path"] == "boot/app-{arch}.cpio.gz" and "sha256" not in status["output"]
     assert sorted(os.listdir(pv / "boot")) == ["app-amd64.cpio.gz", "app-arm64.cpio.gz"]  # nothing staged is left
     for o, arch in zip(status["outputs"], ("arm64", "amd64"), strict=True):  # in the spec's order
