@@ -82,15 +82,15 @@ CACHE = buildjob.BuildCache("layers", "20Gi")
     ({"maxUncompressedSize": "1Gi"}, OCI_OUTPUT, CACHE, "2Gi"),
     ({"maxUncompressedSize": 1000}, PVC_OUTPUT, None, "2000"),
     ({"maxUncompressedSize": "500M"}, PVC_OUTPUT, None, "1000000000"),
-    ({"maxUncompressedSize": "1Gi", "platforms": 2}, PVC_OUTPUT, None, "4Gi"),  # each platform's
+    ({"maxUncompressedSize": "1Gi", "platforms": 2}, PVC_OUTPUT, None, "2Gi"),  # a Job builds one platform
 ])
 def test_the_scratch_volume_is_bounded_by_what_the_build_may_keep_there(limits, output, cache, size_limit):
     limits = dict(limits)
     count = limits.pop("platforms", 1)
     spec = {"image": "src.example.com/app:1", "output": output, "limits": limits,
             **({"platforms": ["linux/amd64", "linux/arm64"][:count]} if count > 1 else {})}
-    pod = buildjob.build_job(build(spec), DIGEST, "builder:1", defaults=buildjob.PodDefaults(cache))["spec"][
-        "template"]["spec"]
+    pod = buildjob.build_job(build(spec), DIGEST, "builder:1", defaults=buildjob.PodDefaults(cache),
+                             platform="linux/arm64" if count > 1 else None)["spec"]["template"]["spec"]
     assert pod["volumes"][0] == {"name": "scratch", "emptyDir": {"sizeLimit": size_limit}}
 
 
@@ -271,14 +271,43 @@ def test_duration_parsing_matches_the_crd_grammar():
     assert conditions.parse_duration("1h30m5s") == 5405 and conditions.parse_duration("10s") == 10
 
 
-def test_several_platforms_reach_the_builder_in_one_call():
-    spec = {**PVC_SPEC, "platforms": ["linux/amd64", "linux/arm64"],
-            "output": {"pvc": {"claimName": "images", "path": "boot/app-{arch}.cpio.gz"}}}
-    parsed = cli.parser().parse_args(container(buildjob.build_job(build(spec), DIGEST, "builder:1"))["args"])
-    assert parsed.platform == "linux/amd64,linux/arm64" and parsed.output == "/output/boot/app-{arch}.cpio.gz"
-    shorthand = cli.parser().parse_args(container(buildjob.build_job(
-        build({**PVC_SPEC, "platform": "linux/arm64"}), DIGEST, "builder:1"))["args"])
-    assert shorthand.platform == "linux/arm64"
+SEVERAL_PVC = {**PVC_SPEC, "platforms": ["linux/amd64", "linux/arm/v7"],
+               "output": {"pvc": {"claimName": "images", "path": "boot/app-{arch}.cpio.gz"}}}
+SEVERAL_OCI = {**SEVERAL_PVC, "output": {"oci": {"repository": "dst.example.com/boot/app", "tag": "v1"}}}
+
+
+def test_several_platforms_get_a_job_each_building_only_its_own():
+    names = buildjob.job_names(build(SEVERAL_PVC), DIGEST)
+    assert list(names) == ["linux/amd64", "linux/arm/v7"]
+    assert [n.rsplit("-", 1)[0] for n in names.values()] == ["app-1-amd64", "app-1-arm-v7"]
+    again = {buildjob.platform_job_name(build(SEVERAL_PVC, generation=g), d, p)
+             for g, d, p in [(1, DIGEST, "linux/amd64"), (2, DIGEST, "linux/amd64"), (1, OTHER, "linux/amd64"),
+                             (1, DIGEST, "linux/arm/v7"), (1, DIGEST, "windows/amd64")]}
+    assert len(again) == 5 and names["linux/amd64"] in again
+    longest = buildjob.platform_job_name(build(SEVERAL_PVC, name="x" * 250, generation=2**62), DIGEST,
+                                         "linux/" + "a" * 60 + "/v8")
+    assert len(longest) <= 63 and longest[-1].isalnum()
+    for spec, output in [(SEVERAL_PVC, "/output/boot/app-{arch}.cpio.gz"), (SEVERAL_OCI, None)]:
+        for platform, name in buildjob.job_names(build(spec), DIGEST).items():
+            manifest = buildjob.build_job(build(spec), DIGEST, "builder:1", platform=platform)
+            assert manifest["metadata"]["name"] == name
+            assert manifest["metadata"]["annotations"][buildjob.PLATFORM] == platform
+            parsed = cli.parser().parse_args(container(manifest)["args"])
+            assert (parsed.platform, parsed.output) == (platform, output)
+            # an artifact by digest: the tag moves once, to the index of them all
+            assert (parsed.push, parsed.push_by_digest) == ((None, False) if output else
+                                                            ("dst.example.com/boot/app:v1", True))
+
+
+@pytest.mark.parametrize("spec", [{**PVC_SPEC, "platform": "linux/arm64"}, {**PVC_SPEC, "platforms": ["linux/arm64"]},
+                                  PVC_SPEC])
+def test_a_build_of_one_platform_keeps_its_one_job_and_its_name(spec):
+    """No Job of an existing build is renamed (and so built again) by platforms having Jobs of their own."""
+    assert buildjob.job_names(build(spec), DIGEST) == {None: buildjob.job_name(build(spec), DIGEST)}
+    manifest = buildjob.build_job(build(spec), DIGEST, "builder:1")
+    assert buildjob.PLATFORM not in manifest["metadata"]["annotations"]
+    parsed = cli.parser().parse_args(container(manifest)["args"])
+    assert parsed.platform == (None if spec is PVC_SPEC else "linux/arm64") and not parsed.push_by_digest
 
 
 def test_one_platform_keeps_status_output_and_adds_its_outputs_entry():
@@ -291,47 +320,48 @@ def test_one_platform_keeps_status_output_and_adds_its_outputs_entry():
     assert o.outputs == [{**o.output, "os": "linux", "architecture": "arm", "variant": "v7"}]
 
 
-SEVERAL = {"reference": "dst.example.com/boot/app@" + OTHER, "tag": "v1", "digest": OTHER,
-           "image": "src.example.com/app@" + DIGEST, "imageDigest": DIGEST, "compression": "zstd",
-           "platforms": [{"platform": f"linux/{arch}", "size": size, "sha256": c * 64, "sha512": c * 128,
-                          "entries": 7, "imageDigest": f"sha256:{c * 64}", "init": "image",
-                          "digest": f"sha256:{d * 64}"} for arch, size, c, d in [("amd64", 10, "1", "3"),
-                                                                                ("arm64", 20, "2", "4")]]}
+def platform_result(arch: str, size: int, c: str, d: str | None) -> dict:
+    """What a platform's Job reports: its file, and (pushed by digest) its artifact, no tag."""
+    where = {"reference": f"dst.example.com/boot/app@sha256:{d * 64}", "digest": f"sha256:{d * 64}"} if d else \
+        {"output": f"/output/boot/app-{arch}.cpio.gz"}
+    return {**where, "size": size, "sha256": c * 64, "sha512": c * 128, "entries": 7, "image": "x",
+            "imageDigest": f"sha256:{c * 64}", "platform": f"linux/{arch}", "compression": "zstd", "init": "image"}
 
 
-def test_a_two_platform_index_becomes_one_output_and_an_entry_per_platform():
-    spec = {**PVC_SPEC, "platforms": ["linux/amd64", "linux/arm64"],
-            "output": {"oci": {"repository": "dst.example.com/boot/app", "tag": "v1"}}}
-    o = buildjob.outcome({"exitCode": 0, "message": json.dumps(SEVERAL)}, spec)
-    assert o.reason == "Succeeded" and "2 platforms" in o.message
+def test_the_platforms_results_become_an_entry_each_and_one_output():
+    index = "sha256:" + "9" * 64
+    outputs = []
+    for platform, arch, size, c, d in [("linux/amd64", "amd64", 10, "1", "3"), ("linux/arm/v7", "arm", 20, "2", "4")]:
+        o = buildjob.outcome({"exitCode": 0, "message": json.dumps(platform_result(arch, size, c, d))}, SEVERAL_OCI,
+                             platform)
+        assert o.reason == "Succeeded" and len(o.outputs or []) == 1
+        outputs += o.outputs or []
+    assert [(e["architecture"], e.get("variant"), e["reference"], e["size"], e["sha512"]) for e in outputs] == [
+        ("amd64", None, "dst.example.com/boot/app@sha256:" + "3" * 64, 10, "1" * 128),
+        ("arm", "v7", "dst.example.com/boot/app@sha256:" + "4" * 64, 20, "2" * 128)]
     # status.output is the index: refreshInterval's output check and `kubectl get` follow its digest
-    assert o.output == {"reference": SEVERAL["reference"], "digest": OTHER, "compression": "zstd",
-                        "imageDigest": DIGEST, "platforms": "linux/amd64,linux/arm64", "tag": "v1"}
-    assert [(e["architecture"], e["reference"], e["size"], e["sha512"]) for e in o.outputs] == [
-        ("amd64", "dst.example.com/boot/app@sha256:" + "3" * 64, 10, "1" * 128),
-        ("arm64", "dst.example.com/boot/app@sha256:" + "4" * 64, 20, "2" * 128)]
-    pvc = {**spec, "output": {"pvc": {"claimName": "images", "path": "boot/{platform}.cpio.zst"}}}
-    o = buildjob.outcome({"exitCode": 0, "message": json.dumps({**SEVERAL, "reference": None})}, pvc)
-    assert [e["path"] for e in o.outputs] == ["boot/linux-amd64.cpio.zst", "boot/linux-arm64.cpio.zst"]
-    assert o.output["path"] == "boot/{platform}.cpio.zst" and "sha256" not in o.output
-
-
-def test_a_result_that_does_not_match_the_spec_s_platforms_is_a_failure_not_a_crash():
-    spec = {**PVC_SPEC, "platforms": ["linux/amd64", "linux/arm64", "linux/s390x"]}
-    o = buildjob.outcome({"exitCode": 0, "message": json.dumps(SEVERAL)}, spec)
-    assert (o.reason, o.output) == ("BuildFailed", None) and "2 platforms for 3" in o.message
+    output = buildjob.combined_output(SEVERAL_OCI, outputs, DIGEST, index)
+    assert output == {"reference": "dst.example.com/boot/app@" + index, "digest": index, "compression": "zstd",
+                      "imageDigest": DIGEST, "platforms": "linux/amd64,linux/arm", "tag": "v1"}
+    assert buildjob.combined_message(output, outputs) == \
+        f"built 2 platforms as dst.example.com/boot/app@{index}: linux/amd64 10 bytes, linux/arm 20 bytes"
+    files = [(buildjob.outcome({"exitCode": 0, "message": json.dumps(platform_result(arch, 5, "1", None))},
+                               SEVERAL_PVC, platform).outputs or [])[0]
+             for platform, arch in [("linux/amd64", "amd64"), ("linux/arm/v7", "arm")]]
+    assert [e["path"] for e in files] == ["boot/app-amd64.cpio.gz", "boot/app-armv7.cpio.gz"]
+    output = buildjob.combined_output(SEVERAL_PVC, files, DIGEST, None)
+    assert output == {"claimName": "images", "path": "boot/app-{arch}.cpio.gz", "compression": "zstd",
+                      "imageDigest": DIGEST, "platforms": "linux/amd64,linux/arm"}
 
 
 @pytest.mark.parametrize("output", ["oci", "pvc"])
 def test_the_largest_result_the_crd_allows_fits_a_termination_message(output):
-    """4 platforms (the CRD's maxItems), the longest names the CRD allows: under the kubelet's 4096 bytes."""
-    entry = {**SEVERAL["platforms"][0], "platform": "linux/arm64/v8", "size": 10**12, "entries": 10**7,
-             "init": "generated"}
-    result = {**SEVERAL, "image": "r" * 512 + "@" + DIGEST}
+    """One platform's result (a Job builds one), the longest names the CRD allows: under the kubelet's 4096
+    bytes."""
+    result = {**platform_result("arm64", 10**12, "1", "3" if output == "oci" else None),
+              "platform": "linux/arm64/v8", "entries": 10**7, "init": "generated", "image": "r" * 512 + "@" + DIGEST}
     if output == "oci":
-        result.update(reference="r" * 255 + "@" + OTHER, tag="t" * 128, platforms=[entry] * 4)
+        result.update(reference="r" * 255 + "@" + OTHER, tag="t" * 128)
     else:
-        entry = {k: v for k, v in entry.items() if k != "digest"} | {"output": "/output/" + "p" * 256}
-        result = {k: v for k, v in result.items() if k not in ("reference", "tag", "digest")} | {
-            "platforms": [entry] * 4}
+        result.update(output="/output/" + "p" * 1024)
     assert len(json.dumps(result, separators=(",", ":"))) < 4096

@@ -19,7 +19,8 @@ from fixtures.tools import REPO, need
 from initramfs_operator import cli
 from initramfs_operator.errors import InvalidImageError
 from initramfs_operator.oci import image
-from initramfs_operator.oci.registry import artifact
+from initramfs_operator.oci import registry as reg
+from initramfs_operator.oci.registry import artifact, push
 
 MARKER = "two-platform-booted"
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}  # Debian's name -> what `uname -m` prints
@@ -116,6 +117,45 @@ def test_one_push_of_all_platforms_is_one_index_that_skopeo_reads_per_arch(two_p
         artifact.layer_of(registry.ref(repo, out["digest"]), registry.options())
     with pytest.raises(InvalidImageError, match="no manifest for platform linux/s390x; available: linux/amd64, "):
         artifact.layer_of(registry.ref(repo, out["digest"]), registry.options(), image.Platform("linux", "s390x"))
+
+
+def test_platforms_pushed_by_digest_then_indexed_as_the_operator_does(two_platforms, registry, tmp_path):
+    """The operator's way: a Job per platform pushes its artifact by digest (the tag does not move), then the
+    operator pushes their index, which is the same bytes however often it is pushed."""
+    repo = unique_repo("by-digest")
+    target = registry.ref(repo, "v1")
+    pushed = {}
+    for i, arch in enumerate(ARCHES):
+        code, out = run("build", f"oci:{two_platforms}:multi", "--platform", f"linux/{arch}", "--push", target,
+                        "--push-by-digest", "--insecure-registry", registry.host,
+                        "--source-date-epoch", str(1700000000 + 100 * i))
+        assert code == 0 and "tag" not in out and out["reference"] == f"{registry.host}/{repo}@{out['digest']}", out
+        pushed[arch] = out
+    with registry.client() as client:
+        assert client.get(f"/v2/{repo}/manifests/v1", headers={"Accept": image.OCI_INDEX}).status_code == 404
+    entries = [({"os": "linux", "architecture": arch}, out["digest"]) for arch, out in pushed.items()]
+    base = {"org.opencontainers.image.base.name": "app"}
+    digest = push.push_index_of(target, entries, base, registry.options())
+    assert push.push_index_of(target, entries, base, registry.options()) == digest  # again: the same index
+    with registry.client() as client:
+        resp = client.get(f"/v2/{repo}/manifests/v1", headers={"Accept": image.OCI_INDEX})
+        sizes = [len(client.get(f"/v2/{repo}/manifests/{out['digest']}",
+                                headers={"Accept": image.OCI_MANIFEST}).content) for out in pushed.values()]
+    index = resp.json()
+    assert f"sha256:{sha256_of(resp.content)}" == digest and index["artifactType"] == "application/vnd.initramfs.v1"
+    assert [(m["platform"], m["digest"], m["size"], m["artifactType"]) for m in index["manifests"]] == [
+        (platform, d, size, "application/vnd.initramfs.v1") for (platform, d), size in zip(entries, sizes, strict=True)]
+    # dated as the newest artifact (arm64's, built as of 1700000100)
+    assert index["annotations"] == {**base, "org.opencontainers.image.created": "2023-11-14T22:15:00Z"}
+    for arch, out in pushed.items():
+        found = artifact.layer_of(registry.ref(repo, digest), registry.options(), image.Platform("linux", arch))
+        assert (found.digest, found.size) == (f"sha256:{out['sha256']}", out["size"])
+    source = reg.head(registry.push(two_platforms, "src", repo, "multi"), registry.options())
+    with pytest.raises(InvalidImageError, match="not an initramfs artifact"):
+        push.push_index_of(target, [({"os": "linux", "architecture": "amd64"}, source.digest)], {}, registry.options())
+    code, out = run("build", f"oci:{two_platforms}:multi", "--platform", "linux/amd64,linux/arm64", "--push", target,
+                    "--push-by-digest")
+    assert code == 2 and "name one --platform" in out["error"]
 
 
 def test_inspect_lists_every_platform(two_platforms, capsys):

@@ -173,6 +173,8 @@ def _check_scratch(args: argparse.Namespace) -> None:
 def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     if args.output is not None and args.push:
         raise UsageError("choose one of -o/--output and --push")
+    if args.push_by_digest and not args.push:
+        raise UsageError("--push-by-digest goes with --push")
     epoch = _source_date_epoch(args)
     options = build.BuildOptions(
         compression=args.compression, level=args.level, threads=args.threads, init=args.init,
@@ -192,6 +194,8 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
         paths = _output_paths(args, platforms, several)
     for path in paths.values():
         output.check_target(path)
+    if several and args.push_by_digest:
+        raise UsageError("--push-by-digest pushes one platform's artifact: name one --platform")
     shown = progress.for_stream(sys.stderr, args.quiet)
     try:
         if not several:
@@ -240,11 +244,13 @@ def _build_one(args: argparse.Namespace, platform: Platform, options: build.Buil
     if target is None:
         built = _build_platform(args, platform, options, reg, None, paths[platform], shown, None)
         return {"output": os.path.abspath(paths[platform]), **_result(built.result)}
+    tag = None if args.push_by_digest else target.tag
     built = _build_platform(args, platform, options, reg, target, "initramfs" + compress.EXTENSIONS[args.compression],
-                            shown, target.tag)
+                            shown, tag)
     assert built.pushed is not None
     digest = built.pushed.digest
-    return {"reference": f"{target.name}@{digest}", "tag": target.tag, "digest": digest, **_result(built.result)}
+    return {"reference": f"{target.name}@{digest}", **({"tag": tag} if tag else {}), "digest": digest,
+            **_result(built.result)}
 
 
 def _build_several(args: argparse.Namespace, platforms: list[Platform], options: build.BuildOptions,
@@ -574,6 +580,9 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--create-dirs", action="store_true", help="create the output file's missing parent directories")
     o.add_argument("--push", metavar="REF", help="push the initramfs to REF as an OCI artifact instead (several "
                                                  "platforms: an OCI image index of one artifact each)")
+    o.add_argument("--push-by-digest", action="store_true", help="with --push: push one platform's artifact by "
+                                                                 "digest only, leaving REF's tag as it is (the "
+                                                                 "operator pushes the index of several itself)")
     o.add_argument("-c", "--compression", choices=list(compress.FORMATS), default="gzip",
                    help="compression (default gzip)")
     o.add_argument("--level", type=int, help="compression level (gzip 1-9, default 6; zstd 1-19, default 3; "

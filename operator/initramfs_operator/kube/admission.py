@@ -4,7 +4,9 @@ Slots taken, counted from the indexes: every build Job not finished, every build
 running (a superseded Job's pod runs on until the kubelet stops it), and the Jobs this
 process created that its watch has not shown yet.
 
-Waiting: a pass that wants a Job for its build `offer`s it here and returns. The admitter
+Waiting: a pass that wants a Job for its build `offer`s it here and returns; a build of several platforms
+offers one Job per platform, each waiting for a slot of its own like any other build's (so one build may
+hold several slots; turns are still taken per namespace, oldest build first, its platforms in order). The admitter
 thread wakes on every offer and every Job or pod event, fills the free slots taking turns
 across namespaces (round robin) and oldest first within one (creationTimestamp), and tells
 each build left waiting, once, so that its pass writes Queued. A build waits at no cost:
@@ -15,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 
 from . import api, metrics
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 UNSEEN_SECONDS = 60.0  # how long a created Job counts as taking a slot before the watch must have shown it
 
 
+Slot = tuple[str, str | None]  # what waits for a slot: (build uid, its platform when it has Jobs per platform)
+
+
 @dataclass(frozen=True)
 class Candidate:
     namespace: str
@@ -36,10 +41,16 @@ class Candidate:
     created: str         # the build's creationTimestamp: the queue's order
     job_name: str
     manifest: Callable[[], dict] = field(compare=False)  # made when admitted: thousands may wait
+    platform: str | None = None  # of a build of several platforms, the one its Job builds
+    order: int = 0               # the platform's place in the spec: the order a build's Jobs are admitted in
 
     @property
     def key(self) -> tuple[str, str]:
         return self.namespace, self.name
+
+    @property
+    def slot(self) -> Slot:
+        return self.uid, self.platform
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ def take_turns(candidates: list[Candidate], turns: deque[str], count: int) -> tu
     """Up to `count` candidates, namespaces taking turns (round robin), oldest first within each; and the
     order of the namespaces' next turns: the ones served go to the back of the line, in the order served."""
     by_namespace: dict[str, list[Candidate]] = {}
-    for c in sorted(candidates, key=lambda c: (c.created, c.name)):
+    for c in sorted(candidates, key=lambda c: (c.created, c.name, c.order)):
         by_namespace.setdefault(c.namespace, []).append(c)
     line = deque(ns for ns in turns if ns in by_namespace)
     line.extend(ns for ns in by_namespace if ns not in line)
@@ -73,51 +84,56 @@ class Admission:
         self.monotonic = monotonic
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._candidates: dict[str, Candidate] = {}  # by build uid
-        self._offered_at: dict[str, float] = {}      # by build uid: when it began to wait, while it waits
-        self._told: set[str] = set()                 # candidates whose pass was told they wait
-        self._turns: deque[str] = deque()            # namespaces, in the order of their next turn
-        self._unseen: dict[str, float] = {}          # uid -> time.monotonic() of Jobs created, not yet watched
-        self._rejections: dict[str, Rejection] = {}  # by build uid, until its pass takes it
+        self._candidates: dict[Slot, Candidate] = {}
+        self._offered_at: dict[Slot, float] = {}      # when it began to wait, while it waits
+        self._told: set[Slot] = set()                 # candidates whose pass was told they wait
+        self._turns: deque[str] = deque()             # namespaces, in the order of their next turn
+        self._unseen: dict[str, float] = {}           # uid -> time.monotonic() of Jobs created, not yet watched
+        self._rejections: dict[Slot, Rejection] = {}  # until its pass takes it
 
     # --- what passes use --------------------------------------------------------------------
 
     def offer(self, candidate: Candidate) -> None:
+        slot = candidate.slot
         with self._lock:
-            before = self._candidates.get(candidate.uid)
-            self._candidates[candidate.uid] = candidate
-            self._offered_at.setdefault(candidate.uid, self.monotonic())
+            before = self._candidates.get(slot)
+            self._candidates[slot] = candidate
+            self._offered_at.setdefault(slot, self.monotonic())
             if before is None or before.job_name != candidate.job_name:
-                self._told.discard(candidate.uid)
+                self._told.discard(slot)
             if candidate.namespace not in self._turns:
                 self._turns.append(candidate.namespace)
         self._wake.set()
 
-    def offered(self, uid: str) -> Candidate | None:
+    def offered(self, uid: str, platform: str | None = None) -> Candidate | None:
         with self._lock:
-            return self._candidates.get(uid)
+            return self._candidates.get((uid, platform))
 
-    def waiting(self, uid: str) -> bool:
+    def waiting(self, uid: str, platform: str | None = None) -> bool:
         """Offered, and no slot was free for it: its pass says Queued."""
         with self._lock:
-            return uid in self._told and uid in self._candidates
+            return (uid, platform) in self._told and (uid, platform) in self._candidates
 
-    def withdraw(self, uid: str) -> None:
+    def withdraw(self, uid: str, platforms: Collection[str | None] | None = None) -> None:
+        """The build's candidates (of `platforms`; None: all of them) no longer wait."""
         with self._lock:
-            self._candidates.pop(uid, None)
-            self._offered_at.pop(uid, None)
-            self._told.discard(uid)
-            self._rejections.pop(uid, None)
+            slots = {s for s in [*self._candidates, *self._rejections] if s[0] == uid and
+                     (platforms is None or s[1] in platforms)}
+            for slot in slots:
+                self._candidates.pop(slot, None)
+                self._offered_at.pop(slot, None)
+                self._told.discard(slot)
+                self._rejections.pop(slot, None)
 
     def withdraw_build(self, key: tuple[str, str]) -> None:
         with self._lock:
-            uids = [uid for uid, c in self._candidates.items() if c.key == key]
+            uids = {c.uid for c in self._candidates.values() if c.key == key}
         for uid in uids:
             self.withdraw(uid)
 
-    def take_rejection(self, uid: str) -> Rejection | None:
+    def take_rejection(self, uid: str, platform: str | None = None) -> Rejection | None:
         with self._lock:
-            return self._rejections.pop(uid, None)
+            return self._rejections.pop((uid, platform), None)
 
     def wake(self) -> None:
         self._wake.set()
@@ -171,17 +187,17 @@ class Admission:
         for candidate in picked:
             self._create(candidate)
         with self._lock:
-            untold = [c for uid, c in self._candidates.items() if uid not in self._told]
-            self._told.update(c.uid for c in untold)
+            untold = [c for slot, c in self._candidates.items() if slot not in self._told]
+            self._told.update(c.slot for c in untold)
         for candidate in untold:
             self.requeue(candidate.key)
 
     def _pick(self, count: int) -> list[Candidate]:
         picked, self._turns = take_turns(list(self._candidates.values()), self._turns, count)
         for c in picked:
-            del self._candidates[c.uid]
-            self._offered_at.pop(c.uid, None)  # a Job that cannot be created yet waits again from now
-            self._told.discard(c.uid)
+            del self._candidates[c.slot]
+            self._offered_at.pop(c.slot, None)  # a Job that cannot be created yet waits again from now
+            self._told.discard(c.slot)
         return picked
 
     def _create(self, candidate: Candidate) -> None:
@@ -199,7 +215,7 @@ class Admission:
                 return  # created before (by a replica that lost the lead, or before a restart): the watch shows it
             if e.status in (400, 403, 422):  # quota, admission, validation: the API server's word is final
                 with self._lock:
-                    self._rejections[candidate.uid] = Rejection(candidate.job_name, api.message_of(e))
+                    self._rejections[candidate.slot] = Rejection(candidate.job_name, api.message_of(e))
                 self.requeue(candidate.key)
                 return
             self._retry_later(candidate, e)
@@ -214,6 +230,6 @@ class Admission:
     def _retry_later(self, candidate: Candidate, error: Exception) -> None:
         log.warning("cannot create build job %s/%s, will retry: %s", candidate.namespace, candidate.job_name, error)
         with self._lock:
-            self._candidates.setdefault(candidate.uid, candidate)
+            self._candidates.setdefault(candidate.slot, candidate)
             if candidate.namespace not in self._turns:
                 self._turns.appendleft(candidate.namespace)

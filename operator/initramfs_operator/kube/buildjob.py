@@ -6,6 +6,7 @@ without a cluster and the controller only moves objects between here and the API
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ OPERATOR = "initramfs-operator"
 GENERATION = "initramfs.dev/generation"      # label: the spec generation a Job builds
 BUILD_NAME = "initramfs.dev/build-name"      # annotation: names can be longer than label values
 IMAGE_DIGEST = "initramfs.dev/image-digest"  # annotation: the digest a Job builds
+PLATFORM = "initramfs.dev/platform"          # annotation: the platform a Job of a build of several builds
 SELECTOR = f"{MANAGED_BY}={OPERATOR}"
 COMPONENT = "app.kubernetes.io/component"
 CLEANUP = "cleanup"                          # COMPONENT of cleanup Jobs (cleanup.py); build Jobs have none
@@ -62,8 +64,29 @@ def job_name(build: dict, digest: str) -> str:
     """One name per (build object, build generation, image digest): a restarted operator finds its Job by name."""
     meta, generation = build["metadata"], build_generation(build)
     key = hashlib.sha256(f"{meta['uid']}/{generation}/{digest}".encode()).hexdigest()[:10]
-    suffix = f"-{generation}-{key}"
-    return meta["name"][: MAX_NAME - len(suffix)].rstrip("-.") + suffix
+    return _named(meta["name"], f"-{generation}-{key}")
+
+
+def platform_job_name(build: dict, digest: str, platform: str) -> str:
+    """The Job of one platform of a build of several: one name per (build object, build generation, image
+    digest, platform), the platform readable in it (arm64, arm-v7; the os too when not linux)."""
+    meta, generation = build["metadata"], build_generation(build)
+    key = hashlib.sha256(f"{meta['uid']}/{generation}/{digest}/{platform}".encode()).hexdigest()[:10]
+    readable = re.sub(r"[^a-z0-9]+", "-", platform.lower().removeprefix("linux/"))[:16].strip("-")
+    return _named(meta["name"], f"-{generation}-{readable}-{key}")
+
+
+def _named(name: str, suffix: str) -> str:
+    return name[: MAX_NAME - len(suffix)].rstrip("-.") + suffix
+
+
+def job_names(build: dict, digest: str) -> dict[str | None, str]:
+    """The build Jobs a build of `digest` wants: by platform, one each for a build of several platforms; else
+    one, under None, named as before platforms had Jobs of their own."""
+    several = platforms(build["spec"])
+    if len(several) < 2:
+        return {None: job_name(build, digest)}
+    return {p: platform_job_name(build, digest, p) for p in several}
 
 
 @dataclass(frozen=True)
@@ -127,13 +150,12 @@ def quantity(n: int) -> str:
 
 
 def scratch_size_limit(spec: dict, cached: bool) -> str:
-    """What the scratch emptyDir may hold: for each platform built, the image's layers while it is read (in
-    the cache instead when there is one), the file contents kept for the archive, and the archive itself
-    before its push, each bounded by maxUncompressedSize. Over it the kubelet evicts the build pod (its own
-    disk use, not its neighbours', decides)."""
+    """What the scratch emptyDir may hold: for the one platform a Job builds, the image's layers while it is
+    read (in the cache instead when there is one), the file contents kept for the archive, and the archive
+    itself before its push, each bounded by maxUncompressedSize. Over it the kubelet evicts the build pod
+    (its own disk use, not its neighbours', decides)."""
     limit = quantity_bytes((spec.get("limits") or {}).get("maxUncompressedSize", DEFAULT_MAX_UNCOMPRESSED))
-    per_platform = limit * (1 + (not cached) + ("oci" in spec["output"]))
-    return quantity(per_platform * max(1, len(platforms(spec))))
+    return quantity(limit * (1 + (not cached) + ("oci" in spec["output"])))
 
 
 @dataclass(frozen=True)
@@ -144,18 +166,21 @@ class Limits:
 
 
 def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Sequence[tuple[str, str]] = (),
-              ids: PodIds = PodIds(), limits: Limits = Limits(), defaults: PodDefaults = PodDefaults()) -> dict:
-    """The Job that builds `build` from the image at `digest`.
+              ids: PodIds = PodIds(), limits: Limits = Limits(), defaults: PodDefaults = PodDefaults(),
+              platform: str | None = None) -> dict:
+    """The Job that builds `build` from the image at `digest`; of a build of several platforms, the Job of
+    `platform` (named by job_names).
 
     `registry_secrets` are the build's registry Secrets as (name, key of the docker config),
     the push secret first: the pod mounts them as they are, and the builder reads them in
     that order, the first entry for a registry winning.
     """
     meta, spec = build["metadata"], build["spec"]
-    name = job_name(build, digest)
+    name = job_names(build, digest)[platform]
     labels = {MANAGED_BY: OPERATOR, "app.kubernetes.io/name": "initramfs-builder",
               crd.BUILD_UID_LABEL: meta["uid"], GENERATION: str(build_generation(build))}
-    args, mounts, volumes = builder_arguments(spec, digest, registry_secrets, build_cache(spec, defaults.cache))
+    args, mounts, volumes = builder_arguments(spec, digest, registry_secrets, build_cache(spec, defaults.cache),
+                                              platform)
     pod_security, container_security = security_contexts(ids)
     container = {
         "name": CONTAINER, "image": builder_image, "imagePullPolicy": "IfNotPresent",
@@ -204,7 +229,8 @@ def build_job(build: dict, digest: str, builder_image: str, registry_secrets: Se
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
             "name": name, "namespace": meta["namespace"], "labels": labels,
-            "annotations": {BUILD_NAME: meta["name"], IMAGE_DIGEST: digest},
+            "annotations": {BUILD_NAME: meta["name"], IMAGE_DIGEST: digest,
+                            **({PLATFORM: platform} if platform else {})},
             "ownerReferences": [{"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
         },
@@ -272,8 +298,10 @@ def is_cleanup(job: dict) -> bool:
 
 
 def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[str, str]],
-                      cache: BuildCache | None = None) -> tuple[list, list, list]:
-    """`initramfs-builder build` arguments, with the volumes and mounts they refer to."""
+                      cache: BuildCache | None = None, platform: str | None = None) -> tuple[list, list, list]:
+    """`initramfs-builder build` arguments, with the volumes and mounts they refer to: of the build's one platform,
+    or of `platform` of its several (its own file on a claim; its artifact pushed by digest, the index of them
+    all is the operator's to push)."""
     compression = spec.get("compression") or {}
     args = ["build", pinned_image(spec, digest), "-c", compression.get("format", "gzip"),
             "--scratch-dir", SCRATCH, "--result-file", TERMINATION_LOG, "--quiet"]
@@ -290,8 +318,9 @@ def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[
 
     if "level" in compression:
         args += ["--level", str(compression["level"])]
-    if platforms(spec):
-        args += ["--platform", ",".join(platforms(spec))]
+    one = platform or next(iter(platforms(spec)), None)
+    if one:
+        args += ["--platform", one]
     output = spec["output"]
     if "pvc" in output:
         args += ["-o", f"{OUTPUT}/{output['pvc']['path']}", "--create-dirs"]
@@ -299,6 +328,8 @@ def builder_arguments(spec: dict, digest: str, registry_secrets: Sequence[tuple[
         volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": output["pvc"]["claimName"]}})
     else:
         args += ["--push", f"{output['oci']['repository']}:{output['oci']['tag']}"]
+        if platform:
+            args.append("--push-by-digest")
     access_args, access_mounts, access_volumes = registry_access_arguments(spec, registry_secrets)
     args += access_args
     mounts += access_mounts
@@ -391,8 +422,9 @@ def finished(job: dict) -> str | None:
     return None
 
 
-def outcome(terminated: dict | None, spec: dict) -> Outcome:
-    """What a finished build pod's container state says: its JSON result, or why there is none."""
+def outcome(terminated: dict | None, spec: dict, platform: str | None = None) -> Outcome:
+    """What a finished build pod's container state says: its JSON result, or why there is none. `platform`:
+    the one a Job of a build of several built."""
     if not terminated:
         return Outcome(BuildError.reason, "the build pod ended without a container status")
     message = terminated.get("message") or ""
@@ -408,9 +440,9 @@ def outcome(terminated: dict | None, spec: dict) -> Outcome:
         reason = REASON_BY_EXIT_CODE.get(code, BuildError.reason) if isinstance(code, int) else BuildError.reason
         tail = f": {message.strip()}" if message.strip() else ""
         return Outcome(reason, f"the builder exited with code {code} without a result{tail}")
-    if code == 0 and ("sha256" in result or "platforms" in result):
+    if code == 0 and "sha256" in result:
         try:
-            output, outputs = output_status(result, spec)
+            output, outputs = output_status(result, spec, platform)
             return Outcome("Succeeded", success_message(result), output, outputs)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             return Outcome(BuildError.reason, f"the builder's result cannot be read ({type(e).__name__}: {e})")
@@ -420,38 +452,37 @@ def outcome(terminated: dict | None, spec: dict) -> Outcome:
 
 
 PLATFORM_FIELDS = ("sha256", "sha512", "size", "entries", "platform", "imageDigest")
+PLATFORM_ONLY = ("os", "architecture", "variant")  # in status.outputs entries, not in status.output
 
 
-def output_status(result: dict, spec: dict) -> tuple[dict, list[dict]]:
-    """status.output and status.outputs of a successful build.
+def output_status(result: dict, spec: dict, platform: str | None = None) -> tuple[dict, list[dict]]:
+    """status.output and status.outputs of a build Job's success: of the build's one platform, or of `platform`
+    (one of several: status.output is then theirs together, `combined_output`).
 
-    status.outputs has one entry per platform, with what a consumer of that platform needs on its own:
-    platform, os, architecture (a node's kubernetes.io/arch) and variant, the file's sha256, sha512, size,
-    entries and compression, the image manifest flattened, and where it is (path on the claim, or
-    reference and digest of its artifact). status.output is the build's one output: for one platform its
-    entry, as before; for several, the index (reference and digest) or the claim, with no file fields.
+    The status.outputs entry has what a consumer of that platform needs on its own: platform, os,
+    architecture (a node's kubernetes.io/arch) and variant, the file's sha256, sha512, size, entries and
+    compression, the image manifest flattened, and where it is (path on the claim, or reference and digest
+    of its artifact). os, architecture and variant say what was asked for, which the builder selected by
+    (the image config's own words, in `platform`, are the image author's).
     """
-    several = "platforms" in result
-    compression = result.get("compression")
-    entries = result["platforms"] if several else [result]
-    # os, architecture and variant say what was asked for, which the builder selected by (the image config's
-    # own words, in `platform`, are the image author's); builds are of the spec's platforms, in its order.
-    requested = [Platform.parse(p) for p in platforms(spec)] or [DEFAULT_PLATFORM]
-    if len(requested) != len(entries):
-        raise ValueError(f"the builder reported {len(entries)} platforms for {len(requested)}")
-    outputs = [_platform_output(entry, p, compression, spec, result.get("reference"))
-               for entry, p in zip(entries, requested, strict=True)]
+    requested = Platform.parse(platform) if platform else \
+        next((Platform.parse(p) for p in platforms(spec)), DEFAULT_PLATFORM)
+    entry = _platform_output(result, requested, result.get("compression"), spec, result.get("reference"))
     tag = {"tag": spec["output"]["oci"]["tag"]} if "oci" in spec["output"] else {}
-    if not several:
-        output = {k: v for k, v in outputs[0].items() if k not in ("os", "architecture", "variant")}
-        return output | tag, outputs
-    output = {"compression": compression, "imageDigest": result.get("imageDigest"),
+    return {k: v for k, v in entry.items() if k not in PLATFORM_ONLY} | tag, [entry]
+
+
+def combined_output(spec: dict, outputs: list[dict], image_digest: str, index_digest: str | None) -> dict:
+    """status.output of a build of several platforms (`outputs`, in the spec's order): the index of their
+    artifacts (`index_digest`, at the spec's tag) or the claim, with no file fields (those are each platform's)."""
+    output = {"compression": outputs[0].get("compression"), "imageDigest": image_digest,
               "platforms": ",".join(o["platform"] for o in outputs)}
     if "pvc" in spec["output"]:
         output.update(claimName=spec["output"]["pvc"]["claimName"], path=spec["output"]["pvc"]["path"])
     else:
-        output.update(reference=result["reference"], digest=result["digest"], **tag)
-    return {k: v for k, v in output.items() if v is not None}, outputs
+        repository = outputs[0]["reference"].rpartition("@")[0]
+        output.update(reference=f"{repository}@{index_digest}", digest=index_digest, tag=spec["output"]["oci"]["tag"])
+    return {k: v for k, v in output.items() if v is not None}
 
 
 def _platform_output(entry: dict, platform: Platform, compression: str | None, spec: dict,
@@ -470,7 +501,11 @@ def _platform_output(entry: dict, platform: Platform, compression: str | None, s
 
 def success_message(result: dict) -> str:
     where = result.get("reference") or result.get("output")
-    if "platforms" in result:
-        built = ", ".join(f"{p['platform']} {p['size']} bytes" for p in result["platforms"])
-        return f"built {len(result['platforms'])} platforms{f' as {where}' if where else ''}: {built}"
     return f"built {where}: {result['size']} bytes, {result['entries']} entries, sha256:{result['sha256']}"
+
+
+def combined_message(output: dict, outputs: list[dict]) -> str:
+    """Ready's message once every platform of several is built."""
+    where = output.get("reference") or f"{output['claimName']}:{output['path']}"
+    built = ", ".join(f"{o['platform']} {o['size']} bytes" for o in outputs)
+    return f"built {len(outputs)} platforms as {where}: {built}"

@@ -69,6 +69,7 @@ class Operator:
             self.delivery.nodes.stop()
         self.reconciler.lookups.shutdown()
         self.reconciler.cleanup.lookups.shutdown()
+        self.reconciler.indexes.shutdown()
         self.elector.release()
 
     @property

@@ -6,7 +6,7 @@ its Job adopts it instead of starting a second build; the admission (admission.p
 one place that creates them.
 """
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 
 from ..errors import BuildError
 from . import api, buildjob, cache, cleanup, conditions, diagnosis
@@ -69,18 +69,21 @@ class JobLifecycle:
             message = f"waiting for a build slot: all {self.settings.max_concurrent_builds} are taken"
             report.write({**report.fields, **NO_JOB}, report.over_output(conditions.in_flight(QUEUED, message)))
 
-    def offer(self, report: Report, digest: str) -> None:
+    def offer(self, report: Report, digest: str, platform: str | None = None, order: int = 0) -> bool:
+        """Offer the build's Job (of `platform`, the `order`th of its several) to the admission; False if it
+        cannot be made (said in status)."""
         try:
             secrets = self.secret_keys(report.namespace, report.spec)
         except BuildError as e:  # a Secret missing or unreadable: someone must fix it, and that heals the build
             self.refused(report, e.reason, str(e), transient=False)
-            return
+            return False
         s, build = self.settings, report.build
         self.admission.offer(Candidate(
             report.namespace, report.name, report.uid, report.observed_generation, report.meta["creationTimestamp"],
-            buildjob.job_name(build, digest),
-            lambda: buildjob.build_job(build, digest, s.builder_image, secrets, s.pod_ids, s.limits,
-                                                 s.pod_defaults)))
+            buildjob.job_names(build, digest)[platform],
+            lambda: buildjob.build_job(build, digest, s.builder_image, secrets, s.pod_ids, s.limits, s.pod_defaults,
+                                       platform), platform, order))
+        return True
 
     def rejected(self, report: Report, rejection: Rejection) -> None:
         # A quota frees up, an admission webhook comes back: Stalled only once it keeps refusing.
@@ -110,15 +113,11 @@ class JobLifecycle:
         name = job["metadata"]["name"]
         self.retries.reset(report.key)
         self.admission.withdraw(report.uid)
-        js = job.get("status") or {}
         result = finished(job)
-        # Pods run, retried, or done; a Job that runs has one in flight even before its pod shows.
-        attempts = (js.get("failed") or 0) + (js.get("succeeded") or 0) + (js.get("active") or 0)
-        attempts = max(attempts, 1) if result is None else attempts
-        failed = failed_condition(job)
+        attempts = attempts_of(job)
         # The build started when its Job was created (admitted): known at once, and never written twice.
         report.fields.update(jobName=name, startTime=job["metadata"]["creationTimestamp"], attempts=attempts or None,
-                             completionTime=js.get("completionTime") or (failed or {}).get("lastTransitionTime"))
+                             completionTime=completion_time(job))
         if result is None:
             if not finishing(job):  # else its pods are going away: no news until the result
                 self.building(report, job, attempts)
@@ -126,7 +125,7 @@ class JobLifecycle:
         if recorded(report, job):
             report.write(report.fields, None)
             return
-        self.ended(report, job, result)
+        self.ended(report, job)
 
     def building(self, report: Report, job: dict, attempts: int) -> None:
         pods = self.cache.pods_of(job["metadata"]["uid"])
@@ -157,38 +156,47 @@ class JobLifecycle:
             return None
         return diagnosis.of_events(self.cache.warnings_about(stuck["metadata"]["uid"]))
 
-    def ended(self, report: Report, job: dict, result: str) -> None:
+    def ended(self, report: Report, job: dict) -> None:
         fields = report.fields
-        failed = failed_condition(job)
-        if failed and failed.get("reason") == diagnosis.DEADLINE_EXCEEDED:
-            message = deadline_message(job["metadata"]["name"], failed, conditions.find(report.status, READY))
-            state = conditions.failed(diagnosis.DEADLINE_EXCEEDED, message)
+        outcome = self.outcome(report, job)
+        if outcome is None:
+            return
+        claim = self.claim_uid(report.namespace, report.spec) if outcome.output else {}
+        outputs = [o | claim for o in outcome.outputs or []]
+        if outcome.output and self.verification.wanted(report):
+            self.verification.begin(report, job["metadata"]["name"], outcome.output | claim, outputs, outcome.message)
+            return
+        if outcome.output:
+            state = conditions.succeeded(outcome.message)
+            fields["output"] = outcome.output | claim
+            fields["outputs"] = outputs
+            fields["previousOutputs"] = cleanup.superseded(report.status, fields["output"], outputs) or None
         else:
-            terminated = self.terminated(job, "Succeeded" if result == "Complete" else "Failed")
-            ended_at = conditions.parse_time(fields["completionTime"])
-            if terminated is None and ended_at and (report.now - ended_at).total_seconds() < RESULT_GRACE:
-                report.again_in(2)  # the pod's final status has not reached the index yet
-                return
-            outcome = buildjob.outcome(terminated, report.spec)
-            claim = self.claim_uid(report.namespace, report.spec) if outcome.output else {}
-            outputs = [o | claim for o in outcome.outputs or []]
-            if outcome.output and self.verification.wanted(report):
-                self.verification.begin(report, job["metadata"]["name"], outcome.output | claim, outputs,
-                                        outcome.message)
-                return
-            if outcome.output:
-                state = conditions.succeeded(outcome.message)
-                fields["output"] = outcome.output | claim
-                fields["outputs"] = outputs
-                fields["previousOutputs"] = cleanup.superseded(report.status, fields["output"], outputs) or None
-            else:
-                state = conditions.failed(outcome.reason, outcome.message)
-        start, end = (conditions.parse_time(fields[f]) for f in ("startTime", "completionTime"))
+            state = conditions.failed(outcome.reason, outcome.message)
+        self.record(report, fields, state)
+
+    def record(self, report: Report, fields: dict, state: conditions.State) -> None:
+        """Write the end of a build (its output, or why there is none); an output written is known present."""
+        start, end = (conditions.parse_time(fields.get(f)) for f in ("startTime", "completionTime"))
         report.write(fields, report.over_output(state), (end - start).total_seconds() if start and end else None)
         if "output" in fields:
             output = fields["output"]
             self.verified[report.key] = (report.generation, fields["imageDigest"],
                                          output.get("claimUID") or output.get("digest"))
+
+    def outcome(self, report: Report, job: dict, platform: str | None = None) -> buildjob.Outcome | None:
+        """What a finished Job (of `platform`, of a build of several) came to: stopped at its deadline, or its
+        pod's result; None while that pod's final status is on its way (looked at again in 2 s)."""
+        failed = failed_condition(job)
+        if failed and failed.get("reason") == diagnosis.DEADLINE_EXCEEDED:
+            message = deadline_message(job["metadata"]["name"], failed, conditions.find(report.status, READY))
+            return buildjob.Outcome(diagnosis.DEADLINE_EXCEEDED, message)
+        terminated = self.terminated(job, "Succeeded" if finished(job) == "Complete" else "Failed")
+        ended_at = conditions.parse_time(completion_time(job))
+        if terminated is None and ended_at and (report.now - ended_at).total_seconds() < RESULT_GRACE:
+            report.again_in(2)  # the pod's final status has not reached the index yet
+            return None
+        return buildjob.outcome(terminated, report.spec, platform)
 
     def terminated(self, job: dict, phase: str) -> dict | None:
         """The container state of the Job's newest pod in `phase`."""
@@ -200,12 +208,13 @@ class JobLifecycle:
 
     # --- acting ------------------------------------------------------------------------------
 
-    def supersede(self, report: Report, jobs: dict[str, dict], keep: str | None,
+    def supersede(self, report: Report, jobs: dict[str, dict], keep: Collection[str] = (),
                   why: str = "the spec or the image digest changed") -> None:
-        """Delete the Jobs of other generations or digests (`why`); the garbage collector takes their pods."""
+        """Delete the Jobs but those to `keep` (of other generations or digests: `why`); the garbage collector
+        takes their pods."""
         for name, job in jobs.items():
             uid = job["metadata"]["uid"]
-            if name == keep or job["metadata"].get("deletionTimestamp") or uid in self.deleted:
+            if name in keep or job["metadata"].get("deletionTimestamp") or uid in self.deleted:
                 continue
             try:
                 self.kube.delete(api.path("batch/v1", "jobs", report.namespace, name),
@@ -215,6 +224,18 @@ class JobLifecycle:
                     raise
             self.deleted[uid] = self.clock.monotonic()
             report.event("Normal", "Superseded", f"deleted build job {name}: {why}")
+
+
+def completion_time(job: dict) -> str | None:
+    """When the Job ended: its completionTime, or when it was given up on."""
+    return (job.get("status") or {}).get("completionTime") or (failed_condition(job) or {}).get("lastTransitionTime")
+
+
+def attempts_of(job: dict) -> int:
+    """Pods the Job ran, retried, or runs; one in flight even before its pod shows while it runs."""
+    js = job.get("status") or {}
+    attempts = (js.get("failed") or 0) + (js.get("succeeded") or 0) + (js.get("active") or 0)
+    return max(attempts, 1) if finished(job) is None else attempts
 
 
 def recorded(report: Report, job: dict) -> bool:

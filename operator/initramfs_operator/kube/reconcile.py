@@ -14,7 +14,8 @@ made its view stale queues the build again.
 A pass is the controller-runtime kind: it returns when it wants to look at the build again
 (`Result.requeue_after`, the earliest of what its parts want), and the worker that ran it
 queues that (controller.py); it reads the time from the clock it is given. Its parts:
-resolve.py (which digest), jobs.py (the Job for it), report.py (status and Events), cleanup.py
+resolve.py (which digest), jobs.py (the Job for it; platformjobs.py the Jobs, one per platform, of
+a build of several platforms, and the index of their artifacts), report.py (status and Events), cleanup.py
 (outputs removed past spec.output.retention, or on deletion under deletionPolicy Delete, behind
 its finalizer: a build being deleted gets a pass only while it carries that).
 
@@ -35,6 +36,7 @@ from .cleanup import FINALIZER, Cleanup
 from .clock import REAL, Clock
 from .conditions import READY, SUSPENDED
 from .jobs import JobLifecycle, recorded
+from .platformjobs import PlatformJobs, PushIndex
 from .report import NO_DIGEST, Report
 from .resolve import Claims, Resolver, Unresolved, known_digest, refresh_in
 from .settings import Settings
@@ -43,6 +45,7 @@ from .workqueue import Retries
 
 KEY = tuple[str, str]        # (namespace, name) of an InitramfsBuild
 CLEANUP_WORKERS = 2          # registry removals at once (cleanup.py)
+INDEX_WORKERS = 2            # index pushes at once (platformjobs.py)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class Reconciler:
     def __init__(self, kube: api.Kube, index: cache.Cache, settings: Settings, requeue: Callable[[Hashable], None],
                  clock: Clock = REAL, lookup_pool: Executor | None = None,
                  current_digest: Callable[[str, registry.RegistryOptions], str] = lookup.current_digest,
-                 remove_artifact: Callable[..., registry.Removal] = registry.remove_artifact):
+                 remove_artifact: Callable[..., registry.Removal] = registry.remove_artifact,
+                 push_index: PushIndex = registry.push_index_of):
         self.kube, self.cache, self.settings, self.clock = kube, index, settings, clock
         self.lookups = lookup.Lookups(settings.lookup_workers, requeue, clock, lookup_pool)
         self.admission = Admission(kube, index, settings.max_concurrent_builds, requeue)
@@ -72,7 +76,9 @@ class Reconciler:
         self.verification = Verification(kube, index, settings, self.secret_keys, verified, clock)
         self.jobs = JobLifecycle(kube, index, self.admission, Retries(settings.retry, clock), claims.uid,
                                  self.secret_keys, verified, clock, settings, self.verification)
-        # Removals in threads of their own: a registry slow to delete holds up no lookup.
+        # Index pushes and removals in threads of their own: a registry slow to take them holds up no lookup.
+        self.indexes = lookup.Lookups(INDEX_WORKERS, requeue, clock, lookup_pool)
+        self.platforms = PlatformJobs(self.jobs, self.indexes, self.registry_options, push_index)
         removals = lookup.Lookups(CLEANUP_WORKERS, requeue, clock, lookup_pool)
         self.cleanup = Cleanup(kube, index, removals, Retries(settings.retry, clock), clock, settings,
                                self.registry_options, remove_artifact)
@@ -109,21 +115,30 @@ class Reconciler:
             return
         digest = self.resolver.target(report, jobs)
         if isinstance(digest, Unresolved):
-            self.jobs.supersede(report, {**jobs, **verifying}, keep=None)
+            self.jobs.supersede(report, {**jobs, **verifying})
             report.write({**report.fields, **NO_DIGEST}, digest.state)
             return
         if digest is None:
             return
-        name = buildjob.job_name(report.build, digest)
-        self.jobs.supersede(report, jobs, keep=name)
+        names = buildjob.job_names(report.build, digest)
+        self.jobs.supersede(report, jobs, keep=set(names.values()))
         report.with_digest(digest)
+        if None not in names:  # several platforms, a Job each
+            self.platforms.step(report, digest, jobs, lambda: self.resolver.built(report, digest))
+            self.refresh(report)
+            return
+        name = names[None]
         job = jobs.get(name)
         if self.verification.owns(report, name):
-            self.jobs.supersede(report, verifying, keep=self.verification.step(report, verifying))
+            self.jobs.supersede(report, verifying, keep={self.verification.step(report, verifying)})
         elif job is None:
             self.jobs.without_job(report, name, digest, self.resolver.built(report, digest))
         else:
             self.jobs.observe(report, job)
+        self.refresh(report)
+
+    @staticmethod
+    def refresh(report: Report) -> None:
         refresh = refresh_in(report)
         if refresh:
             report.again_in(refresh)
@@ -145,7 +160,7 @@ class Reconciler:
         self.admission.withdraw(report.uid)
         jobs, verifying, cleanup_jobs = self.jobs_of(report)
         jobs.update(verifying)
-        self.jobs.supersede(report, jobs, keep=None, why="the build is being deleted")
+        self.jobs.supersede(report, jobs, why="the build is being deleted")
         if jobs:
             report.again_in(2)  # until the watch shows them gone
             return
@@ -159,7 +174,12 @@ class Reconciler:
         self.lookups.forget(report.key)
         self.admission.withdraw(report.uid)
         known = known_digest(report)
-        job = jobs.get(buildjob.job_name(report.build, known)) if known else None
+        names = buildjob.job_names(report.build, known) if known else {}
+        if known and None not in names and self.platforms.in_flight(report, known, jobs):
+            report.with_digest(known)
+            self.platforms.step(report, known, jobs, lambda: self.resolver.built(report, known), offering=False)
+            return
+        job = jobs.get(names[None]) if known and None in names else None
         if known and job is not None and not recorded(report, job):
             report.with_digest(known)
             self.jobs.observe(report, job)
@@ -175,6 +195,7 @@ class Reconciler:
 
     def forget(self, key: KEY) -> None:
         self.lookups.forget(key)
+        self.indexes.forget(key)
         self.admission.withdraw_build(key)
         self.forget_failures(key)
         self.overlay.drop(key)

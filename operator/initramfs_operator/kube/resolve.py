@@ -101,8 +101,8 @@ class Resolver:
         """A new generation, a retry whose time has come, or a refresh or a requested lookup (never while
         building: the request waits for the Job to end)."""
         known = known_digest(report)
-        current = jobs.get(buildjob.job_name(report.build, known)) if known else None
-        idle = current is None or finished(current) is not None
+        current = [jobs[n] for n in buildjob.job_names(report.build, known).values() if n in jobs] if known else []
+        idle = all(finished(job) is not None for job in current)
         if report.request is not None and idle:
             return True
         retry = self.retries.get(report.key)

@@ -16,14 +16,14 @@ from .options import RegistryOptions, read_ca_file
 
 if TYPE_CHECKING:
     from .pull import current_digest, head, load, platforms
-    from .push import ARTIFACT_TYPE, push_artifact, push_index, push_manifest, push_target
+    from .push import ARTIFACT_TYPE, push_artifact, push_index, push_index_of, push_manifest, push_target
     from .removal import Removal, remove_artifact
 
 # pull and push bring httpx (~50 ms to import): they load on first use, so a build from an OCI layout
 # or a docker archive, which only needs RegistryOptions, starts without them.
 _LAZY = {"current_digest": "pull", "head": "pull", "load": "pull", "platforms": "pull", "ARTIFACT_TYPE": "push",
-         "push_artifact": "push", "push_index": "push", "push_manifest": "push", "push_target": "push",
-         "Removal": "removal", "remove_artifact": "removal"}
+         "push_artifact": "push", "push_index": "push", "push_index_of": "push", "push_manifest": "push",
+         "push_target": "push", "Removal": "removal", "remove_artifact": "removal"}
 
 
 def __getattr__(name: str) -> Any:
@@ -33,5 +33,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ARTIFACT_TYPE", "Credentials", "Keychain", "RegistryOptions", "current_digest", "head", "load",
-           "platforms", "push_artifact", "push_index", "push_manifest", "push_target", "read_ca_file", "Removal",
-           "remove_artifact"]
+           "platforms", "push_artifact", "push_index", "push_index_of", "push_manifest", "push_target", "read_ca_file",
+           "Removal", "remove_artifact"]

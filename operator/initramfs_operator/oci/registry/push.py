@@ -17,12 +17,15 @@
 - several platforms: each platform's artifact is pushed by digest, then one OCI image index
   (`artifactType` as above) at the tag lists them, each entry with its `platform`, as a
   multi-platform image's index lists its images: clients pick their platform as they do for images.
+  The operator builds each platform in a Job of its own (`--push-by-digest`) and pushes their index
+  itself (`push_index_of`): each manifest read back, the index created as of the newest of them, so
+  pushing it again for the same artifacts pushes the same bytes (the same digest).
 """
 
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -103,11 +106,38 @@ def push_index(reference: str | Reference, manifests: list[image.Descriptor], an
     `reference`; returns its digest."""
     ref = push_target(reference)
     assert ref.tag is not None  # push_target refuses a reference without one
-    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": image.OCI_INDEX, "artifactType": ARTIFACT_TYPE,
-                           "manifests": [m.to_json() for m in manifests],
-                           "annotations": {CREATED: _created(), **annotations}}
+    doc = _index(manifests, {CREATED: _created(), **annotations})
     with Transport(ref, options, push=True) as transport:
         return _put_manifest(transport, ref.tag, json.dumps(doc, indent=2).encode(), image.OCI_INDEX)[0]
+
+
+def push_index_of(reference: str | Reference, entries: Sequence[tuple[dict[str, str], str]],
+                  annotations: dict[str, str], options: RegistryOptions) -> str:
+    """Push to the tag of `reference` the index of initramfs artifacts pushed before by digest to its repository
+    (`entries`: each one's platform fields and manifest digest, in order); returns its digest.
+
+    Each manifest is read back for its size and type, and must be an initramfs artifact; the index says it was
+    created when the newest of them was, so the same artifacts always make the same index."""
+    ref = push_target(reference)
+    assert ref.tag is not None  # push_target refuses a reference without one
+    manifests: list[image.Descriptor] = []
+    created: list[str] = []
+    with Transport(ref, options, push=True) as transport:
+        for platform, digest in entries:
+            data, media_type = manifest(transport, digest, digest)
+            doc = image.parse_json(data, transport.label(digest))
+            if doc.get("artifactType") != ARTIFACT_TYPE:
+                raise InvalidImageError(f"{transport.label(digest)}: not an initramfs artifact ({ARTIFACT_TYPE})")
+            created.append(str((doc.get("annotations") or {}).get(CREATED) or ""))
+            manifests.append(image.Descriptor(media_type, digest, len(data), platform=platform,
+                                              artifact_type=ARTIFACT_TYPE))
+        doc = _index(manifests, {CREATED: max(created) or _created(), **annotations})
+        return _put_manifest(transport, ref.tag, json.dumps(doc, indent=2).encode(), image.OCI_INDEX)[0]
+
+
+def _index(manifests: list[image.Descriptor], annotations: dict[str, str]) -> dict[str, Any]:
+    return {"schemaVersion": 2, "mediaType": image.OCI_INDEX, "artifactType": ARTIFACT_TYPE,
+            "manifests": [m.to_json() for m in manifests], "annotations": annotations}
 
 
 def _upload(transport: Transport, d: image.Descriptor, chunks: Chunks) -> None:
