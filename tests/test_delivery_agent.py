@@ -440,5 +440,35 @@ def test_each_host_takes_its_own_platforms_file(kube, namespace, registry, tmp_p
             host.stop()
 
 
+def test_a_one_platform_build_goes_to_hosts_of_its_platform(kube, namespace, registry, tmp_path):
+    """A build of linux/arm64 alone: the arm64 host and a host without platform labels take its file; the amd64
+    host, which could not boot it, pulls nothing and says why."""
+    hosts, selected = {}, uuid.uuid4().hex[:8]
+    for arch in ("amd64", "arm64", None):
+        (tmp_path / f"root-{arch}").mkdir()
+        hosts[arch] = Host(kube, tmp_path / f"root-{arch}", platform_labels(selected, arch))
+    try:
+        builds = Builds(kube, namespace, registry.host)
+        builds.create("app", {"nodeSelector": {"matchLabels": {"platform-test": selected}}}, platform="linux/arm64")
+        file = pushed(registry, unique_repo("platform"), os.urandom(60_000), tmp_path)
+        builds.patch_status("app", {"output": {**file, "platform": "linux/arm64"},
+                                    "outputs": [{**file, "platform": "linux/arm64", "os": "linux",
+                                                 "architecture": "arm64"}]})
+        for arch in ("arm64", None):
+            wait_until(ready_with(builds, "app", hosts[arch].name, file), timeout=60, what=f"the {arch} host")
+            data = (hosts[arch].root / namespace / "app" / "current").read_bytes()
+            assert hashlib.sha256(data).hexdigest() == file["sha256"]
+        amd64 = wait_until(refused(builds, "app", hosts["amd64"].name, "NoPlatform"), timeout=30,
+                           what="the amd64 host's NoPlatform")
+        assert amd64["message"] == ("the build has no file for this node's platform linux/amd64, only for "
+                                    "linux/arm64; nothing was pulled") and "digest" not in amd64
+        assert pulled_bytes(hosts["amd64"]) == 0
+        directory = hosts["amd64"].root / namespace / "app"
+        assert not directory.exists() or os.listdir(directory) == [OWNER]
+    finally:
+        for host in hosts.values():
+            host.stop()
+
+
 def pulled_bytes(host: Host) -> float:
     return host.agent.metrics.registry.get_sample_value("initramfs_delivery_pulled_bytes_total") or 0.0

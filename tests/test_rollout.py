@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from initramfs_operator.kube import crd
 from initramfs_operator.kube.release import release_spec
 from initramfs_operator.kube.rollout import Plan, Report, plan, released_output, wave_ends
 
@@ -140,6 +141,27 @@ def test_a_release_of_several_platforms_names_each_platforms_file():
 ])
 def test_plan_of_several_platforms(delivery, held, reports, expected):
     assert plan(multi(MNEW, **delivery), held, FLEET, reports, NOW) == expected
+
+
+ARM64 = {"platform": "linux/arm64", "os": "linux", "architecture": "arm64", "entries": 7}
+
+
+@pytest.mark.parametrize(("outputs", "labels", "takes"), [
+    # A build of one platform: its file names the platform it was built for (status.outputs' one entry) ...
+    ([{**NEW, **ARM64}], arch("arm64"), True),
+    ([{**NEW, **ARM64}], arch("amd64"), False),  # ... so a node of another architecture takes nothing,
+    ([{**NEW, **ARM64}], {"kubernetes.io/arch": "amd64"}, False),
+    ([{**NEW, **ARM64}], {"kubernetes.io/os": "windows", "kubernetes.io/arch": "arm64"}, False),
+    ([{**NEW, **ARM64}], {}, True),  # and a node without the labels takes it, as it always did;
+    ([{**OLD, **ARM64}], arch("amd64"), True),  # an entry of another file says nothing of this one;
+    ([], arch("amd64"), True),  # nor does a status from before status.outputs.
+])
+def test_a_one_platform_file_goes_to_nodes_of_its_platform(outputs, labels, takes):
+    released = released_output({**build(), "status": {"output": NEW, "outputs": outputs}})
+    assert released is not None
+    assert (crd.file_for(released, labels) == released) is takes
+    assert {k: released[k] for k in ("sha256", "reference")} == {"sha256": NEW["sha256"], "reference": NEW["reference"]}
+    assert crd.platforms_of(released) == ([released] if outputs and outputs[0]["sha256"] == NEW["sha256"] else [])
 
 
 def test_the_release_remembers_what_a_pin_may_name():

@@ -19,9 +19,10 @@ versions on this host stay within its quota. A build refused by one of them is r
 the rule as its reason, and nothing of it is written.
 
 A build of several platforms has one file per platform: the agent takes its own Node's (by its
-kubernetes.io/os and kubernetes.io/arch labels, crd.file_for, the rule the operator counts by). A node of
-no platform the build has pulls and writes nothing, and reports Failed with reason NoPlatform, naming the
-build's platforms; the operator does not count it as desired.
+kubernetes.io/os and kubernetes.io/arch labels, crd.file_for, the rule the operator counts by); a build of
+one platform has one file, for nodes of that platform (and nodes without the labels). A node of no platform
+the build has pulls and writes nothing, and reports Failed with reason NoPlatform, naming the build's
+platforms; the operator does not count it as desired.
 
 The registry credentials are the chart's delivery pull Secret when there is one, else the build's push
 Secret (the release names it): the agent reads only Secrets and ConfigMaps the admin named in the chart's values.
@@ -138,7 +139,7 @@ def wanted(release: Obj, node: str = "", labels: dict[str, str] | None = None) -
 
 
 def _no_platform(output: Obj, labels: dict[str, str]) -> str:
-    has = ", ".join(crd.platform_name(p) for p in output["platforms"])
+    has = ", ".join(crd.platform_name(p) for p in crd.platforms_of(output))
     missing = [label for label in (crd.OS_LABEL, crd.ARCH_LABEL) if not labels.get(label)]
     if missing:
         return f"this node has no {' and no '.join(missing)} label, so none of the build's platforms ({has}) is its own"

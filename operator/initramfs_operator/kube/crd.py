@@ -44,16 +44,23 @@ def platform_name(entry: Mapping[str, Any]) -> str:
 
 
 def file_for(output: Mapping[str, Any], labels: Mapping[str, str]) -> Mapping[str, Any] | None:
-    """The file a node with these labels holds of a release's output. One file (a build of one platform) is every
-    node's, as it always was; of several platforms, the first whose os and architecture are the node's
-    kubernetes.io/os and kubernetes.io/arch (Kubernetes labels no CPU variant: list the variant the hosts run
-    first); None when the build has none of the node's platform. The operator counts and the agent picks by
-    this one rule."""
+    """The file a node with these labels holds of a release's output. One file (a build of one platform) is the
+    file of every node but those whose kubernetes.io/os or kubernetes.io/arch label says another platform than
+    the one it was built for (a node without the labels, or a file whose platform is not known, takes it, as it
+    always did); of several platforms, the first whose os and architecture are the node's kubernetes.io/os and
+    kubernetes.io/arch (Kubernetes labels no CPU variant: list the variant the hosts run first); None when the
+    build has none of the node's platform. The operator counts and the agent picks by this one rule."""
     platforms = output.get("platforms")
     if platforms is None:
-        return output
+        built_for = {OS_LABEL: output.get("os"), ARCH_LABEL: output.get("architecture")}
+        return None if any(v and labels.get(k) and labels[k] != v for k, v in built_for.items()) else output
     node = (labels.get(OS_LABEL), labels.get(ARCH_LABEL))
     return next((p for p in platforms if (p["os"], p["architecture"]) == node), None)
+
+
+def platforms_of(output: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The platforms a release's output has a file for, as far as it says."""
+    return list(output.get("platforms") or ([output] if output.get("architecture") else []))
 
 
 def node_platform(labels: Mapping[str, str]) -> str:

@@ -125,7 +125,7 @@ def _without_platform(condition: tuple[str, str, str], output: Mapping[str, Any]
     counts = Counter(crd.node_platform(node) for node in labels)
     shown = ", ".join(f"{platform}: {n}" for platform, n in sorted(counts.items())[:SHOWN_NODES])
     more = f" (and {len(counts) - SHOWN_NODES} more platforms)" if len(counts) > SHOWN_NODES else ""
-    has = ", ".join(crd.platform_name(p) for p in output.get("platforms") or [])
+    has = ", ".join(crd.platform_name(p) for p in crd.platforms_of(output))
     told = (f"{len(labels)} selected nodes are of no platform the build has ({has}; by their kubernetes.io/os and "
             f"kubernetes.io/arch labels) and take nothing: {shown}{more}")
     if condition[1] == "NoNodes":

@@ -32,7 +32,8 @@ from typing import Any
 from . import conditions, crd
 
 OUTPUT_FIELDS = ("reference", "digest", "sha256", "sha512", "size", "compression")
-PLATFORM_FIELDS = ("os", "architecture", "variant", *OUTPUT_FIELDS)
+PLATFORM_KEYS = ("os", "architecture", "variant")
+PLATFORM_FIELDS = (*PLATFORM_KEYS, *OUTPUT_FIELDS)
 
 Labels = Mapping[str, Mapping[str, str]]  # node -> its labels
 
@@ -46,7 +47,13 @@ def released_output(build: Mapping[str, Any]) -> dict[str, Any] | None:
     if "outputs" in output:
         return {"reference": output["reference"], "digest": output["digest"],
                 "platforms": [{k: o[k] for k in PLATFORM_FIELDS if o.get(k) is not None} for o in output["outputs"]]}
-    return {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None}
+    # One platform: the file, and the platform it was built for (status.outputs' one entry, when it is this
+    # file's), so that a node of another architecture is not given it.
+    file = {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None}
+    entries = (build.get("status") or {}).get("outputs") or []
+    if len(entries) == 1 and entries[0].get("sha256") == output["sha256"]:
+        file |= {k: entries[0][k] for k in PLATFORM_KEYS if entries[0].get(k)}
+    return file
 
 
 @dataclass(frozen=True)
