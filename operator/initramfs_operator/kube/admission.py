@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Iterator
 from dataclasses import dataclass, field
 
 from . import api, metrics
@@ -84,20 +84,22 @@ class Admission:
         self.monotonic = monotonic
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._candidates: dict[Slot, Candidate] = {}
+        # By build uid, then platform (None: the build's one Job): a build's own few are found without a scan.
+        self._candidates: dict[str, dict[str | None, Candidate]] = {}
         self._offered_at: dict[Slot, float] = {}      # when it began to wait, while it waits
         self._told: set[Slot] = set()                 # candidates whose pass was told they wait
         self._turns: deque[str] = deque()             # namespaces, in the order of their next turn
         self._unseen: dict[str, float] = {}           # uid -> time.monotonic() of Jobs created, not yet watched
-        self._rejections: dict[Slot, Rejection] = {}  # until its pass takes it
+        self._rejections: dict[str, dict[str | None, Rejection]] = {}  # as candidates, until its pass takes it
 
     # --- what passes use --------------------------------------------------------------------
 
     def offer(self, candidate: Candidate) -> None:
         slot = candidate.slot
         with self._lock:
-            before = self._candidates.get(slot)
-            self._candidates[slot] = candidate
+            mine = self._candidates.setdefault(candidate.uid, {})
+            before = mine.get(candidate.platform)
+            mine[candidate.platform] = candidate
             self._offered_at.setdefault(slot, self.monotonic())
             if before is None or before.job_name != candidate.job_name:
                 self._told.discard(slot)
@@ -107,40 +109,47 @@ class Admission:
 
     def offered(self, uid: str, platform: str | None = None) -> Candidate | None:
         with self._lock:
-            return self._candidates.get((uid, platform))
+            return self._candidates.get(uid, {}).get(platform)
 
     def waiting(self, uid: str, platform: str | None = None) -> bool:
         """Offered, and no slot was free for it: its pass says Queued."""
         with self._lock:
-            return (uid, platform) in self._told and (uid, platform) in self._candidates
+            return (uid, platform) in self._told and platform in self._candidates.get(uid, {})
 
     def withdraw(self, uid: str, platforms: Collection[str | None] | None = None) -> None:
         """The build's candidates (of `platforms`; None: all of them) no longer wait."""
         with self._lock:
-            slots = {s for s in [*self._candidates, *self._rejections] if s[0] == uid and
-                     (platforms is None or s[1] in platforms)}
-            for slot in slots:
-                self._candidates.pop(slot, None)
-                self._offered_at.pop(slot, None)
-                self._told.discard(slot)
-                self._rejections.pop(slot, None)
+            candidates, rejections = self._candidates.get(uid, {}), self._rejections.get(uid, {})
+            for platform in {*candidates, *rejections} if platforms is None else platforms:
+                candidates.pop(platform, None)
+                rejections.pop(platform, None)
+                self._offered_at.pop((uid, platform), None)
+                self._told.discard((uid, platform))
+            if not candidates:
+                self._candidates.pop(uid, None)
+            if not rejections:
+                self._rejections.pop(uid, None)
 
     def withdraw_build(self, key: tuple[str, str]) -> None:
         with self._lock:
-            uids = {c.uid for c in self._candidates.values() if c.key == key}
+            uids = {c.uid for c in self._waiting() if c.key == key}
         for uid in uids:
             self.withdraw(uid)
 
     def take_rejection(self, uid: str, platform: str | None = None) -> Rejection | None:
         with self._lock:
-            return self._rejections.pop((uid, platform), None)
+            rejections = self._rejections.get(uid, {})
+            rejection = rejections.pop(platform, None)
+            if not rejections:
+                self._rejections.pop(uid, None)
+            return rejection
 
     def wake(self) -> None:
         self._wake.set()
 
     def depth(self) -> int:
         with self._lock:
-            return len(self._candidates)
+            return sum(map(len, self._candidates.values()))
 
     def oldest_wait(self) -> float:
         """Seconds the build waiting longest for a slot has waited (0: none waits)."""
@@ -187,15 +196,23 @@ class Admission:
         for candidate in picked:
             self._create(candidate)
         with self._lock:
-            untold = [c for slot, c in self._candidates.items() if slot not in self._told]
+            untold = [c for c in self._waiting() if c.slot not in self._told]
             self._told.update(c.slot for c in untold)
         for candidate in untold:
             self.requeue(candidate.key)
 
+    def _waiting(self) -> Iterator[Candidate]:
+        """Every candidate (under the lock)."""
+        for mine in self._candidates.values():
+            yield from mine.values()
+
     def _pick(self, count: int) -> list[Candidate]:
-        picked, self._turns = take_turns(list(self._candidates.values()), self._turns, count)
+        picked, self._turns = take_turns(list(self._waiting()), self._turns, count)
         for c in picked:
-            del self._candidates[c.slot]
+            mine = self._candidates[c.uid]
+            del mine[c.platform]
+            if not mine:
+                del self._candidates[c.uid]
             self._offered_at.pop(c.slot, None)  # a Job that cannot be created yet waits again from now
             self._told.discard(c.slot)
         return picked
@@ -215,7 +232,8 @@ class Admission:
                 return  # created before (by a replica that lost the lead, or before a restart): the watch shows it
             if e.status in (400, 403, 422):  # quota, admission, validation: the API server's word is final
                 with self._lock:
-                    self._rejections[candidate.slot] = Rejection(candidate.job_name, api.message_of(e))
+                    self._rejections.setdefault(candidate.uid, {})[candidate.platform] = Rejection(
+                        candidate.job_name, api.message_of(e))
                 self.requeue(candidate.key)
                 return
             self._retry_later(candidate, e)
@@ -230,6 +248,6 @@ class Admission:
     def _retry_later(self, candidate: Candidate, error: Exception) -> None:
         log.warning("cannot create build job %s/%s, will retry: %s", candidate.namespace, candidate.job_name, error)
         with self._lock:
-            self._candidates.setdefault(candidate.slot, candidate)
+            self._candidates.setdefault(candidate.uid, {}).setdefault(candidate.platform, candidate)
             if candidate.namespace not in self._turns:
                 self._turns.appendleft(candidate.namespace)
