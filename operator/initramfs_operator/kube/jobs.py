@@ -22,6 +22,7 @@ from .workqueue import Retries
 RESULT_GRACE = 10.0          # how long after its Job finished a build pod's final status may still be on its way
 TTL_SLACK = 10.0             # clock skew allowed between the TTL controller and the operator
 DELETED_SECONDS = 300.0      # how long a Job deleted is remembered, for its watch to show the deletion
+OFFERED, WAITING, STOP = "offered", "waiting", "stop"  # what JobLifecycle.want came to
 
 
 class JobLifecycle:
@@ -54,20 +55,26 @@ class JobLifecycle:
         if built or self.failure_kept(report, name):
             report.write(report.fields, None)
             return
-        rejection = self.admission.take_rejection(report.uid)
+        if self.want(report, digest, name) == WAITING:
+            message = f"waiting for a build slot: all {self.settings.max_concurrent_builds} are taken"
+            report.write({**report.fields, **NO_JOB}, report.over_output(conditions.in_flight(QUEUED, message)))
+
+    def want(self, report: Report, digest: str, name: str, platform: str | None = None, order: int = 0) -> str:
+        """The build wants its Job `name` (of `platform`, the `order`th of its several): offered to the admission
+        unless the admission refused it (said in status) or a retry is not due yet. WAITING: offered before, no
+        slot was free for it yet; STOP: this pass ends here; OFFERED otherwise."""
+        rejection = self.admission.take_rejection(report.uid, platform)
         if rejection and rejection.job_name == name:
             self.rejected(report, rejection)
-            return
+            return STOP
         retry = self.retries.get(report.key)
         if retry and retry.at > self.clock.monotonic():
             report.again_at(retry)
-            return
-        offered = self.admission.offered(report.uid)
+            return STOP
+        offered = self.admission.offered(report.uid, platform)
         if offered is None or offered.job_name != name:
-            self.offer(report, digest)
-        elif self.admission.waiting(report.uid):
-            message = f"waiting for a build slot: all {self.settings.max_concurrent_builds} are taken"
-            report.write({**report.fields, **NO_JOB}, report.over_output(conditions.in_flight(QUEUED, message)))
+            return OFFERED if self.offer(report, digest, platform, order) else STOP
+        return WAITING if self.admission.waiting(report.uid, platform) else OFFERED
 
     def offer(self, report: Report, digest: str, platform: str | None = None, order: int = 0) -> bool:
         """Offer the build's Job (of `platform`, the `order`th of its several) to the admission; False if it

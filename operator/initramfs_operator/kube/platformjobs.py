@@ -31,7 +31,7 @@ from ..oci import reference, registry
 from . import buildjob, cleanup, conditions, diagnosis, lookup
 from .buildjob import finished, finishing
 from .conditions import BUILDING, QUEUED, READY, RECONCILING, STALLED, SUCCEEDED
-from .jobs import JobLifecycle, attempts_of, completion_time
+from .jobs import STOP, WAITING, JobLifecycle, attempts_of, completion_time
 from .report import NO_JOB, Report
 
 PushIndex = Callable[..., str]  # registry.push_index_of
@@ -134,24 +134,15 @@ class PlatformJobs:
     def building(self, report: Report, names: dict[str | None, str], mine: dict[str | None, dict], listed: str,
                  offering: bool, digest: str) -> None:
         """Jobs running, or wanted: those missing are offered; status says what each platform is at."""
-        lifecycle, admission = self.lifecycle, self.lifecycle.admission
+        lifecycle = self.lifecycle
         waiting: list[str | None] = []
         for order, (p, name) in enumerate(names.items()):
             if p in mine or not offering:
                 continue
-            rejection = admission.take_rejection(report.uid, p)
-            if rejection and rejection.job_name == name:
-                lifecycle.rejected(report, rejection)
+            wanted = lifecycle.want(report, digest, name, p, order)
+            if wanted == STOP:
                 return
-            retry = lifecycle.retries.get(report.key)
-            if retry and retry.at > lifecycle.clock.monotonic():
-                report.again_at(retry)
-                return
-            offered = admission.offered(report.uid, p)
-            if offered is None or offered.job_name != name:
-                if not lifecycle.offer(report, digest, p, order):
-                    return
-            elif admission.waiting(report.uid, p):
+            if wanted == WAITING:
                 waiting.append(p)
         if len(mine) == len(names):  # every Job was created: what refused one is over
             lifecycle.retries.reset(report.key)
