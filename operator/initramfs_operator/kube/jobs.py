@@ -136,8 +136,7 @@ class JobLifecycle:
 
     def building(self, report: Report, job: dict, attempts: int) -> None:
         pods = self.cache.pods_of(job["metadata"]["uid"])
-        found = diagnosis.of_pod(diagnosis.newest(pods)) if pods else None
-        found = found or self.from_events(report, job, pods)
+        found = self.stuck(report, job, pods)
         if found is None and not pods and report.status.get("jobName") == job["metadata"]["name"] and \
                 conditions.find(report.status, READY).get("reason") in diagnosis.REASONS:
             # Its pod is gone (the deadline, an eviction) and the Job has not said why yet: what held
@@ -150,6 +149,11 @@ class JobLifecycle:
             state = conditions.in_flight(BUILDING, f"build job {job['metadata']['name']} is running "
                                                    f"(attempt {attempts})")
         report.write(report.fields, report.over_output(state))
+
+    def stuck(self, report: Report, job: dict, pods: list[dict]) -> diagnosis.Diagnosis | None:
+        """What holds a running Job up, if anything does (its pod's state, or the Warning Events about it)."""
+        found = diagnosis.of_pod(diagnosis.newest(pods)) if pods else None
+        return found or self.from_events(report, job, pods)
 
     def from_events(self, report: Report, job: dict, pods: list[dict]) -> diagnosis.Diagnosis | None:
         """Why a Job has no pod, or its pod no container, after a while: what the Warning Events about them

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from ..errors import BuildError, RegistryError
 from ..oci import reference, registry
-from . import buildjob, cleanup, conditions, diagnosis, lookup
+from . import buildjob, cleanup, conditions, lookup
 from .buildjob import finished, finishing
 from .conditions import BUILDING, QUEUED, READY, RECONCILING, STALLED, SUCCEEDED
 from .jobs import STOP, WAITING, JobLifecycle, attempts_of, completion_time
@@ -151,7 +151,7 @@ class PlatformJobs:
         if not running and not waiting:
             return  # offered, not yet told whether a slot is free; or every Job is finishing
         for p, job in running.items():
-            found = self.stuck(report, job)
+            found = lifecycle.stuck(report, job, lifecycle.cache.pods_of(job["metadata"]["uid"]))
             if found:
                 report.write(report.fields, report.over_output(conditions.retrying(
                     found.reason, f"{p}: {found.message}", BUILDING)))
@@ -171,12 +171,6 @@ class PlatformJobs:
                 message += f"; {', '.join(map(str, waiting))} waiting for a build slot ({slots})"
             state = conditions.in_flight(BUILDING, message)
         report.write({**report.fields, **({} if mine else NO_JOB)}, report.over_output(state))
-
-    def stuck(self, report: Report, job: dict) -> diagnosis.Diagnosis | None:
-        """What holds a running Job up, if anything does (its pod's state, or the Warning Events about it)."""
-        pods = self.lifecycle.cache.pods_of(job["metadata"]["uid"])
-        found = diagnosis.of_pod(diagnosis.newest(pods)) if pods else None
-        return found or self.lifecycle.from_events(report, job, pods)
 
     # --- the index of the artifacts ------------------------------------------------------------
 
