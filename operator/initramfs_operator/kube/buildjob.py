@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import AuthError, BuildError, InvalidImageError, LimitExceeded, OutputError, RegistryError, UsageError
-from ..oci import reference
+from ..oci import image, reference
 from ..oci.image import DEFAULT_PLATFORM, Platform
 from . import crd
 from .diagnosis import OOM_KILLED
@@ -452,7 +452,6 @@ def outcome(terminated: dict | None, spec: dict, platform: str | None = None) ->
 
 
 PLATFORM_FIELDS = ("sha256", "sha512", "size", "entries", "platform", "imageDigest")
-PLATFORM_ONLY = ("os", "architecture", "variant")  # in status.outputs entries, not in status.output
 
 
 def output_status(result: dict, spec: dict, platform: str | None = None) -> tuple[dict, list[dict]]:
@@ -469,7 +468,8 @@ def output_status(result: dict, spec: dict, platform: str | None = None) -> tupl
         next((Platform.parse(p) for p in platforms(spec)), DEFAULT_PLATFORM)
     entry = _platform_output(result, requested, result.get("compression"), spec, result.get("reference"))
     tag = {"tag": spec["output"]["oci"]["tag"]} if "oci" in spec["output"] else {}
-    return {k: v for k, v in entry.items() if k not in PLATFORM_ONLY} | tag, [entry]
+    # os, architecture and variant are status.outputs' own (what was asked for).
+    return {k: v for k, v in entry.items() if k not in image.PLATFORM_FIELDS} | tag, [entry]
 
 
 def combined_output(spec: dict, outputs: list[dict], image_digest: str, index_digest: str | None) -> dict:

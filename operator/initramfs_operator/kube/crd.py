@@ -3,6 +3,8 @@
 from collections.abc import Mapping
 from typing import Any
 
+from ..oci.image import PLATFORM_FIELDS
+
 GROUP, VERSION, KIND, PLURAL = "initramfs.dev", "v1alpha1", "InitramfsBuild", "initramfsbuilds"
 API_VERSION = f"{GROUP}/{VERSION}"
 DELIVERY_KIND, DELIVERY_PLURAL = "InitramfsDelivery", "initramfsdeliveries"  # one per (build, node), by the agents
@@ -40,7 +42,7 @@ def _complete(output: Mapping[str, Any]) -> bool:
 
 def platform_name(entry: Mapping[str, Any]) -> str:
     """os/architecture[/variant] of one of a release's platforms."""
-    return "/".join(entry[k] for k in ("os", "architecture", "variant") if entry.get(k))
+    return "/".join(entry[k] for k in PLATFORM_FIELDS if entry.get(k))
 
 
 def file_for(output: Mapping[str, Any], labels: Mapping[str, str]) -> Mapping[str, Any] | None:

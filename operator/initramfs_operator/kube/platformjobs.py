@@ -27,7 +27,7 @@ and once all of them succeeded, the build's output.
 from collections.abc import Callable
 
 from ..errors import BuildError, RegistryError
-from ..oci import reference, registry
+from ..oci import image, reference, registry
 from . import buildjob, cleanup, conditions, lookup
 from .buildjob import finished, finishing
 from .conditions import BUILDING, QUEUED, READY, RECONCILING, STALLED, SUCCEEDED
@@ -219,4 +219,4 @@ class PlatformJobs:
 
 def platform_fields(output: dict) -> dict[str, str]:
     """An index entry's platform: what was asked for (os, architecture, variant), as clients select by."""
-    return {k: output[k] for k in ("os", "architecture", "variant") if k in output}
+    return {k: output[k] for k in image.PLATFORM_FIELDS if k in output}

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..oci import image
 from . import conditions, crd
 
 OUTPUT_FIELDS = ("reference", "digest", "sha256", "sha512", "size", "compression")
-PLATFORM_KEYS = ("os", "architecture", "variant")
-PLATFORM_FIELDS = (*PLATFORM_KEYS, *OUTPUT_FIELDS)
+PLATFORM_FILE_FIELDS = (*image.PLATFORM_FIELDS, *OUTPUT_FIELDS)
 
 Labels = Mapping[str, Mapping[str, str]]  # node -> its labels
 
@@ -46,13 +46,14 @@ def released_output(build: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     if "outputs" in output:
         return {"reference": output["reference"], "digest": output["digest"],
-                "platforms": [{k: o[k] for k in PLATFORM_FIELDS if o.get(k) is not None} for o in output["outputs"]]}
+                "platforms": [{k: o[k] for k in PLATFORM_FILE_FIELDS if o.get(k) is not None}
+                              for o in output["outputs"]]}
     # One platform: the file, and the platform it was built for (status.outputs' one entry, when it is this
     # file's), so that a node of another architecture is not given it.
     file = {k: output[k] for k in OUTPUT_FIELDS if output.get(k) is not None}
     entries = (build.get("status") or {}).get("outputs") or []
     if len(entries) == 1 and entries[0].get("sha256") == output["sha256"]:
-        file |= {k: entries[0][k] for k in PLATFORM_KEYS if entries[0].get(k)}
+        file |= {k: entries[0][k] for k in image.PLATFORM_FIELDS if entries[0].get(k)}
     return file
 
 
