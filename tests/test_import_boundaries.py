@@ -203,7 +203,6 @@ def test_the_delivery_agent_process_never_loads_kubernetes():
     assert loaded.strip() == "[]"
 
 
-
 def test_loading_the_build_leaves_no_transient_peak():
     """What a build imports (the CLI, every compression), in a fresh interpreter: its peak RSS is what stays
     resident (the code and its tables), not work done at import and freed (blockxz once ran liblzma's preset-6
@@ -214,6 +213,7 @@ def test_loading_the_build_leaves_no_transient_peak():
     transient_kib = int(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
                                        text=True).stdout)
     assert transient_kib < 2048
+
 
 def test_every_layer_exists():
     found = modules(REPO / "operator")

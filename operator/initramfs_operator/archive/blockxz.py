@@ -15,9 +15,9 @@ DICTIONARY = {0: 0.25, 1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 16, 8: 32, 9: 64}
 # The stream header as the xz format (1.2.0, section 2.1.1) lays it out: the magic, the stream flags (check
 # type 1, CRC32) and their CRC32. Written out, not taken from a compressor: even an empty input makes liblzma
 # set up a preset-6 encoder (16 MiB and more of peak memory, in every build that imports this module).
-_FLAGS = b"\x00\x01"
-STREAM_HEADER = b"\xfd7zXZ\x00" + _FLAGS + struct.pack("<I", zlib.crc32(_FLAGS))
 _U32 = struct.Struct("<I")
+_FLAGS = b"\x00\x01"
+STREAM_HEADER = b"\xfd7zXZ\x00" + _FLAGS + _U32.pack(zlib.crc32(_FLAGS))
 
 
 def block_size(level: int) -> int:
