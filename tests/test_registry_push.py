@@ -131,3 +131,14 @@ def test_push_needs_a_tag(registry, tmp_path):
     with pytest.raises(UsageError, match="push to a tag"):
         reg.push_artifact(str(tmp_path / "x"), registry.ref("a/b", "sha256:" + "0" * 64), media_type=CPIO_GZ,
                           annotations={}, subject=None, options=registry.options())
+
+
+@pytest.mark.parametrize(("annotations", "taken"), [
+    ({push.CREATED: "2026-01-01T00:00:00Z"}, "2026-01-01T00:00:00Z"),
+    ({push.CREATED: "9" * 4096}, ""),  # a registry's answer reaches the index only as a timestamp
+    ({push.CREATED: "2026-01-01T00:00:00Z; rm -rf /"}, ""),
+    ({push.CREATED: 12}, ""),
+    (None, ""),
+])
+def test_the_index_of_artifacts_is_dated_only_by_a_timestamp_a_manifest_gives(annotations, taken):
+    assert push._created_of({"annotations": annotations}) == taken

@@ -45,6 +45,7 @@ ARTIFACT_TYPE = "application/vnd.initramfs.v1"
 EMPTY_CONFIG = b"{}"
 TITLE = "org.opencontainers.image.title"
 CREATED = "org.opencontainers.image.created"
+CREATED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 CHUNK = 16 << 20          # upload chunk; smaller blobs go in one request
 
 # `chunks(offset, length)`: a slice of a blob, as a stream.
@@ -128,7 +129,7 @@ def push_index_of(reference: str | Reference, entries: Sequence[tuple[dict[str, 
             doc = image.parse_json(data, transport.label(digest))
             if doc.get("artifactType") != ARTIFACT_TYPE:
                 raise InvalidImageError(f"{transport.label(digest)}: not an initramfs artifact ({ARTIFACT_TYPE})")
-            created.append(str((doc.get("annotations") or {}).get(CREATED) or ""))
+            created.append(_created_of(doc))
             manifests.append(image.Descriptor(media_type, digest, len(data), platform=platform,
                                               artifact_type=ARTIFACT_TYPE))
         doc = _index(manifests, {CREATED: max(created) or _created(), **annotations})
@@ -254,4 +255,15 @@ def _created() -> str:
         moment = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
     except ValueError:
         raise UsageError(f"SOURCE_DATE_EPOCH={epoch!r} is not a number of seconds") from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime(CREATED_FORMAT)
+
+
+def _created_of(doc: dict[str, Any]) -> str:
+    """A manifest's creation time, if it is one as this module writes it ("" if not): a registry's answer goes
+    into the index only as a timestamp."""
+    value = (doc.get("annotations") or {}).get(CREATED)
+    try:
+        datetime.strptime(str(value), CREATED_FORMAT)
+    except ValueError:
+        return ""
+    return str(value)
