@@ -1,9 +1,10 @@
-"""Layer blobs -> inflated byte chunks, produced on a thread of their own.
+"""Layer blobs -> inflated byte chunks, produced on threads of their own.
 
-Reading the blob, checking its digest and inflating it all happen on the producer thread, in
-C code that releases the GIL (hashlib, ISA-L's inflate, zstd), so they overlap with the tar
-parsing and the stores on the consumer's thread. The compression is recognised by its magic
-bytes, so OCI and Docker media types (and `docker save`'s bare tars) all take the same path.
+Reading the blob (which hashes it, for its digest) happens on a read thread, inflating it on an
+inflate thread, both in C code that releases the GIL (hashlib, ISA-L's inflate, zstd), so they
+overlap with each other and with the tar parsing and the stores on the consumer's thread: the
+inflate thread, the slowest of the three, does nothing else. The compression is recognised by its
+magic bytes, so OCI and Docker media types (and `docker save`'s bare tars) all take the same path.
 
 Once the consumer has what it needs (a tar stream stops at its end-of-archive block), the rest
 of the blob is read without inflating it, for the digest alone: blob bytes are hashed once.
@@ -62,22 +63,28 @@ def inflated(blob: Blob, where: str) -> Iterator[Iterator[bytes]]:
 
 
 class _Pipe:
+    """blob -> read thread -> inflate thread -> consumer, each hand-over through a bounded queue."""
+
     def __init__(self, blob: Blob, where: str):
         self._blob = blob
         self._where = where
-        self._queue: queue.Queue[object] = queue.Queue(DEPTH)
+        self._read: queue.Queue[object] = queue.Queue(DEPTH)  # blob bytes, then b"" or the read's error
+        self._queue: queue.Queue[object] = queue.Queue(DEPTH)  # inflated chunks, then _END or an error
         self._stopping = threading.Event()
-        self._lock = threading.Lock()  # who closes the blob: the consumer, or a producer left behind
-        self._producing = True
+        self._lock = threading.Lock()  # who closes the blob: the consumer, or a reader left behind
+        self._reading = True
         self._abandoned = False
+        self._reader = threading.Thread(target=self._read_blob, daemon=True, name="read")
         self._producer = threading.Thread(target=self._produce, daemon=True, name="inflate")
+        self._reader.start()
         self._producer.start()
 
     def finish(self) -> None:
-        """After the consumer read what it needed: the producer stops (what it inflated beyond is dropped),
-        the rest of the blob is read for its digest alone, and the blob is closed."""
+        """After the consumer read what it needed: the threads stop (what they read or inflated beyond is
+        dropped, already hashed), the rest of the blob is read for its digest alone, and the blob is closed."""
         self._stopping.set()
-        self._producer.join()  # a producer waiting for room in the queue notices within one timeout
+        self._producer.join()  # a thread waiting for room in a queue notices within one timeout
+        self._reader.join()
         try:
             self._blob.verify()
         finally:
@@ -87,26 +94,35 @@ class _Pipe:
         self._stopping.set()
         with self._lock:
             self._abandoned = True
-            if self._producing:
+            if self._reading:
                 return
         self._blob.close()
 
-    def _produce(self) -> None:
+    def _read_blob(self) -> None:
         try:
-            for chunk in _decoded(self._blob):
-                if not self._put(chunk):
-                    return
-            self._put(_END)
-        except _CORRUPT as e:
-            self._put(InvalidImageError(f"{self._where}: corrupt or truncated ({type(e).__name__}: {e})"))
-        except BaseException as e:  # handed to the consumer, which raises it where it reads
-            self._put(e)
+            while self._put(self._read, data := self._blob.read(CHUNK)) and data:
+                pass
+        except BaseException as e:  # handed to the inflate thread, which raises it where it reads
+            self._put(self._read, e)
         finally:
             with self._lock:
-                self._producing = False
+                self._reading = False
                 if self._abandoned:
                     with suppress(Exception):
                         self._blob.close()
+
+    def _produce(self) -> None:
+        try:
+            for chunk in _decoded(_Queued(self._read, self._stopping)):
+                if not self._put(self._queue, chunk):
+                    return
+            self._put(self._queue, _END)
+        except _Stopped:
+            return
+        except _CORRUPT as e:
+            self._put(self._queue, InvalidImageError(f"{self._where}: corrupt or truncated ({type(e).__name__}: {e})"))
+        except BaseException as e:  # handed to the consumer, which raises it where it reads
+            self._put(self._queue, e)
 
     def chunks(self) -> Iterator[bytes]:
         while True:
@@ -118,17 +134,53 @@ class _Pipe:
             assert isinstance(item, bytes)
             yield item
 
-    def _put(self, item: object) -> bool:
+    def _put(self, into: "queue.Queue[object]", item: object) -> bool:
         while not self._stopping.is_set():
             try:
-                self._queue.put(item, timeout=0.05)
+                into.put(item, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
 
 
-def _decoded(blob: Blob) -> Iterator[bytes]:
+class _Stopped(Exception):
+    """The consumer left: the inflate thread ends without a word."""
+
+
+class _Queued:
+    """The read thread's bytes, as a stream the decompressors read (an error it met is raised here)."""
+
+    def __init__(self, pieces: "queue.Queue[object]", stopping: threading.Event):
+        self._pieces = pieces
+        self._stopping = stopping
+        self._pending = b""
+        self._ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._pending and not self._ended:
+            self._pending = self._next()
+            self._ended = not self._pending
+        if n < 0:
+            n = len(self._pending)
+        data, self._pending = self._pending[:n], self._pending[n:]
+        return data
+
+    def _next(self) -> bytes:
+        while True:
+            try:
+                item = self._pieces.get(timeout=0.05)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    raise _Stopped from None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            return item
+
+
+def _decoded(blob: "_Readable") -> Iterator[bytes]:
     head = _Head(blob)
     stream: _Readable
     if head.peek.startswith(GZIP_MAGIC):
@@ -149,7 +201,7 @@ class _Readable(Protocol):
 class _Head(io.RawIOBase):
     """The blob with its first bytes read ahead, to recognise the compression without a seek."""
 
-    def __init__(self, blob: Blob):
+    def __init__(self, blob: "_Readable"):
         super().__init__()
         self._blob = blob
         self.peek = b""
