@@ -148,23 +148,44 @@ class _Stopped(Exception):
     """The consumer left: the inflate thread ends without a word."""
 
 
-class _Queued:
-    """The read thread's bytes, as a stream the decompressors read (an error it met is raised here)."""
+class _Queued(io.RawIOBase):
+    """The read thread's pieces of the blob as the stream the decompressors read, its first bytes peeked at
+    to recognise the compression without a seek; an error the read thread met is raised here. `readinto`
+    (igzip's way) copies each byte once, from its piece into the decompressor's buffer."""
 
     def __init__(self, pieces: "queue.Queue[object]", stopping: threading.Event):
+        super().__init__()
         self._pieces = pieces
         self._stopping = stopping
-        self._pending = b""
-        self._ended = False
+        self._piece, self._at, self._ended = b"", 0, False
+        while len(self._piece) < len(ZSTD_MAGIC) and not self._ended:
+            more = self._next()
+            self._piece += more
+            self._ended = not more
+        self.peek = self._piece[:len(ZSTD_MAGIC)]
+
+    def readinto(self, buffer: "WriteableBuffer") -> int:
+        view, left = memoryview(buffer).cast("B"), self._left()
+        n = min(len(view), len(left))
+        view[:n] = left[:n]
+        self._at += n
+        return n
 
     def read(self, n: int = -1) -> bytes:
-        if not self._pending and not self._ended:
-            self._pending = self._next()
-            self._ended = not self._pending
-        if n < 0:
-            n = len(self._pending)
-        data, self._pending = self._pending[:n], self._pending[n:]
-        return data
+        left = self._left()
+        n = len(left) if n < 0 else min(n, len(left))
+        self._at += n
+        return self._piece if n == len(self._piece) else bytes(left[:n])
+
+    def readable(self) -> bool:
+        return True
+
+    def _left(self) -> memoryview:
+        """What is left of the current piece, the next one once it is used up: empty at the end."""
+        if self._at == len(self._piece) and not self._ended:
+            self._piece, self._at = self._next(), 0
+            self._ended = not self._piece
+        return memoryview(self._piece)[self._at:]
 
     def _next(self) -> bytes:
         while True:
@@ -180,48 +201,18 @@ class _Queued:
             return item
 
 
-def _decoded(blob: "_Readable") -> Iterator[bytes]:
-    head = _Head(blob)
+def _decoded(blob: _Queued) -> Iterator[bytes]:
     stream: _Readable
-    if head.peek.startswith(GZIP_MAGIC):
-        stream = igzip.open(head, "rb")  # type: ignore[no-untyped-call]  # isal leaves open() unannotated
-    elif head.peek.startswith(ZSTD_MAGIC):
+    if blob.peek.startswith(GZIP_MAGIC):
+        stream = igzip.open(blob, "rb")  # type: ignore[no-untyped-call]  # isal leaves open() unannotated
+    elif blob.peek.startswith(ZSTD_MAGIC):
         zstd = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-        stream = zstd.stream_reader(cast(BinaryIO, head), read_size=CHUNK, read_across_frames=True)
+        stream = zstd.stream_reader(cast(BinaryIO, blob), read_size=CHUNK, read_across_frames=True)
     else:
-        stream = head  # an uncompressed tar
+        stream = blob  # an uncompressed tar
     while chunk := stream.read(CHUNK):
         yield chunk
 
 
 class _Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
-
-
-class _Head(io.RawIOBase):
-    """The blob with its first bytes read ahead, to recognise the compression without a seek."""
-
-    def __init__(self, blob: "_Readable"):
-        super().__init__()
-        self._blob = blob
-        self.peek = b""
-        while len(self.peek) < len(ZSTD_MAGIC) and (more := blob.read(CHUNK)):
-            self.peek += more
-        self._pending = self.peek
-
-    def read(self, n: int = -1) -> bytes:
-        if not self._pending:
-            return self._blob.read(n)
-        if n < 0:
-            n = len(self._pending)
-        data, self._pending = self._pending[:n], self._pending[n:]
-        return data
-
-    def readinto(self, buffer: "WriteableBuffer") -> int:  # igzip reads through it
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
