@@ -30,7 +30,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_MAX_WINDOW = 1 << 27  # zstd's own default: a frame asking for a larger window is refused
 CHUNK = 1 << 20   # inflated bytes per chunk handed over
-DEPTH = 2         # chunks in flight: bounds the memory between the threads
+PIECE = 1 << 18   # blob bytes per read: about what one inflated chunk takes, in less memory
+DEPTH = 2         # chunks, or pieces, in flight: bounds the memory between the threads
 # What the decompressors raise on bytes that are not a valid stream (igzip: BadGzipFile is an OSError).
 _CORRUPT: tuple[type[BaseException], ...] = (OSError, EOFError, cast(type[BaseException], IsalError),
                                               zstandard.ZstdError)
@@ -100,7 +101,7 @@ class _Pipe:
 
     def _read_blob(self) -> None:
         try:
-            while self._put(self._read, data := self._blob.read(CHUNK)) and data:
+            while self._put(self._read, data := self._blob.read(PIECE)) and data:
                 pass
         except BaseException as e:  # handed to the inflate thread, which raises it where it reads
             self._put(self._read, e)
