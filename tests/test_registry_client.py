@@ -270,12 +270,16 @@ FIRST = 1 << 20
 
 class ArrivingLayer:
     """Serves an image whose one layer is BIG_LAYER, sent by `attempts` in turn: each a list of pieces,
-    and "pause" (wait for `go`) or "break" (the connection drops) between them."""
+    and "pause" (wait for `go`) or "break" (the connection drops) between them. A range asked for is
+    ignored (the answer is 200), or with `ranged` the pieces are sent as that range (206, with
+    `content_range` as given, or the one asked for)."""
 
-    def __init__(self, *attempts: list):
+    def __init__(self, *attempts: list, ranged: bool = False, content_range: str | None = None):
         self.attempts = list(attempts)
+        self.ranged, self.content_range = ranged, content_range
         self.go = threading.Event()
         self.requests = 0
+        self.ranges: list[str | None] = []  # the Range header of each request for the layer
         manifest = json.loads(MANIFEST)
         manifest["layers"][0].update(digest=digests.of(BIG_LAYER), size=len(BIG_LAYER))
         self.manifest = json.dumps(manifest).encode()
@@ -287,7 +291,14 @@ class ArrivingLayer:
         if path.endswith(digests.of(CONFIG)):
             return httpx.Response(200, content=CONFIG)
         self.requests += 1
-        return httpx.Response(200, content=self.body(self.attempts.pop(0), request))
+        asked = request.headers.get("Range")
+        self.ranges.append(asked)
+        body = self.body(self.attempts.pop(0), request)
+        if asked and self.ranged:
+            start = int(asked.removeprefix("bytes=").rstrip("-"))
+            found = self.content_range or f"bytes {start}-{len(BIG_LAYER) - 1}/{len(BIG_LAYER)}"
+            return httpx.Response(206, content=body, headers={"Content-Range": found})
+        return httpx.Response(200, content=body)
 
     def body(self, pieces: list, request: httpx.Request):
         for piece in pieces:
@@ -321,8 +332,20 @@ def test_a_layer_is_read_while_it_arrives(tmp_path):
         reader.close()
 
 
-def test_a_layer_read_while_it_arrives_survives_a_restarted_download(tmp_path, delays):
-    # The connection breaks after the first MiB, which was already read; the new attempt sends it all again.
+def test_a_broken_download_resumes_where_it_broke_off(tmp_path, delays):
+    # The connection breaks after the first MiB, which was already read; the new attempt asks for the rest.
+    served = ArrivingLayer([BIG_LAYER[:FIRST], "pause", "break"], [BIG_LAYER[FIRST:]], ranged=True)
+    with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
+        reader = img.layers[0].open()
+        assert read_exactly(reader, FIRST) == BIG_LAYER[:FIRST]
+        served.go.set()
+        assert BIG_LAYER[:FIRST] + reader.read() == BIG_LAYER
+        reader.verify()
+        reader.close()
+    assert served.ranges == [None, f"bytes={FIRST}-"] and delays == [transport.BACKOFF]
+
+
+def test_a_registry_that_ignores_the_range_has_what_the_file_has_skipped(tmp_path, delays):
     served = ArrivingLayer([BIG_LAYER[:FIRST], "pause", "break"], [BIG_LAYER[:FIRST], BIG_LAYER[FIRST:]])
     with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
         reader = img.layers[0].open()
@@ -331,20 +354,43 @@ def test_a_layer_read_while_it_arrives_survives_a_restarted_download(tmp_path, d
         assert BIG_LAYER[:FIRST] + reader.read() == BIG_LAYER
         reader.verify()
         reader.close()
-    assert served.requests == 2 and delays == [transport.BACKOFF]
+    assert served.ranges == [None, f"bytes={FIRST}-"]
 
 
-def test_bytes_read_while_arriving_are_verified_themselves_not_only_the_final_download(tmp_path, delays):
+def test_a_connection_broken_after_the_last_byte_is_not_asked_again(tmp_path, delays):
+    served = ArrivingLayer([BIG_LAYER, "break"])
+    with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
+        reader = img.layers[0].open()
+        assert reader.read() == BIG_LAYER
+        reader.verify()
+        reader.close()
+    assert served.requests == 1 and delays == [transport.BACKOFF]
+
+
+def test_a_range_answered_with_other_bytes_is_refused(tmp_path, delays):
+    served = ArrivingLayer([BIG_LAYER[:FIRST], "break"], [BIG_LAYER], ranged=True,
+                           content_range=f"bytes 0-{len(BIG_LAYER) - 1}/{len(BIG_LAYER)}")
+    with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
+        reader = img.layers[0].open()
+        with pytest.raises(RegistryError, match=rf"asked for the bytes from {FIRST} on, the registry sent "
+                                                rf"Content-Range 'bytes 0-"):
+            reader.read()
+            reader.read()
+        reader.close()
+
+
+def test_bytes_read_while_arriving_are_those_the_download_verifies(tmp_path, delays):
     # A first attempt sends a forged first MiB, which is read, then breaks; the second sends the real blob,
-    # which the download verifies. What was read is not what was verified: the reader refuses it.
+    # whole. The file keeps what it has, so the forged bytes are among those verified: the download fails,
+    # and so does its reader.
     forged = bytes(FIRST)
     served = ArrivingLayer([forged, "pause", "break"], [BIG_LAYER])
     with reg.load(REF, image.DEFAULT_PLATFORM, served.options(tmp_path)) as img:
         reader = img.layers[0].open()
         assert read_exactly(reader, FIRST) == forged
         served.go.set()
-        reader.read()
         with pytest.raises(InvalidImageError, match="digest mismatch"):
+            reader.read()
             reader.verify()
         reader.close()
 
@@ -367,7 +413,7 @@ def test_a_blob_moved_into_the_cache_before_its_reader_opens_it_is_read_from_the
     cached.write_bytes(LAYER)
     arrival, download = downloads._Arrival(), Future()
     download.add_done_callback(lambda _: arrival.changed())
-    arrival.restart(str(tmp_path / ".blob.tmp"))  # gone: renamed to `cached`
+    arrival.begin(str(tmp_path / ".blob.tmp"))  # gone: renamed to `cached`
     arrival.grew(len(LAYER))
     reader = downloads.ArrivingBlob(arrival, download, lambda: os.open(download.result(), os.O_RDONLY))
     threading.Timer(0.2, download.set_result, args=(str(cached),)).start()

@@ -2,18 +2,19 @@
 
 `RegistryLayer.prefetch()` starts a download in the background, `RegistryOptions.jobs` at a
 time; `open()` starts it if need be. Each blob is verified against its digest and size while it
-arrives (a cached one, before it is used). A layer opened before its download is done is read as
-it arrives, so inflating and parsing overlap with the transfer; those bytes are hashed again as
-they are read, because they are the ones used (a download restarted after a broken connection
-writes the file again from the start). A layer opened once its file is verified, or found in the
-cache (read once its check is done), is read with only its size checked: its bytes are hashed
-once. Files live in the layer cache when there is one (see `cache`: shared by concurrent builds,
-each blob pinned from its check until the image is closed, then the cache trimmed to its size
-bound), otherwise in a scratch directory that closing `Downloads` removes.
+arrives (a cached one, before it is used). A connection that breaks is resumed where it broke off
+(a range request; from a registry that sends the whole blob again, what the file has is skipped),
+so the file only grows and every byte in it is one of those the download verifies. A layer opened
+before its download is done is read from that file as it arrives, so inflating and parsing overlap
+with the transfer, and its bytes are hashed once, by the download. Files live in the layer cache
+when there is one (see `cache`: shared by concurrent builds, each blob pinned from its check until
+the image is closed, then the cache trimmed to its size bound), otherwise in a scratch directory
+that closing `Downloads` removes.
 """
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -24,7 +25,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO
 
-from ...errors import BuildError, InvalidImageError, UsageError
+import httpx
+
+from ...errors import BuildError, InvalidImageError, RegistryError, UsageError
 from .. import image
 from ..digests import VerifyingReader
 from . import cache
@@ -200,14 +203,15 @@ class RegistryLayer:
         self.downloads.start(self.descriptor)
 
     def open(self) -> VerifyingReader:
-        """The verified file, or, while the download is in flight, the blob as it arrives (hashed as read).
-        A cached blob is read once its check is done: read while being checked, it would be hashed twice."""
+        """The verified file, or, while the download is in flight, the blob as it arrives: either way its bytes
+        are hashed once, by the download or the cache's check, and the reader checks their count. A cached blob
+        is read once its check is done: read while being checked, it would be hashed twice."""
         d = self.descriptor
         future = self.downloads.start(d)
         if future.done() or self.downloads.in_cache(d):
             return VerifyingReader(cache.BlobFile(self.downloads.open_verified(d)), d.digest, d.size, "layer",
                                    hashed=False)
-        return VerifyingReader(self.downloads.arriving(d), d.digest, d.size, "layer")
+        return VerifyingReader(self.downloads.arriving(d), d.digest, d.size, "layer", hashed=False)
 
 
 class _Arrival:
@@ -218,8 +222,8 @@ class _Arrival:
         self.path: str | None = None
         self.written = 0  # by the current attempt, flushed: readable from the file
 
-    def restart(self, path: str) -> None:
-        """Before an attempt (re)creates the file: nothing in it may be read until it is written again."""
+    def begin(self, path: str) -> None:
+        """Before the download creates the file: nothing in it may be read until it is written."""
         with self.condition:
             self.path, self.written = path, 0
 
@@ -267,12 +271,7 @@ class ArrivingBlob:
                     except FileNotFoundError:
                         wait([self._download])  # it just ended: its file renamed into the cache, or removed
                         continue
-            if done:
-                data = os.pread(self._fd, n, self._pos)
-            else:
-                data = os.pread(self._fd, min(n, end - self._pos), self._pos)
-                if not data:
-                    continue  # a new attempt truncated the file meanwhile: wait for it to get here again
+            data = os.pread(self._fd, n if done else min(n, end - self._pos), self._pos)
             self._pos += len(data)
             return data
 
@@ -298,21 +297,74 @@ def _create(path: str) -> BinaryIO:
 
 def _download(transport: Transport, d: image.Descriptor, path: str, create: Callable[[], BinaryIO],
               on_bytes: Callable[[int], None], arrival: _Arrival) -> None:
-    """Stream a blob into the file at `path` that `create()` opens, verifying it; a broken connection
-    restarts the download. Each chunk is flushed, for a reader of the file meanwhile (`ArrivingBlob`)."""
+    """Stream a blob into the file at `path` that `create()` opens, verifying it; a broken connection is
+    resumed where it broke off. Each chunk is flushed, for a reader of the file meanwhile (`ArrivingBlob`)."""
     what = f"{transport.ref.name}: layer {d.digest}"
+    url = transport.base.join(f"blobs/{d.digest}")
+    resumed = _Resumed()
+    reader = VerifyingReader(resumed, d.digest, d.size, "layer")
+    arrival.begin(path)
+    with create() as f:
 
-    def once() -> None:
-        with closing(transport.send("GET", transport.base.join(f"blobs/{d.digest}"), stream=True)) as resp:
-            if resp.status_code != 200:
-                fail(resp, what)
-            reader = VerifyingReader(Body(resp), d.digest, d.size, "layer")
-            arrival.restart(path)
-            with create() as f:
+        def once() -> None:
+            done = reader.position
+            try:
+                if done < d.size:  # else the connection broke after the last byte: only the check is left
+                    resp = transport.send("GET", url, headers={"Range": f"bytes={done}-"} if done else None,
+                                          stream=True)
+                    resumed.attempt(resp)  # closed below, whatever happens
+                    if resp.status_code == 206 and done:
+                        _check_range(resp, done, what)
+                    elif resp.status_code != 200:
+                        fail(resp, what)
+                    else:
+                        resumed.skip = done
                 while chunk := reader.read(READ_SIZE):
                     f.write(chunk)
                     f.flush()
                     arrival.grew(len(chunk))
                     on_bytes(len(chunk))
+            finally:
+                resumed.attempt(None)
 
-    transport.attempts(what, once)
+        transport.attempts(what, once)
+
+
+class _Resumed:
+    """A blob's bytes across the attempts of its download: each attempt's response from where the last one
+    broke off. A registry that ignores the range asked for sends the whole blob again: what the file already
+    has (`skip`) is dropped, unhashed, so the hash covers the file's bytes, each once."""
+
+    def __init__(self) -> None:
+        self._resp: httpx.Response | None = None
+        self._body: Body | None = None
+        self.skip = 0
+
+    def attempt(self, resp: httpx.Response | None) -> None:
+        """The response the next bytes come from (None: no more); the previous one is closed."""
+        if self._resp is not None:
+            self._resp.close()
+        self._resp, self._body, self.skip = resp, Body(resp) if resp is not None else None, 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        while self._body is not None and (data := self._body.read(n)):
+            if len(data) > self.skip:
+                data, self.skip = data[self.skip:], 0
+                return data
+            self.skip -= len(data)
+        return b""
+
+    def close(self) -> None:
+        self.attempt(None)
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
+
+
+def _check_range(resp: httpx.Response, start: int, what: str) -> None:
+    """A partial response must hold the bytes asked for: those after the `start` the file has."""
+    value = resp.headers.get("Content-Range", "")
+    found = _CONTENT_RANGE.fullmatch(value.strip())
+    if found is None or int(found.group(1)) != start:
+        raise RegistryError(f"{what}: asked for the bytes from {start} on, the registry sent "
+                            f"Content-Range {value[:80]!r}")
