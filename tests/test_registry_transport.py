@@ -1,5 +1,6 @@
 """Talking to registries over an unreliable network: retries, corruption, redirects, TLS, proxies."""
 
+import random
 import subprocess
 import sys
 import textwrap
@@ -104,6 +105,20 @@ def test_connection_cut_mid_blob_is_retried(registry, fault_proxy, pushed):
     fault_proxy.inject("GET", f"/blobs/{layers[0]['digest']}", "cut")
     want = [blob(layout, layer) for layer in layers]
     assert pull(fault_proxy.ref(repo, "t"), AMD64, fault_proxy.options())[1] == want
+
+
+def test_connection_cut_mid_blob_is_resumed_where_it_broke_off(registry, fault_proxy, tmp_path):
+    layout = Layout(tmp_path / "layout")
+    desc = layout.tag(layout.image([[E("big", data=random.Random(3).randbytes(3 << 20))]]), "t")  # no deflating it
+    repo = unique_repo()
+    registry.push(layout.root, "t", repo)
+    [layer] = manifest_of(layout, desc)["layers"]
+    fault_proxy.inject("GET", f"/blobs/{layer['digest']}", "cut")  # half the blob, then the connection is shut
+    assert pull(fault_proxy.ref(repo, "t"), AMD64, fault_proxy.options())[1] == [blob(layout, layer)]
+    # The second request asks for what the first did not bring, and distribution answers it (206).
+    [(path, asked)] = fault_proxy.ranges
+    assert path.endswith(layer["digest"]) and asked.startswith("bytes=") and asked.endswith("-")
+    assert 0 < int(asked[len("bytes="):-1]) <= layer["size"] // 2
 
 
 @pytest.mark.parametrize("action, message", [
