@@ -220,7 +220,7 @@ class _Arrival:
     def __init__(self) -> None:
         self.condition = threading.Condition()
         self.path: str | None = None
-        self.written = 0  # by the current attempt, flushed: readable from the file
+        self.written = 0  # by the download, flushed: readable from the file
 
     def begin(self, path: str) -> None:
         """Before the download creates the file: nothing in it may be read until it is written."""
