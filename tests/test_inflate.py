@@ -1,5 +1,5 @@
-"""oci/inflate: a layer blob read on one thread (hashed there), inflated on another, handed to the consumer;
-every way out (the end, a bad blob, a failed read, a consumer that leaves) verifies or closes the blob."""
+"""oci/inflate: a layer blob read, hashed and inflated on a thread of its own, handed to the consumer; every
+way out (the end, a bad blob, a failed read, a consumer that leaves) verifies or closes the blob."""
 
 import gzip
 import io
